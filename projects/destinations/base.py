@@ -1,0 +1,187 @@
+"""The one small interface every destination implements.
+
+A destination is built from its validated options, `check()`ed before a session starts,
+asked what already exists under the project's prefix (`list_existing`, an optional
+capability), handed files one by one (`upload`, called from many threads at once) and
+`close()`d. Every failure is a DestinationError that says whether retrying can help.
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+class ConfigError(ValueError):
+    """A bad option: the message names the option and what is wrong with it."""
+
+
+class DestinationError(Exception):
+    def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        # Seconds the remote asked us to wait (HTTP Retry-After), when it said so.
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    key: str  # relative to the destination's prefix / remote folder, with "/" separators
+    size: int
+
+
+@dataclass
+class UploadResult:
+    size: int  # bytes actually sent
+    checksum: str = ""  # ETag, sha256, ... whatever the remote vouches for
+    remote_id: str = ""  # an id the remote gave the file (Roboflow image id)
+    duplicate: bool = False  # the remote already had it: recorded as skipped, not failed
+    note: str = ""  # a warning worth keeping on the row (e.g. "no annotation")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One destination option: its type(s), default, and whether it is required."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    help: str = ""
+    choices: tuple[Any, ...] = field(default_factory=tuple)
+
+
+def normalize_key(*parts: str) -> str:
+    """Join key parts with "/" (no doubled or edge slashes), NFC-normalised."""
+    joined = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    return unicodedata.normalize("NFC", joined)
+
+
+class Destination:
+    kind: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    options_schema: ClassVar[dict[str, Option]] = {}
+    # Whether list_existing() is available; the planner skips the remote check otherwise.
+    supports_listing: ClassVar[bool] = True
+    # Default include-extensions when a project names none (e.g. images for Roboflow).
+    default_extensions: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = self.validate_options(options)
+        self._local = threading.local()
+
+    # -- options -------------------------------------------------------------------------
+    @classmethod
+    def validate_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(options, dict):
+            raise ConfigError("destination: must be an object")
+        unknown = sorted(set(options) - set(cls.options_schema) - {"type"})
+        if unknown:
+            raise ConfigError(f"destination.{unknown[0]}: unknown option for type {cls.kind!r}")
+        clean: dict[str, Any] = {}
+        for name, opt in cls.options_schema.items():
+            value = options.get(name, opt.default)
+            if value is None:
+                if opt.required:
+                    raise ConfigError(f"destination.{name}: required for type {cls.kind!r}")
+                clean[name] = None
+                continue
+            if isinstance(value, bool) and bool not in opt.types:
+                raise ConfigError(f"destination.{name}: expected {_type_names(opt.types)}, got bool")
+            if not isinstance(value, opt.types):
+                raise ConfigError(
+                    f"destination.{name}: expected {_type_names(opt.types)}, got {type(value).__name__}"
+                )
+            if opt.choices and value not in opt.choices:
+                raise ConfigError(f"destination.{name}: must be one of {', '.join(map(str, opt.choices))}")
+            clean[name] = value
+        cls.check_options(clean)
+        return clean
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Cross-field checks of a kind; raise ConfigError."""
+
+    # -- what the rest of the product asks ---------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        """The remote folder / key prefix every key lives under ("" for none)."""
+        return ""
+
+    def key_for(self, relative_path: str) -> str:
+        """The remote key of a file, relative to `prefix`."""
+        return normalize_key(relative_path)
+
+    def describe(self) -> dict[str, Any]:
+        """Where files go, for summaries and notifications (no secrets)."""
+        return {"kind": self.kind}
+
+    def redacted_options(self) -> dict[str, Any]:
+        """Options as stored in ConfigHistory. Options only ever *name* secrets, so this is
+        the options themselves; kinds that could carry more override it."""
+        return dict(self.options)
+
+    # -- the contract ----------------------------------------------------------------------
+    def bind(self, *, project: str, session_id: int, source_dir: str) -> None:
+        """Called once before uploads with the context of the session (batch names, labelmaps)."""
+        self.project_name = project
+        self.session_id = session_id
+        self.source_dir = source_dir
+
+    def health(self) -> tuple[bool, str]:
+        """Does the destination answer right now? (ok, message) for the admin and stats."""
+        try:
+            self.check()
+        except DestinationError as exc:
+            return False, exc.message
+        return True, "ok"
+
+    def check(self) -> None:
+        """Connect and verify credentials and the target (bucket, folder, project)."""
+        raise NotImplementedError
+
+    def list_existing(self) -> Iterator[RemoteObject]:
+        """Stream what exists under `prefix`, sorted by key (str order = UTF-8 byte order),
+        keys relative to the prefix. Only when supports_listing."""
+        raise NotImplementedError
+
+    def upload(self, local_path: str, key: str) -> UploadResult:
+        """Upload one local file to `key` (relative to prefix). Thread-safe: called from many
+        threads at once; keep per-thread connections in self._local if needed. Raises
+        DestinationError (FileNotFoundError -> permanent "file not found")."""
+        raise NotImplementedError
+
+    def stat(self, key: str) -> RemoteObject | None:
+        """The remote object at key, or None. Used to verify uploads cut off by a crash."""
+        return None
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> Destination:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def local_file_error(exc: OSError, path: str) -> DestinationError:
+    """The DestinationError for a local file we could not read."""
+    if isinstance(exc, FileNotFoundError):
+        return DestinationError(f"file not found: {path}", permanent=True)
+    if isinstance(exc, IsADirectoryError):
+        return DestinationError(f"is a directory, not a file: {path}", permanent=True)
+    if isinstance(exc, PermissionError):
+        return DestinationError(f"permission denied reading {path}", permanent=True)
+    return DestinationError(f"cannot read {path}: {exc.strerror or exc}", permanent=False)

@@ -1,0 +1,100 @@
+"""A folder on this machine (or a NAS mount): the embedded demo's destination."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from projects.destinations.base import (
+    Destination,
+    DestinationError,
+    Option,
+    RemoteObject,
+    UploadResult,
+    local_file_error,
+    normalize_key,
+)
+from projects.walking import walk_sorted
+
+
+class LocalDestination(Destination):
+    kind = "local"
+    label = "Local folder"
+    options_schema = {
+        "path": Option((str,), required=True, help="target folder"),
+        "prefix": Option((str,), default="", help="sub-folder under path"),
+        "create": Option((bool,), default=True, help="create the target folder when missing"),
+    }
+
+    @property
+    def root(self) -> str:
+        return os.path.join(os.path.abspath(os.path.expanduser(self.options["path"])), self.prefix)
+
+    @property
+    def prefix(self) -> str:
+        return normalize_key(self.options["prefix"] or "")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.options["path"], "prefix": self.prefix}
+
+    def check(self) -> None:
+        base = os.path.abspath(os.path.expanduser(self.options["path"]))
+        if not os.path.isdir(base):
+            if not self.options["create"]:
+                raise DestinationError(f"destination folder not found: {base}", permanent=True)
+            try:
+                os.makedirs(base, exist_ok=True)
+            except OSError as exc:
+                raise DestinationError(f"cannot create destination folder {base}: {exc.strerror}", permanent=True)
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise DestinationError(f"destination folder is not writable: {base}", permanent=True)
+
+    def list_existing(self) -> Iterator[RemoteObject]:
+        if not os.path.isdir(self.root):
+            return
+        for entry in walk_sorted(self.root):
+            if ".uploading-" in entry.relative_path:
+                continue
+            yield RemoteObject(entry.relative_path, entry.size)
+
+    def stat(self, key: str) -> RemoteObject | None:
+        try:
+            return RemoteObject(key, os.stat(self._target(key)).st_size)
+        except OSError:
+            return None
+
+    def upload(self, local_path: str, key: str) -> UploadResult:
+        target = self._target(key)
+        tmp = f"{target}.uploading-{uuid.uuid4().hex[:8]}"
+        try:
+            src = open(local_path, "rb")
+        except OSError as exc:
+            raise local_file_error(exc, local_path) from exc
+        try:
+            with src:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1024 * 1024)
+                    size = dst.tell()
+            os.replace(tmp, target)  # readers never see a half-written file
+        except OSError as exc:
+            _remove_quietly(tmp)
+            permanent = isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError))
+            raise DestinationError(f"cannot write {target}: {exc.strerror or exc}", permanent=permanent) from exc
+        return UploadResult(size=size)
+
+    def _target(self, key: str) -> str:
+        target = os.path.normpath(os.path.join(self.root, key))
+        if not (target + os.sep).startswith(os.path.normpath(self.root) + os.sep):
+            raise DestinationError(f"key escapes the destination folder: {key}", permanent=True)
+        return target
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+from projects.destinations import Destination, build_destination
+
+
+class Project(models.Model):
+    class NotifyOn(models.TextChoices):
+        NEVER = "never", "Never"
+        COMPLETED = "completed", "When completed without errors"
+        ALWAYS = "always", "Whenever a session ends"
+
+    name = models.CharField(max_length=200, unique=True)
+    source_dir = models.CharField(max_length=1024)
+    destination_kind = models.CharField(max_length=32)
+    destination_options = models.JSONField(default=dict, blank=True)
+    extensions = models.JSONField(default=list, blank=True, help_text="e.g. [\".wav\", \".jpg\"]; empty: all")
+    exclude = models.JSONField(default=list, blank=True, help_text="glob patterns on the relative path")
+    follow_symlinks = models.BooleanField(default=False)
+    upload_workers = models.PositiveIntegerField(default=15, help_text="concurrent transfers per upload task")
+    upload_tasks = models.PositiveIntegerField(default=2, help_text="parallel upload tasks per session")
+    max_retries = models.PositiveIntegerField(default=3)
+    retry_backoff_base = models.FloatField(default=30.0, help_text="seconds before the first automatic retry round")
+    retry_backoff_cap = models.FloatField(default=3600.0, help_text="longest wait between automatic retry rounds")
+    notify_url = models.CharField(max_length=2000, blank=True, default="")
+    notify_on = models.CharField(max_length=16, choices=NotifyOn.choices, default=NotifyOn.NEVER)
+    notify_secret_env = models.CharField(
+        max_length=200, blank=True, default="", help_text="NAME of the env var holding the HMAC secret"
+    )
+    notify_timeout = models.FloatField(default=10.0)
+    queue_limit = models.PositiveIntegerField(default=100, help_text="backlog limit of the upload queue")
+    api_token_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("start_sync", "Can start a sync session")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def destination(self) -> Destination:
+        return build_destination(self.destination_kind, self.destination_options)
+
+    def last_session(self):  # -> SyncSession | None
+        return self.sessions.order_by("-id").first()
+
+    def effective_config(self) -> dict[str, Any]:
+        """The config as stored in ConfigHistory: options only name secrets, never hold them."""
+        from projects.config import config_from_project
+
+        return config_from_project(self)
+
+    def record_config(self, source: str, created_by: str = "") -> ConfigHistory:
+        """Store the effective config when it differs from the last recorded one; return the current row."""
+        config = self.effective_config()
+        last = self.config_history.order_by("-id").first()
+        if last is not None and last.config == config:
+            return last
+        return ConfigHistory.objects.create(project=self, config=config, source=source, created_by=created_by)
+
+    def issue_api_token(self) -> str:
+        """A new token for the upload-queue API; only its hash is kept."""
+        token = secrets.token_urlsafe(32)
+        self.api_token_hash = hash_token(token)
+        self.save(update_fields=["api_token_hash", "updated_at"])
+        return token
+
+    def check_api_token(self, token: str) -> bool:
+        return bool(self.api_token_hash) and secrets.compare_digest(self.api_token_hash, hash_token(token))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ConfigHistory(models.Model):
+    class Source(models.TextChoices):
+        FILE = "file", "Config file"
+        COMMAND_LINE = "command_line", "Command line"
+        ADMIN = "admin", "Admin"
+        API = "api", "API"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="config_history")
+    config = models.JSONField()
+    source = models.CharField(max_length=20, choices=Source.choices)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "config history"
+
+    def __str__(self) -> str:
+        return f"{self.project.name} config #{self.pk}"
+
+    def previous(self) -> ConfigHistory | None:
+        return ConfigHistory.objects.filter(project_id=self.project_id, id__lt=self.id).order_by("-id").first()
+
+    def diff_from_previous(self) -> str:
+        prev = self.previous()
+        old = json.dumps(prev.config, indent=2, sort_keys=True).splitlines() if prev else []
+        new = json.dumps(self.config, indent=2, sort_keys=True).splitlines()
+        label = f"config #{prev.pk}" if prev else "(nothing)"
+        return "\n".join(difflib.unified_diff(old, new, label, f"config #{self.pk}", lineterm=""))

@@ -1,0 +1,291 @@
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from projects.models import ConfigHistory, Project
+
+
+class SessionStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SCANNING = "scanning", "Scanning"
+    UPLOADING = "uploading", "Uploading"
+    COMPLETED = "completed", "Completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors", "Completed with errors"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (SessionStatus.QUEUED, SessionStatus.SCANNING, SessionStatus.UPLOADING)
+ENDED_STATUSES = (
+    SessionStatus.COMPLETED,
+    SessionStatus.COMPLETED_WITH_ERRORS,
+    SessionStatus.FAILED,
+    SessionStatus.CANCELLED,
+)
+
+
+class FileStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    UPLOADING = "uploading", "Uploading"
+    UPLOADED = "uploaded", "Uploaded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class TransitionError(Exception):
+    """A status change that the current status does not allow."""
+
+
+class SyncSession(models.Model):
+    class Kind(models.TextChoices):
+        SYNC = "sync", "Folder sync"
+        STREAM = "stream", "Upload queue"
+        IMPORT = "import", "Import"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sessions")
+    config = models.ForeignKey(ConfigHistory, on_delete=models.PROTECT, null=True, blank=True, related_name="sessions")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SYNC)
+    status = models.CharField(max_length=24, choices=SessionStatus.choices, default=SessionStatus.QUEUED)
+    # Parameters of this run that are not project config (e.g. an import's source).
+    params = models.JSONField(default=dict, blank=True)
+
+    found_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    pending_count = models.PositiveIntegerField(default=0)
+    uploaded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_uploaded = models.BigIntegerField(default=0)
+    scan_problems = models.PositiveIntegerField(default=0)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    scan_finished_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    log = models.TextField(blank=True, default="", help_text="scan problems and other notes")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+
+    retry_round = models.PositiveIntegerField(default=0)
+    auto_retry = models.BooleanField(default=False)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+        permissions = [
+            ("retry_syncsession", "Can retry failed files"),
+            ("notify_syncsession", "Can notify endpoints"),
+            ("cancel_syncsession", "Can cancel sessions"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.project.name} ({self.status})"
+
+    # -- guarded transitions -------------------------------------------------------------------
+    def _move(self, allowed: tuple[str, ...], status: str, **fields: Any) -> bool:
+        """Optimistic transition: only one caller wins when several race."""
+        fields["status"] = status
+        won = SyncSession.objects.filter(pk=self.pk, status__in=allowed).update(**fields) == 1
+        self.refresh_from_db()
+        return won
+
+    def mark_scanning(self) -> bool:
+        now = timezone.now()
+        return self._move((SessionStatus.QUEUED,), SessionStatus.SCANNING, started_at=now, heartbeat_at=now)
+
+    def mark_scan_finished(self) -> bool:
+        now = timezone.now()
+        return self._move(
+            (SessionStatus.SCANNING,), SessionStatus.UPLOADING, scan_finished_at=now, heartbeat_at=now
+        )
+
+    def mark_failed(self, error: str) -> bool:
+        return self._move(ACTIVE_STATUSES, SessionStatus.FAILED, error=error[:10000], finished_at=timezone.now())
+
+    def finish(self) -> bool:
+        """End an uploading session whose files are all settled; False if something is still open."""
+        if self.files.filter(status__in=(FileStatus.PENDING, FileStatus.UPLOADING)).exists():
+            return False
+        self.recount()
+        status = SessionStatus.COMPLETED_WITH_ERRORS if self.failed_count else SessionStatus.COMPLETED
+        if self.kind == self.Kind.STREAM:
+            return False  # the stream session never ends by itself
+        if self.status == SessionStatus.CANCELLED:
+            return False
+        won = self._move((SessionStatus.UPLOADING,), status, finished_at=timezone.now())
+        if won:
+            from sessions_app.signals import session_finished
+
+            session_finished.send(sender=SyncSession, session=self)
+        return won
+
+    def reopen(self) -> bool:
+        """Back to uploading for a retry round (from any ended status but failed-before-scan)."""
+        return self._move(
+            (SessionStatus.COMPLETED, SessionStatus.COMPLETED_WITH_ERRORS, SessionStatus.CANCELLED,
+             SessionStatus.FAILED),
+            SessionStatus.UPLOADING,
+            finished_at=None,
+            heartbeat_at=timezone.now(),
+            error="",
+        ) if self.scan_finished_at else False
+
+    def touch(self) -> None:
+        SyncSession.objects.filter(pk=self.pk).update(heartbeat_at=timezone.now())
+
+    # -- questions -------------------------------------------------------------------------
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    def is_stale(self) -> bool:
+        """Active, but no worker has shown a sign of life for SESSION_STALE_SECONDS."""
+        if not self.is_active:
+            return False
+        last = self.heartbeat_at or self.created_at
+        return timezone.now() - last > timedelta(seconds=settings.SESSION_STALE_SECONDS)
+
+    @property
+    def settled_count(self) -> int:
+        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
+
+    @property
+    def progress(self) -> float:
+        """Percent of found files that are settled."""
+        if not self.found_count:
+            return 100.0 if self.status in ENDED_STATUSES else 0.0
+        return min(100.0, 100.0 * self.settled_count / self.found_count)
+
+    @property
+    def duration(self) -> timedelta | None:
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def bytes_per_second(self) -> float:
+        d = self.duration
+        if not d or d.total_seconds() <= 0:
+            return 0.0
+        return self.bytes_uploaded / d.total_seconds()
+
+    def recount(self) -> None:
+        """Recompute the counters from the file rows (the truth) in one query."""
+        agg = self.files.aggregate(
+            found=Count("id"),
+            pending=Count("id", filter=Q(status__in=(FileStatus.PENDING, FileStatus.UPLOADING))),
+            uploaded=Count("id", filter=Q(status=FileStatus.UPLOADED)),
+            failed=Count("id", filter=Q(status=FileStatus.FAILED)),
+            skipped=Count("id", filter=Q(status=FileStatus.SKIPPED)),
+            cancelled=Count("id", filter=Q(status=FileStatus.CANCELLED)),
+            bytes_total=Sum("size"),
+            bytes_uploaded=Sum("size", filter=Q(status=FileStatus.UPLOADED)),
+        )
+        fields = {
+            "found_count": agg["found"],
+            "pending_count": agg["pending"],
+            "uploaded_count": agg["uploaded"],
+            "failed_count": agg["failed"],
+            "skipped_count": agg["skipped"],
+            "cancelled_count": agg["cancelled"],
+            "bytes_total": agg["bytes_total"] or 0,
+            "bytes_uploaded": agg["bytes_uploaded"] or 0,
+        }
+        SyncSession.objects.filter(pk=self.pk).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def append_log(self, line: str) -> None:
+        SyncSession.objects.filter(pk=self.pk).update(
+            log=models.functions.Concat(models.F("log"), models.Value(line.rstrip("\n") + "\n"))
+        )
+
+    def admin_url(self) -> str:
+        from django.urls import reverse
+
+        return settings.SITE_URL.rstrip("/") + reverse("admin:sessions_app_syncsession_change", args=[self.pk])
+
+
+class FileUpload(models.Model):
+    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files")
+    # Denormalised so "uploaded by an earlier session of the project" is one indexed lookup.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files")
+    relative_path = models.CharField(max_length=4096)
+    remote_key = models.CharField(max_length=4096, blank=True, default="")
+    size = models.BigIntegerField(default=0)
+    mtime = models.FloatField(default=0)
+    status = models.CharField(max_length=10, choices=FileStatus.choices, default=FileStatus.PENDING)
+    skip_reason = models.CharField(max_length=100, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    error_permanent = models.BooleanField(default=False)
+    uploaded_at = models.DateTimeField(null=True, blank=True)
+    checksum = models.CharField(max_length=200, blank=True, default="")
+    remote_id = models.CharField(max_length=200, blank=True, default="")
+    note = models.CharField(max_length=500, blank=True, default="")
+    tag = models.CharField(max_length=200, blank=True, default="")
+    # The claim of the task uploading it; a crash leaves it set and the resume checks the remote.
+    claim_token = models.UUIDField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    verify_remote = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "relative_path"], name="unique_file_per_session"),
+        ]
+        indexes = [
+            models.Index(fields=["session", "status", "id"], name="file_session_status"),
+            models.Index(fields=["project", "relative_path"], name="file_project_path"),
+            models.Index(fields=["claim_token"], name="file_claim"),
+        ]
+
+    def __str__(self) -> str:
+        return self.relative_path
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == FileStatus.FAILED and not self.error_permanent
+
+
+def new_claim_token() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class Notification(models.Model):
+    """One delivery attempt of a session summary to an external endpoint."""
+
+    class Trigger(models.TextChoices):
+        ADMIN = "admin", "Admin action"
+        COMMAND = "command", "Command"
+        AUTO = "auto", "Session end"
+
+    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="notifications")
+    url = models.CharField(max_length=2000)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.COMMAND)
+    idempotency_key = models.CharField(max_length=100)
+    attempt = models.PositiveIntegerField(default=1)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    succeeded = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.url} attempt {self.attempt}"

@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+admin.site.site_header = "Data Uploader"
+admin.site.site_title = "Data Uploader"
+admin.site.index_title = "Control room"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("sessions_app.urls")),
+    path("admin/", admin.site.urls),
+]
