@@ -17,7 +17,11 @@ from dataclasses import dataclass
 class Entry:
     relative_path: str
     size: int
-    mtime: float
+    mtime: float  # rounded to microseconds: find's text and os.stat's float agree to that
+
+
+def mtime_of(st: os.stat_result) -> float:
+    return round(st.st_mtime, 6)
 
 
 Problem = Callable[[str, str], None]  # (relative path, message)
@@ -53,7 +57,7 @@ def _walk(top: str, rel: str, follow: bool, report: Problem, seen: set[tuple[int
             continue
         st = _stat(entry, follow, child_rel, report)
         if st is not None and stat_mod.S_ISREG(st.st_mode):
-            yield Entry(child_rel, st.st_size, st.st_mtime)
+            yield Entry(child_rel, st.st_size, mtime_of(st))
 
 
 def _is_dir(entry: os.DirEntry, follow: bool) -> bool:

@@ -1,6 +1,23 @@
 """Hooks other parts of the product attach to (e.g. notify when a session ends)."""
 
-from django.dispatch import Signal
+from django.db.models.signals import post_migrate
+from django.dispatch import Signal, receiver
 
 # Sent once, by the caller that moved the session to its final status; kwargs: session.
 session_finished = Signal()
+
+SWEEP_SCHEDULE = "uploader: resume stale sessions"
+
+
+@receiver(post_migrate)
+def install_sweep_schedule(sender, **kwargs) -> None:
+    """Every minute, resume sessions whose workers vanished (the broker may have lost them)."""
+    if getattr(sender, "name", "") != "sessions_app":
+        return
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        name=SWEEP_SCHEDULE,
+        defaults={"func": "sessions_app.tasks.sweep", "schedule_type": Schedule.MINUTES, "minutes": 1,
+                  "repeats": -1},
+    )

@@ -1,0 +1,212 @@
+"""Amazon S3 and S3-compatible servers, through boto3.
+
+Credentials come from the default chain or a named AWS profile; nothing secret is an option.
+Small files go up with one put_object (a third of upload_file's client CPU per file);
+files above the multipart threshold go through boto3's transfer manager.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.exceptions as bce
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from projects.destinations.base import (
+    ConfigError,
+    Destination,
+    DestinationError,
+    Option,
+    RemoteObject,
+    UploadResult,
+    local_file_error,
+    normalize_key,
+)
+
+MiB = 1024 * 1024
+# Codes that say "try again later" even on a 4xx.
+TRANSIENT_CODES = {
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestLimitExceeded",
+}
+
+
+class S3Destination(Destination):
+    kind = "s3"
+    label = "Amazon S3 / S3-compatible"
+    options_schema = {
+        "bucket": Option((str,), required=True),
+        "prefix": Option((str,), default=""),
+        "region": Option((str,), default=None),
+        "endpoint_url": Option((str,), default=None, help="for S3-compatible servers"),
+        "aws_profile": Option((str,), default=None, help="a profile of ~/.aws/credentials"),
+        "storage_class": Option((str,), default=None),
+        "addressing_style": Option((str,), default="auto", choices=("auto", "path", "virtual")),
+        "multipart_threshold_mb": Option((int,), default=64),
+        "multipart_chunk_mb": Option((int,), default=16),
+        "max_pool_connections": Option((int,), default=64),
+    }
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if options.get("endpoint_url"):
+            from projects.urls import check_http_url
+
+            check_http_url(options["endpoint_url"], "destination.endpoint_url")
+        if options["multipart_threshold_mb"] < 5 or options["multipart_chunk_mb"] < 5:
+            raise ConfigError("destination.multipart_threshold_mb/multipart_chunk_mb: S3 parts are at least 5 MiB")
+
+    @property
+    def prefix(self) -> str:
+        return normalize_key(self.options["prefix"] or "")
+
+    @property
+    def bucket(self) -> str:
+        return self.options["bucket"]
+
+    def full_key(self, key: str) -> str:
+        return normalize_key(self.prefix, key)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "bucket": self.bucket, "prefix": self.prefix,
+                "endpoint_url": self.options["endpoint_url"]}
+
+    # -- connection ------------------------------------------------------------------------
+    @property
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self):
+        try:
+            session = boto3.session.Session(
+                profile_name=self.options["aws_profile"], region_name=self.options["region"]
+            )
+        except bce.ProfileNotFound:
+            raise DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
+        config = Config(
+            max_pool_connections=self.options["max_pool_connections"],
+            # Retries are ours (counted per file, with backoff), so botocore makes one attempt.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=120,
+            s3={"addressing_style": self.options["addressing_style"]},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return session.client("s3", endpoint_url=self.options["endpoint_url"], config=config)
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- the contract ----------------------------------------------------------------------
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except bce.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                raise DestinationError(f"bucket {self.bucket!r} not found", permanent=True)
+            if status in (401, 403):
+                raise DestinationError(
+                    f"access to bucket {self.bucket!r} denied: credentials refused or lacking permission",
+                    permanent=True,
+                )
+            raise self._error(exc, f"bucket {self.bucket!r}")
+        except Exception as exc:
+            raise self._error(exc, f"bucket {self.bucket!r}")
+
+    def list_existing(self) -> Iterator[RemoteObject]:
+        base = self.prefix + "/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for obj in page.get("Contents", ()):
+                    yield RemoteObject(obj["Key"][len(base):], obj["Size"])
+        except Exception as exc:
+            raise self._error(exc, f"listing s3://{self.bucket}/{base}")
+
+    def stat(self, key: str) -> RemoteObject | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+        except bce.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise self._error(exc, key)
+        except Exception as exc:
+            raise self._error(exc, key)
+        return RemoteObject(key, head["ContentLength"])
+
+    def upload(self, local_path: str, key: str) -> UploadResult:
+        full_key = self.full_key(key)
+        try:
+            f = open(local_path, "rb")
+        except OSError as exc:
+            raise local_file_error(exc, local_path) from exc
+        with f:
+            try:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.options["multipart_threshold_mb"] * MiB:
+                    return self._upload_multipart(f, full_key, size)
+                extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
+                resp = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=f, ContentLength=size, **extra)
+            except OSError as exc:
+                raise local_file_error(exc, local_path) from exc
+            except Exception as exc:
+                raise self._error(exc, full_key)
+        return UploadResult(size=size, checksum=resp.get("ETag", "").strip('"'))
+
+    def _upload_multipart(self, f, full_key: str, size: int) -> UploadResult:
+        config = TransferConfig(
+            multipart_threshold=self.options["multipart_threshold_mb"] * MiB,
+            multipart_chunksize=self.options["multipart_chunk_mb"] * MiB,
+            max_concurrency=4,
+        )
+        extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else None
+        self.client.upload_fileobj(f, self.bucket, full_key, ExtraArgs=extra, Config=config)
+        head = self.client.head_object(Bucket=self.bucket, Key=full_key)
+        if head["ContentLength"] != size:
+            raise DestinationError(f"size after upload is {head['ContentLength']}, expected {size}")
+        return UploadResult(size=size, checksum=head.get("ETag", "").strip('"'))
+
+    # -- errors ----------------------------------------------------------------------------
+    def _error(self, exc: Exception, what: str) -> DestinationError:
+        if isinstance(exc, DestinationError):
+            return exc
+        if isinstance(exc, bce.ClientError):
+            err = exc.response.get("Error", {})
+            code = err.get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            message = err.get("Message") or code or str(exc)
+            permanent = status < 500 and status != 429 and code not in TRANSIENT_CODES
+            return DestinationError(f"{what}: {status} {code}: {message}".strip(), permanent=permanent)
+        if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+            return DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
+                                    permanent=True)
+        if isinstance(exc, bce.ProfileNotFound):
+            return DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
+        if isinstance(exc, bce.ParamValidationError):
+            return DestinationError(f"{what}: {exc}", permanent=True)
+        # Connection refused / reset / closed, timeouts, truncated responses: try again.
+        return DestinationError(f"{what}: {type(exc).__name__}: {exc}", permanent=False)

@@ -1,0 +1,177 @@
+"""Stream a source tree: filter by extension and exclude patterns, never hold all paths.
+
+Two walkers yield the same entries. `find` (GNU findutils) is the fast native path on Linux;
+`os.scandir` is the portable one. Both can yield in key order (see projects/walking.py),
+which the planner needs to merge the scan with a remote listing; `find` then goes through
+`sort`, which spills to disk rather than memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from projects.walking import Entry, Problem, walk_sorted
+
+
+@dataclass
+class ScanFilter:
+    extensions: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+    @cached_property
+    def _ext(self) -> frozenset[str]:
+        return frozenset(e.lower() for e in self.extensions)
+
+    @cached_property
+    def _exclude_re(self) -> re.Pattern[str] | None:
+        if not self.exclude:
+            return None
+        return re.compile("|".join(f"(?:{glob_to_regex(p)})" for p in self.exclude))
+
+    def accepts(self, relative_path: str) -> bool:
+        if self._ext and os.path.splitext(relative_path)[1].lower() not in self._ext:
+            return False
+        return not (self._exclude_re and self._exclude_re.fullmatch(relative_path))
+
+
+def glob_to_regex(pattern: str) -> str:
+    """Glob with `**` over the relative path. A pattern without "/" matches a name at any depth
+    (as in .gitignore); "**/" matches zero or more folders; "*" and "?" never cross "/"."""
+    if "/" not in pattern.rstrip("/"):
+        pattern = "**/" + pattern
+    if pattern.endswith("/"):
+        pattern += "**"
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def find_available() -> bool:
+    return os.name == "posix" and shutil.which("find") is not None and _is_gnu_find()
+
+
+def _is_gnu_find() -> bool:
+    try:
+        out = subprocess.run(["find", "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "GNU findutils" in out
+
+
+def scan(
+    root: str,
+    flt: ScanFilter,
+    *,
+    method: str = "auto",
+    sort: bool = True,
+    follow_symlinks: bool = False,
+    on_problem: Problem | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    progress_every: int = 10000,
+) -> Iterator[Entry]:
+    """Yield the accepted files under root; `sort` puts them in key order."""
+    report = on_problem or (lambda path, msg: None)
+    if method == "auto":
+        method = "find" if find_available() and not follow_symlinks else "scandir"
+    if method == "find":
+        entries = find_walk(root, sort=sort, on_problem=report)
+    else:
+        entries = walk_sorted(root, follow_symlinks=follow_symlinks, on_problem=report)
+    seen = 0
+    for entry in entries:
+        seen += 1
+        if on_progress and seen % progress_every == 0:
+            on_progress(seen)
+        if flt.accepts(entry.relative_path):
+            yield entry
+    if on_progress:
+        on_progress(seen)
+
+
+# %y: type; %Y: type of the link target ("N" when it does not exist); tab-separated, NUL-ended.
+# The path comes first so that sorting whole records sorts by path (tab sorts below any name char).
+_FIND_FORMAT = "%P\t%s\t%T@\t%y%Y\\0"
+
+
+def find_walk(root: str, sort: bool = True, on_problem: Problem | None = None) -> Iterator[Entry]:
+    report = on_problem or (lambda path, msg: None)
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: thousands of errors must not block find
+    find = subprocess.Popen(
+        ["find", root, "-mindepth", "1", "(", "-type", "f", "-o", "-type", "l", ")", "-printf", _FIND_FORMAT],
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        env={**os.environ, "LC_ALL": "C"},
+    )
+    procs = [find]
+    stream = find.stdout
+    if sort:
+        sorter = subprocess.Popen(
+            ["sort", "-z", "-S", "64M"], stdin=find.stdout, stdout=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"}
+        )
+        find.stdout.close()  # so find gets SIGPIPE if sort dies
+        procs.append(sorter)
+        stream = sorter.stdout
+    try:
+        yield from _parse_find(stream, report)
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        _report_find_errors(find, report)
+
+
+def _parse_find(stream, report: Problem) -> Iterator[Entry]:
+    buf = b""
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+        records = buf.split(b"\0")
+        buf = records.pop()
+        for rec in records:
+            entry = _parse_record(rec, report)
+            if entry is not None:
+                yield entry
+
+
+def _parse_record(rec: bytes, report: Problem) -> Entry | None:
+    path_b, size, mtime, kinds = rec.rsplit(b"\t", 3)
+    path = os.fsdecode(path_b)
+    if kinds[:1] == b"f":
+        return Entry(path, int(size), round(float(mtime), 6))
+    if kinds[1:2] == b"N":
+        report(path, "broken symlink")
+    return None  # symlinks are not followed on this path
+
+
+def _report_find_errors(find: subprocess.Popen, report: Problem) -> None:
+    if find.stderr is None:
+        return
+    for line in find.stderr.read().decode(errors="replace").splitlines():
+        # "find: 'path': Permission denied" / "No such file or directory" (vanished mid-scan)
+        report(line.partition(": ")[2] or line, "find: " + line)
+    find.stderr.close()
