@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from projects.models import ConfigHistory, Project
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ("name", "destination_display", "source_dir", "upload_workers", "max_retries",
+                    "last_session_display", "updated_at")
+    search_fields = ("name", "source_dir")
+    list_filter = ("destination_kind",)
+    actions = ["start_sync"]
+    readonly_fields = ("created_at", "updated_at")
+
+    @admin.display(description="destination")
+    def destination_display(self, obj: Project) -> str:
+        where = obj.destination().describe()
+        detail = " ".join(str(v) for k, v in where.items() if k != "kind" and v)
+        return f"{obj.destination_kind}: {detail}"
+
+    @admin.display(description="last session")
+    def last_session_display(self, obj: Project) -> str:
+        last = obj.last_session()
+        if last is None:
+            return "-"
+        url = reverse("admin:sessions_app_syncsession_change", args=[last.pk])
+        return format_html('<a href="{}">#{} {} ({}%)</a>', url, last.pk, last.get_status_display(),
+                           f"{last.progress:.0f}")
+
+    def save_model(self, request: HttpRequest, obj: Project, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        obj.record_config(ConfigHistory.Source.ADMIN, request.user.get_username())
+
+    @admin.action(description="Start sync", permissions=["start_sync"])
+    def start_sync(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
+        from sessions_app import pipeline, tasks
+
+        started, refused = [], []
+        for project in queryset:
+            try:
+                pipeline.preflight(project).close()
+                session = pipeline.create_session(project, created_by=request.user.get_username())
+                tasks.enqueue_scan(session.pk)
+                started.append(f"{project.name} (session #{session.pk})")
+            except (pipeline.StartError, tasks.EnqueueError) as exc:
+                refused.append(f"{project.name}: {exc}")
+        if started:
+            self.message_user(request, f"Started {len(started)} sync session(s): {', '.join(started)}",
+                              messages.SUCCESS)
+        for line in refused:
+            self.message_user(request, f"Not started: {line}", messages.ERROR)
+
+    def has_start_sync_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("projects.start_sync")
+
+
+@admin.register(ConfigHistory)
+class ConfigHistoryAdmin(admin.ModelAdmin):
+    list_display = ("id", "project", "source", "created_by", "created_at")
+    list_filter = ("source", "project")
+    readonly_fields = ("project", "source", "created_by", "created_at", "config_display", "change_display")
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="effective config (secrets redacted)")
+    def config_display(self, obj: ConfigHistory) -> str:
+        import json
+
+        return format_html("<pre>{}</pre>", json.dumps(obj.config, indent=2, sort_keys=True))
+
+    @admin.display(description="change from the previous config")
+    def change_display(self, obj: ConfigHistory) -> str:
+        return format_html("<pre>{}</pre>", obj.diff_from_previous() or "(no change)")

@@ -1,0 +1,95 @@
+"""Following a session from a command: a progress bar, then a summary and an exit code."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TextIO
+
+from django.db import connection
+from tqdm import tqdm
+
+from sessions_app.models import ENDED_STATUSES, FileStatus, SessionStatus, SyncSession
+
+EXIT_OK, EXIT_FAILED_FILES, EXIT_BAD_INPUT = 0, 1, 2
+NO_CLUSTER_HINT_AFTER = 15.0
+
+
+def human_size(n: float) -> str:
+    return tqdm.format_sizeof(n, "B", 1024)
+
+
+def follow(session: SyncSession, out: TextIO, *, progress: bool = True, poll: float = 0.5,
+           stop: threading.Event | None = None) -> SyncSession:
+    """Poll the session row until it ends, drawing a progress bar on `out`."""
+    bar = tqdm(total=0, unit="file", file=out, disable=not progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}] {postfix}")
+    started, hinted = time.monotonic(), False
+    try:
+        while True:
+            session.refresh_from_db()
+            _draw(bar, session)
+            if session.status in ENDED_STATUSES or (stop is not None and stop.is_set()):
+                return session
+            if not hinted and session.status == SessionStatus.QUEUED and \
+                    time.monotonic() - started > NO_CLUSTER_HINT_AFTER:
+                bar.write("still queued: is a worker running? start one with `python manage.py qcluster`")
+                hinted = True
+            time.sleep(poll)
+    finally:
+        bar.close()
+
+
+def _draw(bar: tqdm, s: SyncSession) -> None:
+    bar.total = max(s.found_count, 1)
+    bar.n = s.settled_count
+    speed = s.bytes_per_second
+    bar.set_postfix_str(
+        f"{s.status}; {human_size(s.bytes_uploaded)}/{human_size(s.bytes_total)} at {human_size(speed)}/s; "
+        f"{s.uploaded_count} uploaded, {s.skipped_count} skipped, {s.failed_count} failed",
+        refresh=False,
+    )
+    bar.refresh()
+
+
+def summary(session: SyncSession) -> str:
+    d = session.duration
+    secs = d.total_seconds() if d else 0.0
+    rate = f", {session.uploaded_count / secs:.1f} files/s, {human_size(session.bytes_per_second)}/s" if secs else ""
+    return (
+        f"session {session.pk} {session.status}: {session.found_count} found, {session.uploaded_count} uploaded, "
+        f"{session.skipped_count} skipped, {session.failed_count} failed, {session.cancelled_count} cancelled; "
+        f"{human_size(session.bytes_uploaded)} in {secs:.1f}s{rate}"
+    )
+
+
+def failure_report(session: SyncSession, limit: int = 10) -> str:
+    failed = session.files.filter(status=FileStatus.FAILED).order_by("id")
+    lines = [f"{session.failed_count} files failed; the first {min(limit, session.failed_count)}:"]
+    for f in failed[:limit]:
+        kind = "permanent" if f.error_permanent else "transient"
+        lines.append(f"  {f.relative_path}: {f.last_error} ({kind})")
+    lines.append(f"all of them: {session.admin_url()} (or the Files page filtered by status)")
+    return "\n".join(lines)
+
+
+def exit_code(session: SyncSession) -> int:
+    if session.status == SessionStatus.FAILED:
+        return EXIT_BAD_INPUT
+    if session.failed_count or session.status == SessionStatus.COMPLETED_WITH_ERRORS:
+        return EXIT_FAILED_FILES
+    return EXIT_OK
+
+
+def run_in_thread(target, *args) -> threading.Thread:
+    """A thread with its own database connection, closed at the end."""
+
+    def wrapper() -> None:
+        try:
+            target(*args)
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=wrapper, daemon=True)
+    t.start()
+    return t
