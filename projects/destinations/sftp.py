@@ -1,0 +1,490 @@
+"""An SFTP server (OpenSSH or any SFTP v3 server), through paramiko.
+
+Each uploading thread gets its own connection, kept for the whole run: SFTP requests on one
+connection wait on each other, and paramiko's per-packet work holds the GIL, so more speed
+comes from more threads only up to ~2 and from more processes beyond that.
+Files are written to a hidden temporary name next to the target and renamed into place, so
+a reader never sees a half file. Secrets come from the environment at connect time only.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import stat as stat_mod
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, TypeVar
+
+import paramiko
+
+from projects.destinations.base import (
+    ConfigError,
+    Destination,
+    DestinationError,
+    Option,
+    RemoteObject,
+    UploadResult,
+    local_file_error,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TEMP_MARK = ".uploading-"
+READ_SIZE = 1024 * 1024
+# OpenSSH accepts channel packets of at most 32 KiB; a write request whose data plus header
+# (29 bytes with OpenSSH's 4-byte handles) fits in one costs one SSH packet instead of two.
+WRITE_REQUEST_SIZE = 32 * 1024 - 64
+# Seconds without any answer before an open connection counts as dead (a hung server).
+OPERATION_TIMEOUT = 120.0
+CONNECT_RETRY_DELAYS = (0.2, 0.5, 1.0)
+# Errors of a broken connection, as opposed to an SFTP status answer (an OSError with errno).
+CONNECTION_ERRORS = (EOFError, paramiko.SSHException, paramiko.SFTPError, ConnectionError, TimeoutError)
+
+_known_hosts_lock = threading.Lock()
+
+
+class SFTPDestination(Destination):
+    kind = "sftp"
+    label = "SFTP server"
+    options_schema = {
+        "host": Option((str,), required=True, help="server name or address"),
+        "port": Option((int,), default=22),
+        "username": Option((str,), required=True),
+        "remote_dir": Option((str,), required=True, help="remote folder everything goes under"),
+        "key_file": Option((str,), help="path of a private key file"),
+        "passphrase_env": Option((str,), help="name of the environment variable holding the key's passphrase"),
+        "password_env": Option((str,), help="name of the environment variable holding the password"),
+        "use_agent": Option((bool,), default=False, help="authenticate with the keys of a running ssh-agent"),
+        "known_hosts": Option((str,), default="~/.ssh/known_hosts"),
+        "accept_new_host_key": Option(
+            (bool,), default=False, help="trust and record an unknown host key (a changed one is always refused)"
+        ),
+        "connect_timeout": Option((int, float), default=15),
+    }
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()  # of all threads, for close()
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if not (options["key_file"] or options["password_env"] or options["use_agent"]):
+            raise ConfigError("destination.key_file: set key_file, password_env or use_agent (no way to log in)")
+        if options["passphrase_env"] and not options["key_file"]:
+            raise ConfigError("destination.passphrase_env: only used with key_file")
+        if not 0 < options["port"] < 65536:
+            raise ConfigError("destination.port: must be between 1 and 65535")
+        if options["connect_timeout"] <= 0:
+            raise ConfigError("destination.connect_timeout: must be positive")
+
+    # -- what the rest of the product asks ---------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return self._root
+
+    @property
+    def _root(self) -> str:
+        remote_dir = self.options["remote_dir"].strip()
+        return posixpath.normpath(remote_dir) if remote_dir else "."
+
+    @property
+    def _where(self) -> str:
+        return f"{self.options['host']}:{self.options['port']}"
+
+    def describe(self) -> dict[str, Any]:
+        o = self.options
+        return {"kind": self.kind, "host": o["host"], "port": o["port"], "remote_dir": o["remote_dir"]}
+
+    # -- the contract ----------------------------------------------------------------------
+    def check(self) -> None:
+        """Log in, make sure remote_dir is a writable folder. A missing remote_dir is created
+        when its parent exists (uploads do the same); a missing parent is a permanent error,
+        as it most likely means a typo rather than a folder still to come."""
+        self._run(f"checking {self._root}", self._check_root)
+
+    def list_existing(self) -> Iterator[RemoteObject]:
+        """Regular files under remote_dir, recursively, in walk order; symlinks and unfinished
+        uploads are left out. Each folder is listed whole, on the calling thread's connection."""
+        yield from self._walk(self._root, "")
+
+    def stat(self, key: str) -> RemoteObject | None:
+        path = self._path(key)
+
+        def op(conn: _Connection) -> RemoteObject | None:
+            try:
+                attrs = conn.sftp.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return None
+                raise
+            return RemoteObject(key, attrs.st_size) if stat_mod.S_ISREG(attrs.st_mode or 0) else None
+
+        return self._run(f"stat of {path}", op)
+
+    def upload(self, local_path: str, key: str) -> UploadResult:
+        target = self._path(key)
+        try:
+            src = open(local_path, "rb")
+            size = os.fstat(src.fileno()).st_size
+        except OSError as exc:
+            raise local_file_error(exc, local_path) from exc
+        with src:
+            sent = self._run(f"upload to {target}", lambda conn: self._put(conn, src, local_path, size, target))
+        return UploadResult(size=sent)
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            conn.close()
+
+    # -- uploading -------------------------------------------------------------------------
+    def _put(self, conn: _Connection, src: BinaryIO, local_path: str, size: int, target: str) -> int:
+        folder, name = posixpath.split(target)
+        self._ensure_folder(conn, folder)
+        tmp = posixpath.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
+        try:
+            sent = self._write(conn, src, local_path, tmp, folder)
+            remote_size = conn.sftp.stat(tmp).st_size
+            if remote_size != sent:
+                raise DestinationError(f"size mismatch after upload to {target}: sent {sent}, remote has {remote_size}")
+            if sent != size:
+                raise DestinationError(f"{local_path} changed size during upload ({size} -> {sent} bytes)")
+            self._rename(conn, tmp, target)
+        except BaseException as exc:
+            if isinstance(exc, DestinationError) or not _is_connection_error(conn, exc):
+                _remove_quietly(conn, tmp)
+            raise
+        return sent
+
+    def _write(self, conn: _Connection, src: BinaryIO, local_path: str, tmp: str, folder: str) -> int:
+        src.seek(0)
+        try:
+            remote = conn.sftp.open(tmp, "wb")
+        except FileNotFoundError:
+            # The folder was removed behind the cache's back: forget what we knew, create it again.
+            conn.folders.clear()
+            self._ensure_folder(conn, folder)
+            remote = conn.sftp.open(tmp, "wb")
+        sent = 0
+        with remote:
+            remote.MAX_REQUEST_SIZE = WRITE_REQUEST_SIZE
+            remote.set_pipelined(True)  # write acks are collected at close
+            while data := _read(src, local_path):
+                remote.write(data)
+                sent += len(data)
+        return sent
+
+    def _rename(self, conn: _Connection, tmp: str, target: str) -> None:
+        if conn.posix_rename:
+            try:
+                conn.sftp.posix_rename(tmp, target)
+                return
+            except OSError as exc:
+                if exc.errno is not None:  # a real answer (ENOENT, EACCES), not "unsupported"
+                    raise
+                conn.posix_rename = False
+        # Plain SFTP rename refuses to replace: the target is missing for a moment, never partial.
+        try:
+            conn.sftp.remove(target)
+        except FileNotFoundError:
+            pass
+        conn.sftp.rename(tmp, target)
+
+    # -- folders ---------------------------------------------------------------------------
+    def _check_root(self, conn: _Connection) -> None:
+        self._ensure_folder(conn, self._root)
+        probe = posixpath.join(self._root, f".check{TEMP_MARK}{uuid.uuid4().hex[:12]}")
+        conn.sftp.open(probe, "wb").close()
+        conn.sftp.remove(probe)
+
+    def _ensure_folder(self, conn: _Connection, folder: str) -> None:
+        """mkdir -p down from remote_dir; remote_dir's parent has to exist already."""
+        if folder in conn.folders:
+            return
+        missing: list[str] = []
+        path = folder
+        while path not in conn.folders and not self._is_folder(conn, path):
+            missing.append(path)
+            if path == self._root:
+                break
+            path = posixpath.dirname(path)
+        for path in reversed(missing):
+            self._mkdir(conn, path)
+        path = folder
+        while path not in conn.folders:
+            conn.folders.add(path)
+            if path == self._root:
+                break
+            path = posixpath.dirname(path)
+
+    def _is_folder(self, conn: _Connection, path: str) -> bool:
+        try:
+            attrs = conn.sftp.stat(path)
+        except FileNotFoundError:
+            return False
+        if not stat_mod.S_ISDIR(attrs.st_mode or 0):
+            raise DestinationError(f"not a folder on {self._where}: {path}", permanent=True)
+        return True
+
+    def _mkdir(self, conn: _Connection, path: str) -> None:
+        try:
+            conn.sftp.mkdir(path)
+        except OSError as exc:
+            if _is_connection_error(conn, exc):
+                raise
+            if exc.errno == errno.ENOENT and path == self._root:
+                raise DestinationError(
+                    f"cannot create remote folder {path} on {self._where}: its parent does not exist",
+                    permanent=True,
+                ) from exc
+            if not self._is_folder(conn, path):  # else another connection made it first
+                raise
+
+    # -- listing ---------------------------------------------------------------------------
+    def _walk(self, folder: str, rel: str) -> Iterator[RemoteObject]:
+        entries = self._run(f"listing {folder}", lambda conn: _listdir(conn, folder))
+        children = sorted((a.filename + "/" if stat_mod.S_ISDIR(a.st_mode or 0) else a.filename, a) for a in entries)
+        for sort_name, attrs in children:
+            if sort_name.endswith("/"):
+                yield from self._walk(posixpath.join(folder, attrs.filename), rel + sort_name)
+            elif stat_mod.S_ISREG(attrs.st_mode or 0) and TEMP_MARK not in attrs.filename:
+                yield RemoteObject(rel + attrs.filename, attrs.st_size or 0)
+
+    # -- connections -----------------------------------------------------------------------
+    def _run(self, what: str, op: Callable[[_Connection], T]) -> T:
+        """op on this thread's connection; once more on a new connection if that one broke."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                return op(conn)
+            except DestinationError:
+                raise
+            except (OSError, *CONNECTION_ERRORS) as exc:
+                if not _is_connection_error(conn, exc):
+                    raise self._answer_error(what, exc) from exc
+                self._discard(conn)
+                if attempt == 2:
+                    raise DestinationError(f"{what}: connection to {self._where} lost ({_reason(exc)})") from exc
+                logger.info("sftp %s: connection lost during %s (%s), reconnecting", self._where, what, _reason(exc))
+        raise AssertionError("unreachable")
+
+    def _answer_error(self, what: str, exc: BaseException) -> DestinationError:
+        """The DestinationError for an SFTP status answer (the connection itself is fine)."""
+        code = getattr(exc, "errno", None)
+        if code == errno.ENOENT:
+            return DestinationError(f"{what}: no such file or folder on {self._where}", permanent=True)
+        if code == errno.EACCES:
+            return DestinationError(f"{what}: permission denied on {self._where}", permanent=True)
+        return DestinationError(f"{what}: server {self._where} answered: {_reason(exc)}")
+
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.usable():
+            return conn
+        if conn is not None:
+            self._discard(conn)
+        conn = self._connect()
+        self._local.conn = conn
+        with self._lock:
+            self._connections.add(conn)
+        return conn
+
+    def _discard(self, conn: _Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+        conn.close()
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+
+    def _connect(self) -> _Connection:
+        """Connect, retrying what may pass (refused, reset, timeout) with a short backoff."""
+        for delay in (*CONNECT_RETRY_DELAYS, None):
+            try:
+                return self._connect_once()
+            except (OSError, *CONNECTION_ERRORS) as exc:
+                if delay is None:
+                    raise DestinationError(f"cannot connect to {self._where}: {_reason(exc)}") from exc
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _connect_once(self) -> _Connection:
+        o = self.options
+        known_hosts = os.path.expanduser(o["known_hosts"])
+        client = paramiko.SSHClient()
+        if os.path.exists(known_hosts):
+            client.get_host_keys().load(known_hosts)
+        policy = _RecordNewKey(known_hosts) if o["accept_new_host_key"] else _RejectUnknownKey()
+        client.set_missing_host_key_policy(policy)
+        timeout = float(o["connect_timeout"])
+        try:
+            client.connect(
+                o["host"],
+                port=o["port"],
+                username=o["username"],
+                password=self._secret("password_env"),
+                pkey=self._private_key(),
+                allow_agent=o["use_agent"],
+                look_for_keys=False,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                channel_timeout=timeout,
+            )
+            sftp = client.open_sftp()
+        except _UnknownHostKey:
+            client.close()
+            raise DestinationError(
+                f"host key for {self._where} not in {known_hosts} (set accept_new_host_key to trust it)",
+                permanent=True,
+            ) from None
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise DestinationError(
+                f"host key for {self._where} has CHANGED (server offers {exc.key.get_name()} {exc.key.fingerprint}, "
+                f"{known_hosts} has {exc.expected_key.fingerprint}): refusing to connect; if the server was "
+                f"re-keyed, remove its line from {known_hosts}",
+                permanent=True,
+            ) from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise DestinationError(
+                f"authentication failed for {o['username']}@{self._where} (tried: {self._auth_methods()})",
+                permanent=True,
+            ) from None
+        except BaseException:
+            client.close()
+            raise
+        sftp.get_channel().settimeout(OPERATION_TIMEOUT)
+        return _Connection(client, sftp)
+
+    def _secret(self, option: str) -> str | None:
+        name = self.options[option]
+        if not name:
+            return None
+        value = os.environ.get(name)
+        if value is None:
+            raise DestinationError(f"environment variable {name} ({option}) is not set", permanent=True)
+        return value
+
+    def _private_key(self) -> paramiko.PKey | None:
+        path = self.options["key_file"]
+        if not path:
+            return None
+        path = os.path.expanduser(path)
+        passphrase = self._secret("passphrase_env")
+        try:
+            return paramiko.PKey.from_path(path, password=passphrase.encode() if passphrase is not None else None)
+        except FileNotFoundError:
+            raise DestinationError(f"key file not found: {path}", permanent=True) from None
+        except PermissionError:
+            raise DestinationError(f"permission denied reading key file {path}", permanent=True) from None
+        except (paramiko.SSHException, ValueError, TypeError) as exc:
+            # cryptography says "password-protected" with a TypeError, a wrong passphrase with a ValueError.
+            encrypted = passphrase is None and isinstance(exc, (TypeError, paramiko.PasswordRequiredException))
+            problem = "it is encrypted: set passphrase_env" if encrypted else "wrong passphrase or not a private key"
+            raise DestinationError(f"cannot load key file {path}: {problem}", permanent=True) from None
+
+    def _auth_methods(self) -> str:
+        o = self.options
+        methods = [("key file", o["key_file"]), ("password", o["password_env"]), ("ssh-agent", o["use_agent"])]
+        return ", ".join(name for name, used in methods if used)
+
+    def _path(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise DestinationError(f"invalid key (empty part, '.', '..' or leading '/'): {key!r}", permanent=True)
+        return posixpath.join(self._root, key)
+
+
+class _Connection:
+    """One SSH connection, its SFTP session and what it learnt about the server."""
+
+    def __init__(self, client: paramiko.SSHClient, sftp: paramiko.SFTPClient):
+        self.client = client
+        self.sftp = sftp
+        self.folders: set[str] = set()  # known to exist
+        self.posix_rename = True  # until the server says it lacks the extension
+        self.closed = False
+
+    def usable(self) -> bool:
+        transport = self.client.get_transport()
+        return not self.closed and transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sftp.close()
+            self.client.close()
+        except (OSError, *CONNECTION_ERRORS):
+            pass  # it was going away anyway
+
+
+class _UnknownHostKey(Exception):
+    pass
+
+
+class _RejectUnknownKey(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise _UnknownHostKey(hostname)
+
+
+class _RecordNewKey(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: append the key to known_hosts, keeping the file's other lines as they are."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with _known_hosts_lock:  # threads connecting at once would each append the same line
+            known = paramiko.HostKeys()
+            if os.path.exists(self.path):
+                known.load(self.path)
+            if known.lookup(hostname) is not None:
+                return
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        logger.warning("sftp: recorded new host key for %s (%s) in %s", hostname, key.fingerprint, self.path)
+
+
+def _listdir(conn: _Connection, folder: str) -> list[paramiko.SFTPAttributes]:
+    try:
+        return conn.sftp.listdir_attr(folder)
+    except FileNotFoundError:
+        return []
+
+
+def _read(src: BinaryIO, local_path: str) -> bytes:
+    try:
+        return src.read(READ_SIZE)
+    except OSError as exc:
+        raise local_file_error(exc, local_path) from exc
+
+
+def _is_connection_error(conn: _Connection, exc: BaseException) -> bool:
+    """True when exc is the connection failing; False for an SFTP status answer (ENOENT, ...)."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        return True
+    return isinstance(exc, OSError) and not conn.usable()
+
+
+def _remove_quietly(conn: _Connection, path: str) -> None:
+    try:
+        conn.sftp.remove(path)
+    except (OSError, *CONNECTION_ERRORS):
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

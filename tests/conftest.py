@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["tests.servers.s3"]
+for _name in ("sshd", "roboflow_api", "receiver"):
+    if (Path(__file__).parent / "servers" / f"{_name}.py").exists():
+        pytest_plugins.append(f"tests.servers.{_name}")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll until predicate() is truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def write_files(root: Path, files: dict[str, bytes | str]) -> Path:
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+    return root
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    d = tmp_path / "source"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def make_project(db, source: Path) -> Callable[..., Any]:
+    from projects import config
+
+    def make(destination: dict[str, Any], **fields: Any):
+        raw = {"project": fields.pop("project", "test-project"), "source_dir": str(fields.pop("source_dir", source)),
+               "destination": destination, **fields}
+        project, _ = config.apply(config.validate(raw), "command_line", "test")
+        return project
+
+    return make
+
+
+def run_session_inline(project) -> Any:
+    """Scan, plan and upload a session in this process (what `upload --sync` does), to the end."""
+    from sessions_app import pipeline, uploading
+
+    session = pipeline.create_session(project, created_by="test")
+    session.mark_scanning()
+    pipeline.scan_session(session.pk, start_uploads=False)
+    uploading.drain(session.pk)
+    session.refresh_from_db()
+    return session
+
+
+def database_url() -> str:
+    """The URL of the test database this pytest process uses, for subprocesses."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def manage_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "1", "SECRET_KEY": "test-secret-key"}
+    env.update(extra)
+    return env
+
+
+def manage(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a management command in a subprocess against the test database."""
+    return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=env or manage_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Cluster:
+    """A real `manage.py qcluster` in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path, self.proc = env, log_path, None
+
+    def start(self) -> Cluster:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole group: the main process and every worker, mid-task."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def cluster_factory(transactional_db, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    started: list[Cluster] = []
+
+    def start(**env: str) -> Cluster:
+        c = Cluster(manage_env(Q_WORKERS="2", Q_POLL="0.05", **env), tmp_path / f"qcluster-{len(started)}.log")
+        started.append(c.start())
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
