@@ -231,8 +231,13 @@ def _redact_url(url: str) -> str:
 
 
 def load(config_file: str | None, overrides: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """File + environment + overrides -> validated config. Raises ConfigError."""
-    file_layer = load_file(config_file) if config_file else {}
+    """File + environment + overrides -> validated config. Raises ConfigError.
+    Without a file, an existing project named in the overrides supplies its current config."""
+    if config_file:
+        file_layer = load_file(config_file)
+    else:
+        existing = Project.objects.filter(name=overrides.get("project") or "").first()
+        file_layer = config_from_project(existing) if existing else {}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "destination" in overrides:
         given["destination"] = {k: v for k, v in overrides["destination"].items() if v is not None}
