@@ -111,7 +111,7 @@ class AnnotationFinder:
     coco_cache_size = 4
 
     def __init__(self, root: str | None = None):
-        self.root = os.path.abspath(root) if root else None
+        self.root = os.path.abspath(os.path.expanduser(root)) if root else None
         self._lock = threading.Lock()
         self._labelmaps: dict[str, Any] = {}
         self._coco: OrderedDict[str, _CocoIndex] = OrderedDict()
@@ -120,7 +120,7 @@ class AnnotationFinder:
     def find(self, image_path: str) -> Annotation | None:
         """The image's annotation, or None when it has none. Raises AnnotationError for an
         annotation or labelmap file that is there but unreadable."""
-        image_path = os.path.abspath(image_path)
+        image_path = os.path.abspath(os.path.expanduser(image_path))
         for path in candidate_paths(image_path):
             if os.path.isfile(path):
                 annotation = self._read(path, image_path)
@@ -180,7 +180,7 @@ class AnnotationFinder:
             with self._lock:
                 self._labelmaps[directory] = cached
         if isinstance(cached, AnnotationError):
-            raise cached
+            raise AnnotationError(str(cached))  # a fresh one: threads must not share a traceback
         return cached
 
     def _coco_index(self, path: str) -> _CocoIndex:

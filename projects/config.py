@@ -80,7 +80,8 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
         if key.startswith("destination_"):
             dest[key[len("destination_"):]] = _parse_env_value(raw)
         elif key in SCHEMA and key != "destination":
-            out[key] = _parse_env_value(raw)
+            # A string setting stays a string (UPLOADER_PROJECT=2024 names project "2024").
+            out[key] = raw if SCHEMA[key].types == (str,) else _parse_env_value(raw)
     if dest:
         out["destination"] = dest
     return out
@@ -238,6 +239,8 @@ def load(config_file: str | None, overrides: dict[str, Any], environ: dict[str, 
     else:
         existing = Project.objects.filter(name=overrides.get("project") or "").first()
         file_layer = config_from_project(existing) if existing else {}
+        if existing:
+            file_layer["notify_url"] = existing.notify_url or None  # the real one, not the redacted
     given = {k: v for k, v in overrides.items() if v is not None}
     if "destination" in overrides:
         given["destination"] = {k: v for k, v in overrides["destination"].items() if v is not None}

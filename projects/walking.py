@@ -30,6 +30,12 @@ Problem = Callable[[str, str], None]  # (relative path, message)
 def walk_sorted(root: str, follow_symlinks: bool = False, on_problem: Problem | None = None) -> Iterator[Entry]:
     report = on_problem or (lambda path, msg: None)
     seen_dirs: set[tuple[int, int]] = set()
+    if follow_symlinks:
+        try:
+            st = os.stat(root)
+            seen_dirs.add((st.st_dev, st.st_ino))  # a link back to the root is a loop too
+        except OSError:
+            pass  # reported by _walk
     yield from _walk(root, "", follow_symlinks, report, seen_dirs)
 
 

@@ -83,7 +83,10 @@ def database_url() -> str:
 
 
 def manage_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "1", "SECRET_KEY": "test-secret-key"}
+    from django.conf import settings
+
+    # Same SECRET_KEY as this process: django-q2 signs the tasks it queues with it.
+    env = {**os.environ, "DATABASE_URL": database_url(), "DEBUG": "1", "SECRET_KEY": settings.SECRET_KEY}
     env.update(extra)
     return env
 
@@ -137,3 +140,4 @@ def cluster_factory(transactional_db, tmp_path: Path) -> Iterator[Callable[..., 
     yield start
     for c in started:
         c.stop()
+        print(f"--- {c.log_path.name} ---\n{c.output()[-5000:]}")  # shown when the test fails

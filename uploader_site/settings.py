@@ -1,5 +1,7 @@
 """Settings, read from the environment through django-environ (see .env.example)."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import environ
@@ -147,6 +149,10 @@ LOGGING = {
     },
 }
 
+# Test databases: one per test process, so concurrent runs on one machine never share one;
+# for SQLite a file, not :memory:, so a qcluster subprocess in the tests sees it.
+_test_suffix = f"{os.getpid()}"
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # A file, not :memory:, so a qcluster subprocess in the tests sees the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(tempfile.gettempdir(), f"uploader-test-{_test_suffix}.sqlite3")}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{_test_suffix}"}

@@ -8,6 +8,7 @@ capability), handed files one by one (`upload`, called from many threads at once
 
 from __future__ import annotations
 
+import copy
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -75,6 +76,9 @@ class Destination:
     def __init__(self, options: dict[str, Any]):
         self.options = self.validate_options(options)
         self._local = threading.local()
+        self.project_name: str | None = None
+        self.session_id: int | None = None
+        self.source_dir: str | None = None
 
     # -- options -------------------------------------------------------------------------
     @classmethod
@@ -86,7 +90,7 @@ class Destination:
             raise ConfigError(f"destination.{unknown[0]}: unknown option for type {cls.kind!r}")
         clean: dict[str, Any] = {}
         for name, opt in cls.options_schema.items():
-            value = options.get(name, opt.default)
+            value = options.get(name, copy.deepcopy(opt.default))
             if value is None:
                 if opt.required:
                     raise ConfigError(f"destination.{name}: required for type {cls.kind!r}")

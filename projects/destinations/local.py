@@ -82,7 +82,8 @@ class LocalDestination(Destination):
             os.replace(tmp, target)  # readers never see a half-written file
         except OSError as exc:
             _remove_quietly(tmp)
-            permanent = isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError))
+            # FileExistsError: a file stands where a folder of the key should be (makedirs).
+            permanent = isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError))
             raise DestinationError(f"cannot write {target}: {exc.strerror or exc}", permanent=permanent) from exc
         return UploadResult(size=size)
 

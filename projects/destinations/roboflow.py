@@ -19,7 +19,7 @@ to run in many worker threads:
   command's progress display is unaffected).
 - The API key. The SDK puts it in every URL; urllib3 logs URLs at DEBUG and requests quotes them
   in exception texts. A filter on urllib3's loggers masks `api_key=` values, our messages are
-  scrubbed, and SDK exceptions are never chained (`from None`), so no traceback carries a URL.
+  scrubbed, and SDK exceptions are never chained to ours, so no traceback carries a URL.
 """
 
 from __future__ import annotations
@@ -143,13 +143,10 @@ class RoboflowDestination(Destination):
             raise DestinationError(
                 f"the API key in {self._key_env} belongs to workspace {owner!r}, not {workspace!r}", permanent=True
             )
-        self._sdk(
-            rfapi.get_workspace, api_key, workspace, what=f"workspace {workspace!r}", not_found="not found"
-        )
+        self._sdk(rfapi.get_workspace, api_key, workspace, what=f"workspace {workspace!r}", lookup=True)
         for project in filter(None, (self.options["project"], self.options["neither_project"])):
-            self._sdk(
-                rfapi.get_project, api_key, workspace, project, what=f"project {workspace}/{project}", not_found="not found"
-            )
+            what = f"project {workspace}/{project}"
+            self._sdk(rfapi.get_project, api_key, workspace, project, what=what, lookup=True)
 
     # -- upload -----------------------------------------------------------------------------
     def upload(self, local_path: str, key: str) -> UploadResult:
@@ -237,21 +234,24 @@ class RoboflowDestination(Destination):
             call.flush()
 
     def _sdk(
-        self, func: Callable[..., Any], api_key: str, *args: Any, what: str, not_found: str = "", local_path: str = "",
+        self, func: Callable[..., Any], api_key: str, *args: Any, what: str, lookup: bool = False, local_path: str = "",
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """One SDK call: its JSON answer, or a DestinationError that says whether to retry."""
+        """One SDK call: its JSON answer, or a DestinationError that says whether to retry.
+        `lookup`: a 404 means the named thing does not exist."""
         with self._sdk_call(api_key) as call:
             try:
                 return func(api_key, *args, **kwargs)
-            except OSError as exc:
-                if local_path and not isinstance(exc, requests.RequestException):
-                    raise local_file_error(exc, local_path) from None
-                raise self._error(what, exc, call, api_key, not_found) from None
             except Exception as exc:  # the SDK also crashes (AttributeError, KeyError) on odd answers
-                raise self._error(what, exc, call, api_key, not_found) from None
+                if local_path and isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
+                    error = local_file_error(exc, local_path)
+                else:
+                    error = self._error(what, exc, call, api_key, lookup)
+        # Raised outside the except block, so the SDK's exception (its text holds the URL with
+        # the key) is not even attached as __context__ for a traceback printer to find.
+        raise error
 
-    def _error(self, what: str, exc: Exception, call: _Call, api_key: str, not_found: str = "") -> DestinationError:
+    def _error(self, what: str, exc: Exception, call: _Call, api_key: str, lookup: bool) -> DestinationError:
         cause = exc if isinstance(exc, requests.RequestException) else exc.__cause__
         if isinstance(cause, requests.Timeout):
             return DestinationError(f"Roboflow {what}: no answer within {call.timeout:g} s", permanent=False)
@@ -260,13 +260,13 @@ class RoboflowDestination(Destination):
         response = call.response
         status = getattr(exc, "status_code", None) or (response.status_code if response is not None else None)
         detail = scrub(_detail(exc, response), api_key)
-        if status == 429 or status is None or status == 408 or status >= 500:
+        if status is None or status in (408, 429) or status >= 500:
             reason = "rate limited" if status == 429 else f"HTTP {status}" if status else "no answer"
             return DestinationError(
                 f"Roboflow {what}: {reason}: {detail}", permanent=False, retry_after=retry_after(response)
             )
-        if status == 404 and not_found:
-            return DestinationError(f"Roboflow {what}: {not_found}", permanent=True)
+        if status == 404 and lookup:
+            return DestinationError(f"Roboflow {what}: not found", permanent=True)
         if status in (401, 403):
             return DestinationError(
                 f"Roboflow {what}: the API key in {self._key_env} was refused (HTTP {status}): {detail}", permanent=True

@@ -66,9 +66,12 @@ class S3Destination(Destination):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         if options.get("endpoint_url"):
-            from projects.urls import check_http_url
+            from projects.urls import check_http_url, redact_url
 
             check_http_url(options["endpoint_url"], "destination.endpoint_url")
+            if redact_url(options["endpoint_url"]) != options["endpoint_url"]:
+                # It would end up in the database and ConfigHistory; credentials come from the AWS chain.
+                raise ConfigError("destination.endpoint_url: must not contain user:password (use aws_profile)")
         if options["multipart_threshold_mb"] < 5 or options["multipart_chunk_mb"] < 5:
             raise ConfigError("destination.multipart_threshold_mb/multipart_chunk_mb: S3 parts are at least 5 MiB")
 

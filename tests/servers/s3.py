@@ -131,7 +131,9 @@ class MotoServer:
             return ""
 
     def post(self, path: str, data: bytes) -> None:
-        req = urllib.request.Request(f"{self.endpoint_url}{path}", data=data, method="POST")
+        req = urllib.request.Request(
+            f"{self.endpoint_url}{path}", data=data, method="POST", headers={"Content-Type": "text/plain"}
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200, resp.read()
 
@@ -152,7 +154,12 @@ def raw_client(endpoint_url: str, **kwargs):
         "s3",
         endpoint_url=endpoint_url,
         region_name=REGION,
-        config=Config(max_pool_connections=32, retries={"max_attempts": 3, "mode": "standard"}),
+        config=Config(
+            max_pool_connections=32,
+            retries={"max_attempts": 3, "mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
         **kwargs,
     )
 

@@ -79,11 +79,7 @@ class SSHServer:
         """Stop sshd and every session it forked, so open connections drop as in an outage."""
         if self._process is None:
             return
-        # Session processes call setsid(), so they are found through /proc, not a process group.
-        children = _descendants(self._process.pid)
-        for pid in children:
-            _signal(pid, signal.SIGTERM)
-        _wait_gone(children, time.monotonic() + STOP_TIMEOUT)
+        self.drop_connections()
         self._process.terminate()
         try:
             self._process.wait(STOP_TIMEOUT)
@@ -91,6 +87,16 @@ class SSHServer:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def drop_connections(self) -> None:
+        """Kill every session but keep listening: open connections die, new ones work."""
+        if self._process is None:
+            return
+        # Session processes call setsid(), so they are found through /proc, not a process group.
+        sessions = _descendants(self._process.pid)
+        for pid in sessions:
+            _signal(pid, signal.SIGTERM)
+        _wait_gone(sessions, time.monotonic() + STOP_TIMEOUT)
 
     def close(self) -> None:
         self.stop()

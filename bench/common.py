@@ -1,0 +1,290 @@
+"""Shared helpers of the benchmark scripts: child processes that are always cleaned up, CPU of a
+process tree from /proc, fresh databases, and the environment of a product subprocess.
+
+Not a test module and not imported by the product.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MANAGE = str(REPO / "manage.py")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REGION = "us-east-1"
+
+
+# -- child processes --------------------------------------------------------------------------
+_children: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], *, log: Path | None = None, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:
+    """A long-running child in its own process group (Ctrl-C in the terminal does not reach it;
+    we stop it, and everything it forked, ourselves)."""
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **kw)
+    finally:
+        if log:
+            out.close()
+    _children.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Polite signal to the main process (qcluster shuts its workers down on SIGTERM), then
+    SIGKILL to the whole group: a SIGKILL to qcluster's main process alone leaves its workers running."""
+    try:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # its group id is its pid (start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        if proc in _children:
+            _children.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(reversed(_children)):
+        stop(proc, grace=5.0)
+
+
+def _on_signal(signum, frame):
+    stop_all()
+    # Let the usual KeyboardInterrupt / exit path run (finally blocks, temp dirs).
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def install_cleanup() -> None:
+    atexit.register(stop_all)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- CPU of a process tree -------------------------------------------------------------------
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, CPU seconds of itself + its reaped children)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        fields = data[data.rindex(b")") + 2:].split()
+        # fields[0] is field 3 of proc(5): state; ppid is 4, utime..cstime are 14..17
+        ppid = int(fields[1])
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        table[int(name)] = (ppid, ticks / CLK_TCK)
+    return table
+
+
+def tree_cpu(root_pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants, living or reaped by a
+    member of the tree. Workers that exit and are waited for move into their parent's cutime,
+    so the sum never goes back; nothing is counted twice."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][1]
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    table = _proc_table()
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(p for p, (pp, _) in table.items() if pp == pid)
+    return out
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+# -- moto -----------------------------------------------------------------------------------
+class Moto:
+    """moto's standalone S3 server on a free loopback port, in its own process group."""
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Moto:
+        for _ in range(3):  # the probed port may be taken before moto binds it
+            self.port = free_port()
+            self.proc = spawn([PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                              log=self.log, env=aws_env())
+            try:
+                wait_for(self._answers, 30, f"moto on port {self.port}")
+                return self
+            except RuntimeError:
+                stop(self.proc)
+        raise RuntimeError(f"moto did not start, see {self.log}")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError("moto exited")
+        try:
+            with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def cpu(self) -> float:
+        return tree_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
+def aws_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Dummy credentials and nothing of the real user's AWS set-up."""
+    env = {k: v for k, v in (base if base is not None else os.environ).items() if not k.startswith("AWS_")}
+    empty = Path(tempfile.gettempdir()) / "uploader-bench-empty-aws"
+    empty.write_text("")
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=str(empty),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty),
+        AWS_EC2_METADATA_DISABLED="true",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env.pop(name, None)
+    return env
+
+
+# -- databases ------------------------------------------------------------------------------
+class FreshDatabase:
+    """An empty database for one measurement: a SQLite file in a temp DATA_DIR (default), or a
+    PostgreSQL database created (dropped first if it exists) from --database-url and dropped at the end."""
+
+    def __init__(self, database_url: str | None, work: Path, keep: bool = False):
+        self.url = database_url
+        self.keep = keep
+        self.data_dir = Path(tempfile.mkdtemp(prefix="db-", dir=work))
+        self.created = False
+
+    @property
+    def kind(self) -> str:
+        return "postgresql" if self.url else "sqlite"
+
+    def _pg(self):
+        import psycopg2
+
+        u = urllib.parse.urlsplit(self.url)
+        name = u.path.lstrip("/")
+        conn = psycopg2.connect(host=u.hostname or "127.0.0.1", port=u.port or 5432, user=u.username or "postgres",
+                                password=u.password or None, dbname="postgres")
+        conn.autocommit = True
+        return conn, name
+
+    def create(self) -> FreshDatabase:
+        if self.url:
+            conn, name = self._pg()
+            with conn, conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(f'CREATE DATABASE "{name}"')
+            conn.close()
+        self.created = True
+        return self
+
+    def drop(self) -> None:
+        if self.url and self.created and not self.keep:
+            conn, name = self._pg()
+            with conn, conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.close()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = aws_env()
+        env.update(DATA_DIR=str(self.data_dir), DEBUG="0", SECRET_KEY="bench-secret-key", LOG_LEVEL="WARNING",
+                   PYTHONUNBUFFERED="1")
+        if self.url:
+            env["DATABASE_URL"] = self.url
+        else:
+            env.pop("DATABASE_URL", None)
+        env.update(extra)
+        return env
+
+    def migrate(self, log: Path) -> None:
+        with open(log, "ab") as out:
+            subprocess.run([PYTHON, MANAGE, "migrate", "--noinput"], env=self.env(), cwd=REPO, check=True,
+                           stdout=out, stderr=subprocess.STDOUT)
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, Python {sys.version.split()[0]}, {os.uname().release}"
