@@ -37,11 +37,12 @@ class Result:
     size: int
     wall: float
     client_cpu: float
+    server_cpu: float
 
     def line(self) -> str:
         return (
-            f"{self.name:<34} {self.wall:8.2f} s {self.files / self.wall:9.0f} files/s "
-            f"{self.size / self.wall / 1e6:8.1f} MB/s  client CPU {self.client_cpu:6.2f} s"
+            f"{self.name:<34} {self.wall:7.2f} s {self.files / self.wall:7.0f} files/s "
+            f"{self.size / self.wall / 1e6:7.1f} MB/s   CPU s: client {self.client_cpu:5.2f} server {self.server_cpu:5.2f}"
         )
 
 
@@ -109,12 +110,12 @@ def verify(remote_dir: Path, source: Path, rels: list[str]) -> None:
     shutil.rmtree(remote_dir)
 
 
-def timed(name: str, files: int, size: int, run) -> Result:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def timed(name: str, server: SSHServer, files: int, size: int, run) -> Result:
+    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu_seconds()
     wall = run()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu_seconds()
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    result = Result(name, files, size, wall, cpu)
+    result = Result(name, files, size, wall, cpu, server_after - server_before)
     print(result.line(), flush=True)
     return result
 
@@ -156,14 +157,14 @@ def main() -> None:
                 for processes, threads in parse_combos(args.combos):
                     timed(
                         f"SFTPDestination {processes} proc x {threads} thr",
-                        len(rels), total,
+                        server, len(rels), total,
                         lambda: run_destination(server, source, rels, processes, threads),
                     )
                 if not args.skip_rclone:
                     for transfers in (int(t) for t in args.rclone_transfers.split(",") if t):
                         timed(
                             f"rclone copy --transfers {transfers}",
-                            len(rels), total,
+                            server, len(rels), total,
                             lambda: run_rclone(server, source, rels, transfers),
                         )
     finally:

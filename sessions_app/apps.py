@@ -7,4 +7,4 @@ class SessionsAppConfig(AppConfig):
     verbose_name = "Sync sessions"
 
     def ready(self) -> None:
-        from sessions_app import signals  # noqa: F401
+        from sessions_app import retrying, signals  # noqa: F401 (signal receivers)

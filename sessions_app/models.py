@@ -111,7 +111,17 @@ class SyncSession(models.Model):
         )
 
     def mark_failed(self, error: str) -> bool:
-        return self._move(ACTIVE_STATUSES, SessionStatus.FAILED, error=error[:10000], finished_at=timezone.now())
+        won = self._move(ACTIVE_STATUSES, SessionStatus.FAILED, error=error[:10000], finished_at=timezone.now())
+        if won:
+            from sessions_app.signals import session_finished
+
+            session_finished.send(sender=SyncSession, session=self)
+        return won
+
+    def mark_cancelled(self) -> bool:
+        """Stop a running session; finished_at is set once its last transfer has settled."""
+        return self._move(ACTIVE_STATUSES, SessionStatus.CANCELLED, finished_at=None, auto_retry=False,
+                          next_retry_at=None)
 
     def finish(self) -> bool:
         """End an uploading session whose files are all settled; False if something is still open."""

@@ -73,6 +73,11 @@ def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
         raise
     finally:
         dest.close()
+    if _cancelled(session):
+        from sessions_app.cancelling import settle
+
+        settle(session)  # the rows of the last batch came in after the cancel
+        return stats
     session.recount()
     session.mark_scan_finished()
     if not session.files.filter(status__in=(FileStatus.PENDING, FileStatus.UPLOADING)).exists():

@@ -32,6 +32,10 @@ def enqueue_uploads(session_id: int, count: int) -> list[str]:
     ]
 
 
+def enqueue_notify(session_id: int, trigger: str, url: str = "") -> str:
+    return _enqueue("sessions_app.tasks.notify", session_id, trigger, url, name=f"session-{session_id}:notify")
+
+
 # -- the tasks ----------------------------------------------------------------------------------
 
 
@@ -52,3 +56,22 @@ def sweep() -> str:
     from sessions_app.pipeline import sweep as run_sweep
 
     return "; ".join(run_sweep()) or "nothing to do"
+
+
+def retry_round(session_id: int, round_number: int) -> str:
+    """Run by the one-off Schedule an automatic retry round leaves for the next one."""
+    from sessions_app.retrying import run_scheduled_round
+
+    return run_scheduled_round(session_id, round_number)
+
+
+def notify(session_id: int, trigger: str, url: str = "") -> str:
+    from sessions_app import notifying
+    from sessions_app.models import SyncSession
+
+    session = SyncSession.objects.select_related("project").get(pk=session_id)
+    try:
+        row = notifying.deliver(session, url or None, trigger)
+    except notifying.NotifyError as exc:
+        return f"session {session_id}: not notified: {exc}"
+    return notifying.outcome_text(row)

@@ -124,6 +124,7 @@ class Drainer:
         self.outcomes: list[Outcome] = []
         self.last_flush = time.monotonic()
         self.stopped = False  # no more claims: cancelled, ended, or out of time
+        self.cancelled = False
 
     def run(self, dest: Destination) -> bool:
         """Upload until nothing is left to claim; True if this task ran out of time."""
@@ -145,6 +146,8 @@ class Drainer:
                 if time.monotonic() - self.last_flush >= settings.UPLOAD_FLUSH_SECONDS:
                     self.flush()
                     self._check_stop()
+                    if self.cancelled:
+                        self._drop_unstarted(in_flight)
         self.flush()
         return self.timed_out
 
@@ -162,6 +165,14 @@ class Drainer:
         status = SyncSession.objects.values_list("status", flat=True).get(pk=self.session.pk)
         if status not in (SessionStatus.SCANNING, SessionStatus.UPLOADING) or self.timed_out:
             self.stopped = True
+        self.cancelled = status == SessionStatus.CANCELLED
+
+    def _drop_unstarted(self, in_flight: dict[Future, FileUpload]) -> None:
+        """Cancelled: claimed rows whose transfer has not started are not uploaded."""
+        for fut, row in list(in_flight.items()):
+            if fut.cancel():
+                in_flight.pop(fut)
+                self.outcomes.append(Outcome(row, FileStatus.CANCELLED))
 
     def claim(self, n: int) -> list[FileUpload]:
         if n <= 0:
@@ -187,7 +198,7 @@ class Drainer:
         if not outcomes:
             SyncSession.objects.filter(pk=self.session.pk).update(heartbeat_at=now)
             return
-        counts = {s: 0 for s in (FileStatus.UPLOADED, FileStatus.FAILED, FileStatus.SKIPPED)}
+        counts = {s: 0 for s in (FileStatus.UPLOADED, FileStatus.FAILED, FileStatus.SKIPPED, FileStatus.CANCELLED)}
         rows = []
         for o in outcomes:
             o.row.status, o.row.claim_token, o.row.verify_remote = o.status, None, False
@@ -199,6 +210,7 @@ class Drainer:
                 uploaded_count=F("uploaded_count") + counts[FileStatus.UPLOADED],
                 failed_count=F("failed_count") + counts[FileStatus.FAILED],
                 skipped_count=F("skipped_count") + counts[FileStatus.SKIPPED],
+                cancelled_count=F("cancelled_count") + counts[FileStatus.CANCELLED],
                 pending_count=Greatest(F("pending_count") - len(rows), 0),
                 bytes_uploaded=F("bytes_uploaded") + sum(o.bytes_sent for o in outcomes),
                 heartbeat_at=now,
@@ -222,4 +234,8 @@ def drain(session_id: int, deadline_seconds: float | None = None) -> str:
     session.refresh_from_db()
     if session.status == SessionStatus.UPLOADING:
         session.finish()
+    elif session.status == SessionStatus.CANCELLED:
+        from sessions_app.cancelling import settle
+
+        settle(session)
     return "done"

@@ -66,7 +66,7 @@ def open_tmp():
 
 
 @pytest.fixture
-def source(tmp_path):
+def make_source(tmp_path):
     def make(content: bytes, name: str = "src.bin") -> str:
         path = tmp_path / "source" / name
         path.parent.mkdir(exist_ok=True)
@@ -84,56 +84,56 @@ def all_files(root) -> list[str]:
 
 
 # -- writing -----------------------------------------------------------------------------
-def test_upload_leaves_only_the_target_file(tmp_path, source):
+def test_upload_leaves_only_the_target_file(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "out")})
 
-    dest.upload(source(b"content"), "deep/er/file.txt")
-    dest.upload(source(b"content, again"), "deep/er/file.txt")
+    dest.upload(make_source(b"content"), "deep/er/file.txt")
+    dest.upload(make_source(b"content, again"), "deep/er/file.txt")
 
     assert all_files(tmp_path / "out") == ["deep/er/file.txt"]
     assert (tmp_path / "out/deep/er/file.txt").read_bytes() == b"content, again"
 
 
-def test_overwrite_replaces_the_file_instead_of_rewriting_it_in_place(tmp_path, source):
+def test_overwrite_replaces_the_file_instead_of_rewriting_it_in_place(tmp_path, make_source):
     # A reader holding the old file (here: a hard link to it) keeps seeing the whole old
     # content: the new content was written elsewhere and renamed over the name.
     dest = LocalDestination({"path": str(tmp_path / "out")})
-    dest.upload(source(b"old content"), "doc.txt")
+    dest.upload(make_source(b"old content"), "doc.txt")
     os.link(tmp_path / "out/doc.txt", tmp_path / "reader-view")
 
-    dest.upload(source(b"new"), "doc.txt")
+    dest.upload(make_source(b"new"), "doc.txt")
 
     assert (tmp_path / "out/doc.txt").read_bytes() == b"new"
     assert (tmp_path / "reader-view").read_bytes() == b"old content"
 
 
-def test_failed_write_leaves_no_temporary_file_and_is_permanent(tmp_path, source):
+def test_failed_write_leaves_no_temporary_file_and_is_permanent(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "out")})
     (tmp_path / "out/taken").mkdir(parents=True)
     (tmp_path / "out/taken/inside.txt").write_text("keep me")
 
     with pytest.raises(DestinationError) as info:
-        dest.upload(source(b"data"), "taken")
+        dest.upload(make_source(b"data"), "taken")
 
     assert info.value.permanent is True
     assert all_files(tmp_path / "out") == ["taken/inside.txt"]
     assert (tmp_path / "out/taken/inside.txt").read_text() == "keep me"
 
 
-def test_a_file_where_a_folder_of_the_key_should_be_is_permanent(tmp_path, source):
+def test_a_file_where_a_folder_of_the_key_should_be_is_permanent(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "out")})
-    dest.upload(source(b"i am a file"), "photos")
+    dest.upload(make_source(b"i am a file"), "photos")
 
     for key in ("photos/a.jpg", "photos/2024/a.jpg"):
         with pytest.raises(DestinationError) as info:
-            dest.upload(source(b"jpeg"), key)
+            dest.upload(make_source(b"jpeg"), key)
         assert info.value.permanent is True, key
     assert all_files(tmp_path / "out") == ["photos"]
 
 
-def test_listing_hides_files_still_being_written(tmp_path, source):
+def test_listing_hides_files_still_being_written(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "out")})
-    dest.upload(source(b"done"), "a/done.txt")
+    dest.upload(make_source(b"done"), "a/done.txt")
     (tmp_path / "out/a/next.txt.uploading-0123abcd").write_bytes(b"half")
 
     assert list(dest.list_existing()) == [RemoteObject("a/done.txt", 4)]
@@ -141,9 +141,9 @@ def test_listing_hides_files_still_being_written(tmp_path, source):
 
 # -- keys and prefix -----------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["../outside.txt", "a/../../outside.txt", "/tmp/outside.txt", ".."])
-def test_keys_escaping_the_folder_are_refused(tmp_path, source, key):
+def test_keys_escaping_the_folder_are_refused(tmp_path, make_source, key):
     dest = LocalDestination({"path": str(tmp_path / "out"), "prefix": "p"})
-    src = source(b"x")
+    src = make_source(b"x")
     before = all_files(tmp_path)
 
     with pytest.raises(DestinationError) as info:
@@ -154,12 +154,12 @@ def test_keys_escaping_the_folder_are_refused(tmp_path, source, key):
     assert all_files(tmp_path) == before
 
 
-def test_prefix_is_a_sub_folder_and_listing_stays_inside_it(tmp_path, source):
+def test_prefix_is_a_sub_folder_and_listing_stays_inside_it(tmp_path, make_source):
     (tmp_path / "out").mkdir()
     (tmp_path / "out/beside.txt").write_text("not ours")
     dest = LocalDestination({"path": str(tmp_path / "out"), "prefix": "/sub//dir/"})
 
-    dest.upload(source(b"abc"), "k/v.txt")
+    dest.upload(make_source(b"abc"), "k/v.txt")
 
     assert (tmp_path / "out/sub/dir/k/v.txt").read_bytes() == b"abc"
     assert list(dest.list_existing()) == [RemoteObject("k/v.txt", 3)]

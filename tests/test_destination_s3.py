@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -208,6 +207,7 @@ def test_file_above_the_multipart_threshold_goes_up_in_parts(s3_server, fault_pr
     assert fault_proxy.count("POST", "/big/video.bin?uploads") == 1
     assert fault_proxy.count("PUT", "partNumber=") == 3
     assert fault_proxy.count("PUT", "/big/video.bin?uploadId=") == 3
+    assert fault_proxy.count_by_path("PUT") == {f"/{dest.bucket}/big/video.bin": 3}
     assert fault_proxy.count("POST", "/big/video.bin?uploadId=") == 1
     body = s3_server.client.get_object(Bucket=dest.bucket, Key="big/video.bin")["Body"].read()
     assert hashlib.md5(body).hexdigest() == hashlib.md5(content).hexdigest()
@@ -289,8 +289,7 @@ def test_keys_and_prefix_are_stored_nfc_normalised(s3_server, make_s3_destinatio
 def test_listing_pages_through_more_than_a_thousand_keys(s3_server, fault_proxy, make_s3_destination):
     dest = make_s3_destination(via_proxy=fault_proxy, prefix="many")
     keys = [f"k{i:05d}" for i in range(1100)]
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda k: s3_server.client.put_object(Bucket=dest.bucket, Key=f"many/{k}", Body=b"z"), keys))
+    s3_server.fill(dest.bucket, [f"many/{k}" for k in keys])
 
     listed = list(dest.list_existing())
 

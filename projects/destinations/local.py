@@ -41,16 +41,19 @@ class LocalDestination(Destination):
         return {"kind": self.kind, "path": self.options["path"], "prefix": self.prefix}
 
     def check(self) -> None:
+        """The folder exists and is writable, or (with `create`) could be created: checking
+        changes nothing, so a dry run leaves no folder behind."""
         base = os.path.abspath(os.path.expanduser(self.options["path"]))
+        target = base
         if not os.path.isdir(base):
             if not self.options["create"]:
                 raise DestinationError(f"destination folder not found: {base}", permanent=True)
-            try:
-                os.makedirs(base, exist_ok=True)
-            except OSError as exc:
-                raise DestinationError(f"cannot create destination folder {base}: {exc.strerror}", permanent=True)
-        if not os.access(base, os.W_OK | os.X_OK):
-            raise DestinationError(f"destination folder is not writable: {base}", permanent=True)
+            while not os.path.exists(target):
+                target = os.path.dirname(target)
+            if not os.path.isdir(target):
+                raise DestinationError(f"cannot create destination folder {base}: {target} is a file", permanent=True)
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise DestinationError(f"destination folder is not writable: {target}", permanent=True)
 
     def list_existing(self) -> Iterator[RemoteObject]:
         if not os.path.isdir(self.root):

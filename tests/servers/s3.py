@@ -2,10 +2,14 @@
 and a fault-injecting HTTP proxy in front of the first.
 
 Fixtures (list this module in pytest_plugins):
-- s3_server          session: moto on 127.0.0.1; .endpoint_url, .client, .make_bucket(name=None)
+- s3_server          session: moto on 127.0.0.1; .endpoint_url, .client (plain boto3),
+                     .make_bucket(name=None) -> unique name, .fill(bucket, keys) (many small PUTs, fast)
 - s3_auth_server     session: moto with IAM auth on; .endpoint_url, .bucket, .access_key_id, .secret_access_key
-- fault_proxy        function: the proxy in front of s3_server, rules and records reset per test;
-                     .endpoint_url, .fail_next(n, kind, method="PUT", path_contains=None), .count(...)
+                     of a user allowed s3:* (the session's own "testing" credentials are refused)
+- fault_proxy        function: the proxy (fault_proxy_server, session) in front of s3_server, rules and
+                     records reset per test; .endpoint_url, .fail_next(n, kind, method="PUT",
+                     path_contains=None), .count(method, path_contains, outcome), .count_by_path("PUT"),
+                     .requests
 - make_s3_destination function: factory of S3Destinations on a fresh bucket, closed at teardown
 - s3_destination     function: an S3Destination on a fresh bucket under a prefix
 - local_destination  function: a LocalDestination into tmp_path
@@ -22,11 +26,13 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import boto3
 import pytest
@@ -36,6 +42,11 @@ REGION = "us-east-1"
 ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"
 STARTUP_SECONDS = 30
+# Enough of a SigV4 header for moto to route the request to S3 (it checks no signature without auth).
+UNSIGNED_S3_AUTH = (
+    f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20260101/{REGION}/s3/aws4_request, "
+    "SignedHeaders=host, Signature=0"
+)
 
 
 def free_port() -> int:
@@ -175,6 +186,31 @@ class S3Server:
         self.client.create_bucket(Bucket=name)
         return name
 
+    def fill(self, bucket: str, keys: list[str], body: bytes = b"z", threads: int = 8) -> None:
+        """PUT many small objects fast: plain HTTP on kept-alive connections (moto does not check
+        signatures here), a fraction of boto3's client CPU per object."""
+        local = threading.local()
+        conns: list[http.client.HTTPConnection] = []
+
+        def put(key: str) -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection("127.0.0.1", self.moto.port, timeout=30)
+                conns.append(conn)
+            path = f"/{bucket}/{quote(key, safe='/~')}"
+            conn.request("PUT", path, body=body, headers={"Authorization": UNSIGNED_S3_AUTH})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"PUT {key}: {resp.status}")
+
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(put, keys))
+        finally:
+            for conn in conns:
+                conn.close()
+
 
 @pytest.fixture(scope="session")
 def s3_server(aws_test_environment, tmp_path_factory) -> Iterator[S3Server]:
@@ -227,7 +263,7 @@ ERRORS = {
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
-KINDS = (*ERRORS, "drop")
+FAULT_KINDS = (*ERRORS, "drop")
 # Hop-by-hop headers, and Expect: the proxy answers 100-continue itself.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
               "expect"}
@@ -279,8 +315,8 @@ class FaultProxy:
         """Fail the next n requests with this method (None: any) whose decoded path contains
         path_contains. kind: "503" SlowDown, "500" InternalError, "403" AccessDenied, "drop"
         (read the request, close the connection without a response)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"kind must be one of {FAULT_KINDS}, not {kind!r}")
         with self._lock:
             self._rules.append(Rule(n, kind, method, path_contains))
 
@@ -294,6 +330,16 @@ class FaultProxy:
                 if (method is None or r.method == method)
                 and (path_contains is None or path_contains in r.path)
                 and (outcome is None or r.outcome == outcome)
+            )
+
+    def count_by_path(self, method: str = "PUT", outcome: str | None = None) -> Counter[str]:
+        """Requests per decoded path, query dropped: {"/bucket/key": n}. Multipart parts count
+        against their object's path."""
+        with self._lock:
+            return Counter(
+                r.path.split("?", 1)[0]
+                for r in self.requests
+                if r.method == method and (outcome is None or r.outcome == outcome)
             )
 
     def reset(self) -> None:

@@ -141,13 +141,18 @@ class Command(BaseCommand):
                           f"{skip} skipped; nothing was changed")
 
 
-def start(project: Project, config: ConfigHistory, *, sync: bool, created_by: str = "command line") -> SyncSession:
-    """Check, create and start a session; raises CommandError(2) on bad input."""
+def start(project: Project, config: ConfigHistory, *, sync: bool, created_by: str = "command line",
+          **session_fields: Any) -> SyncSession:
+    """Check, create and start a session; raises CommandError(2) on bad input. session_fields
+    (e.g. auto_retry) are set before any worker can see the session."""
     try:
         pipeline.preflight(project).close()
     except pipeline.StartError as exc:
         raise CommandError(str(exc), returncode=2)
     session = pipeline.create_session(project, config, created_by=created_by)
+    if session_fields:
+        SyncSession.objects.filter(pk=session.pk).update(**session_fields)
+        session.refresh_from_db()
     if sync:
         run_here(session)
         return session
