@@ -7,6 +7,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
+from sessions_app import admin_actions
 from sessions_app.models import FileStatus, FileUpload, Notification, SyncSession
 
 
@@ -42,7 +43,7 @@ class NotificationInline(admin.TabularInline):
 
 
 @admin.register(SyncSession)
-class SyncSessionAdmin(admin.ModelAdmin):
+class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     list_display = ("id", "project", "kind", "status", "progress_display", "found_count", "uploaded_count",
                     "skipped_count", "failed_count", "bytes_display", "speed_display", "duration_display",
                     "created_at")
@@ -52,6 +53,8 @@ class SyncSessionAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("project",)
     inlines = [NotificationInline]
+    actions = [admin_actions.retry_failed, admin_actions.retry_failed_including_permanent,
+               admin_actions.notify_endpoint, admin_actions.cancel_sessions]
     change_form_template = "admin/sessions_app/syncsession/change_form.html"
     readonly_fields = (
         "project", "config_link", "kind", "status", "progress_display", "found_count", "pending_count",
@@ -102,7 +105,7 @@ class SyncSessionAdmin(admin.ModelAdmin):
 
 
 @admin.register(FileUpload)
-class FileUploadAdmin(admin.ModelAdmin):
+class FileUploadAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     list_display = ("relative_path", "session_link", "status", "size_display", "attempts", "error_display",
                     "uploaded_at")
     list_filter = ("status", "error_permanent", "skip_reason", "project")
@@ -110,6 +113,7 @@ class FileUploadAdmin(admin.ModelAdmin):
     list_select_related = ("session",)
     show_full_result_count = False  # COUNT(*) over millions of rows on every page view is not free
     readonly_fields = [f.name for f in FileUpload._meta.fields]
+    actions = [admin_actions.retry_selected_files]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).defer("note")

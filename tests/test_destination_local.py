@@ -167,13 +167,15 @@ def test_prefix_is_a_sub_folder_and_listing_stays_inside_it(tmp_path, make_sourc
 
 
 # -- the folder -------------------------------------------------------------------------------
-def test_create_makes_a_missing_folder_on_check(tmp_path):
+def test_with_create_a_missing_folder_passes_check_and_the_first_upload_makes_it(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "new/deeper")})
 
     dest.check()
-
-    assert (tmp_path / "new/deeper").is_dir()
+    assert not (tmp_path / "new").exists()  # checking changes nothing (dry runs leave no folder)
     assert list(dest.list_existing()) == []
+
+    dest.upload(make_source(b"abc"), "f.txt")
+    assert (tmp_path / "new/deeper/f.txt").read_bytes() == b"abc"
 
 
 def test_without_create_a_missing_folder_fails_check_permanently(tmp_path):
@@ -205,6 +207,19 @@ def test_unwritable_folder_fails_check_permanently(open_tmp):
     os.chmod(target, 0o555)
 
     outcome, exc = run_unprivileged(lambda: LocalDestination({"path": target}).check())
+
+    assert outcome == "raised"
+    assert isinstance(exc, DestinationError)
+    assert exc.permanent is True
+    assert "not writable" in exc.message
+
+
+def test_a_missing_folder_under_an_unwritable_one_fails_check_permanently(open_tmp):
+    parent = os.path.join(open_tmp, "readonly")
+    os.mkdir(parent)
+    os.chmod(parent, 0o555)
+
+    outcome, exc = run_unprivileged(lambda: LocalDestination({"path": os.path.join(parent, "a/b")}).check())
 
     assert outcome == "raised"
     assert isinstance(exc, DestinationError)

@@ -1,0 +1,85 @@
+"""The admin pages: lists with progress and counts, read-only detail pages, Start sync."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission, User
+
+from projects.models import ConfigHistory
+from sessions_app.models import SyncSession
+from tests.conftest import run_session_inline, write_files
+
+
+@pytest.fixture
+def synced(make_project, source, tmp_path, settings):
+    settings.UPLOAD_FLUSH_SECONDS = 0.1
+    write_files(source, {"a.wav": "aaa", "b/c.wav": "cc"})
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    return run_session_inline(project)
+
+
+def test_session_list_shows_progress_counts_and_bytes(admin_client, synced):
+    page = admin_client.get("/admin/sessions_app/syncsession/").content.decode()
+    assert "100.0%" in page and "Completed" in page
+    assert "5\xa0bytes / 5\xa0bytes" in page
+
+
+def test_session_detail_links_files_and_config_and_polls_live_counts(admin_client, synced):
+    page = admin_client.get(f"/admin/sessions_app/syncsession/{synced.pk}/change/").content.decode()
+    assert f"?session__id__exact={synced.pk}&status__exact=failed" in page
+    assert f"/admin/projects/confighistory/{synced.config_id}/change/" in page
+    assert f"/api/sessions/{synced.pk}/" in page
+    live = admin_client.get(f"/api/sessions/{synced.pk}/").json()
+    assert (live["status"], live["uploaded"], live["bytes_uploaded"]) == ("completed", 2, 5)
+
+
+def test_files_are_searchable_and_filterable_and_read_only(admin_client, synced):
+    page = admin_client.get("/admin/sessions_app/fileupload/?q=c.wav").content.decode()
+    assert "b/c.wav" in page and ">a.wav<" not in page
+    assert "b/c.wav" in admin_client.get("/admin/sessions_app/fileupload/?status__exact=uploaded").content.decode()
+    file_id = synced.files.get(relative_path="a.wav").pk
+    assert admin_client.post(f"/admin/sessions_app/fileupload/{file_id}/change/", {}).status_code == 403
+
+
+def test_config_history_shows_the_change_from_the_previous_row(admin_client, make_project, tmp_path):
+    make_project({"type": "local", "path": str(tmp_path / "out")}, upload_workers=4)
+    make_project({"type": "local", "path": str(tmp_path / "out")}, upload_workers=9)
+    latest = ConfigHistory.objects.order_by("-id").first()
+    page = admin_client.get(f"/admin/projects/confighistory/{latest.pk}/change/").content.decode()
+    assert "-  &quot;upload_workers&quot;: 4" in page and "+  &quot;upload_workers&quot;: 9" in page
+
+
+def test_start_sync_action_queues_a_session_and_says_so(admin_client, make_project, source, tmp_path):
+    write_files(source, {"a.wav": "a"})
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    resp = admin_client.post("/admin/projects/project/", {"action": "start_sync", "_selected_action": [project.pk]},
+                             follow=True)
+    session = SyncSession.objects.get()
+    assert session.status == "queued"
+    assert f"Started 1 sync session(s): test-project (session #{session.pk})" in resp.content.decode()
+
+
+def test_start_sync_with_a_missing_source_reports_the_error(admin_client, make_project, source, tmp_path):
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    source.rmdir()
+    resp = admin_client.post("/admin/projects/project/", {"action": "start_sync", "_selected_action": [project.pk]},
+                             follow=True)
+    assert f"Not started: test-project: source_dir: folder not found: {source}" in resp.content.decode()
+    assert not SyncSession.objects.exists()
+
+
+def test_start_sync_needs_its_permission(client, make_project, tmp_path):
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    user = User.objects.create_user("staff", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_project"))
+    client.force_login(user)
+    page = client.get("/admin/projects/project/").content.decode()
+    assert 'value="start_sync"' not in page
+    client.post("/admin/projects/project/", {"action": "start_sync", "_selected_action": [project.pk]})
+    assert not SyncSession.objects.exists()
+
+
+def test_django_q_admin_pages_stay_available(admin_client):
+    for url in ("/admin/django_q/schedule/", "/admin/django_q/success/", "/admin/django_q/failure/",
+                "/admin/django_q/ormq/"):
+        assert admin_client.get(url).status_code == 200, url

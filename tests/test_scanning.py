@@ -1,0 +1,97 @@
+"""The scanner: both walkers agree, filters and exclude patterns, progress, problems."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sessions_app.scanning import ScanFilter, glob_to_regex, scan
+from tests.conftest import write_files
+
+TREE = {
+    "a.wav": "1", "a-b/x.wav": "22", "a/b.wav": "333", "ab.WAV": "4", "a.txt": "5",
+    "deep/er/still/file.jpg": "66", "tmp/skip.wav": "7", "x/tmp/skip.wav": "8", "café.wav": "9",
+    "name with space #?%&+.wav": "10", "empty.wav": "",
+}
+
+
+@pytest.mark.parametrize("method", ["find", "scandir"])
+def test_both_walkers_yield_every_file_in_key_order(tmp_path, method):
+    write_files(tmp_path, TREE)
+    entries = list(scan(str(tmp_path), ScanFilter(), method=method, sort=True))
+    paths = [e.relative_path for e in entries]
+    assert paths == sorted(TREE)
+    sizes = {e.relative_path: e.size for e in entries}
+    assert sizes["name with space #?%&+.wav"] == 2 and sizes["empty.wav"] == 0
+
+
+def test_find_and_scandir_agree_on_size_and_mtime(tmp_path):
+    write_files(tmp_path, TREE)
+    by_find = list(scan(str(tmp_path), ScanFilter(), method="find"))
+    by_scandir = list(scan(str(tmp_path), ScanFilter(), method="scandir"))
+    assert by_find == by_scandir
+
+
+def test_extensions_are_case_insensitive_and_excludes_prune_folders(tmp_path):
+    write_files(tmp_path, TREE)
+    flt = ScanFilter(extensions=[".wav"], exclude=["**/tmp/**"])
+    paths = [e.relative_path for e in scan(str(tmp_path), flt)]
+    assert "ab.WAV" in paths and "a.txt" not in paths and "deep/er/still/file.jpg" not in paths
+    assert not [p for p in paths if "tmp/" in p]
+
+
+@pytest.mark.parametrize(
+    "pattern, path, matches",
+    [
+        ("**/tmp/**", "tmp/a.wav", True),
+        ("**/tmp/**", "x/y/tmp/a.wav", True),
+        ("**/tmp/**", "tmpx/a.wav", False),
+        ("*.bak", "deep/file.bak", True),  # no slash: any depth, like .gitignore
+        ("raw/*.wav", "raw/a.wav", True),
+        ("raw/*.wav", "raw/sub/a.wav", False),
+        ("raw/", "raw/sub/a.wav", True),
+        ("file?.wav", "file1.wav", True),
+        ("file?.wav", "file10.wav", False),
+    ],
+)
+def test_exclude_glob_semantics(pattern, path, matches):
+    import re
+
+    assert bool(re.fullmatch(glob_to_regex(pattern), path)) is matches
+
+
+@pytest.mark.parametrize("method", ["find", "scandir"])
+def test_broken_symlinks_are_reported_and_links_not_followed(tmp_path, method):
+    write_files(tmp_path / "src", {"real.wav": "r"})
+    write_files(tmp_path / "elsewhere", {"outside.wav": "o"})
+    os.symlink(tmp_path / "src" / "nope.wav", tmp_path / "src" / "broken.wav")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "src" / "linked-dir")
+    os.symlink(tmp_path / "elsewhere" / "outside.wav", tmp_path / "src" / "linked.wav")
+    problems: list[tuple[str, str]] = []
+
+    paths = [e.relative_path for e in scan(str(tmp_path / "src"), ScanFilter(), method=method,
+                                           on_problem=lambda p, m: problems.append((p, m)))]
+
+    assert paths == ["real.wav"]
+    assert problems == [("broken.wav", "broken symlink")]
+
+
+def test_follow_symlinks_uses_the_portable_walker_and_survives_loops(tmp_path):
+    write_files(tmp_path / "src", {"d/real.wav": "r"})
+    os.symlink(tmp_path / "src", tmp_path / "src" / "d" / "loop")
+    paths = [e.relative_path for e in scan(str(tmp_path / "src"), ScanFilter(), follow_symlinks=True)]
+    assert paths == ["d/real.wav"]
+
+
+def test_progress_is_reported_every_n_files_and_at_the_end(tmp_path):
+    write_files(tmp_path, {f"{i}.wav": "" for i in range(25)})
+    seen: list[int] = []
+    list(scan(str(tmp_path), ScanFilter(), on_progress=seen.append, progress_every=10))
+    assert seen == [10, 20, 25]
+
+
+def test_unsorted_find_yields_the_same_set(tmp_path):
+    write_files(tmp_path, TREE)
+    unsorted = {e.relative_path for e in scan(str(tmp_path), ScanFilter(), method="find", sort=False)}
+    assert unsorted == set(TREE)
