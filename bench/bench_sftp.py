@@ -67,7 +67,8 @@ def _worker(options: dict, source: str, rels: list[str], threads: int) -> None:
 
 def run_destination(server: SSHServer, source: Path, rels: list[str], processes: int, threads: int) -> float:
     options = sftp_options(server)
-    SFTPDestination(options).check()  # creates remote_dir once, outside the timing
+    with SFTPDestination(options) as destination:
+        destination.check()  # creates remote_dir once, outside the timing
     ctx = multiprocessing.get_context("fork")
     start = time.perf_counter()
     workers = [
