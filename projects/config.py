@@ -5,10 +5,12 @@ Precedence: command line > config file > environment (UPLOADER_*) > built-in def
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from django.db import transaction
@@ -112,7 +114,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"{unknown[0]}: unknown config key (known: {', '.join(SCHEMA)})")
     clean: dict[str, Any] = {}
     for key, field in SCHEMA.items():
-        value = raw.get(key, field.default)
+        value = raw.get(key, copy.deepcopy(field.default))
         if value is None:
             if field.required:
                 raise ConfigError(f"{key}: required")
@@ -134,6 +136,9 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         from projects.urls import check_http_url
 
         check_http_url(clean["notify_url"], "notify_url")
+        if urlsplit(clean["notify_url"]).password is not None:
+            raise ConfigError("notify_url: must not contain a password (it would be stored); "
+                              "sign requests with notify_secret_env instead")
     if not clean["project"].strip():
         raise ConfigError("project: must not be empty")
     return clean

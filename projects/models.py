@@ -38,6 +38,10 @@ class Project(models.Model):
     notify_timeout = models.FloatField(default=10.0)
     queue_limit = models.PositiveIntegerField(default=100, help_text="backlog limit of the upload queue")
     api_token_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
+    # The last destination health check (sessions_app.health); None: never checked.
+    health_ok = models.BooleanField(null=True, editable=False)
+    health_message = models.CharField(max_length=500, blank=True, default="", editable=False)
+    health_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -77,6 +81,13 @@ class Project(models.Model):
 
     def check_api_token(self, token: str) -> bool:
         return bool(self.api_token_hash) and secrets.compare_digest(self.api_token_hash, hash_token(token))
+
+    def record_health(self, ok: bool, message: str) -> None:
+        """Store a health check's outcome without touching updated_at (it is not a config change)."""
+        self.health_ok, self.health_message, self.health_checked_at = ok, message[:500], timezone.now()
+        Project.objects.filter(pk=self.pk).update(
+            health_ok=ok, health_message=self.health_message, health_checked_at=self.health_checked_at
+        )
 
 
 def hash_token(token: str) -> str:

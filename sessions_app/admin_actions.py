@@ -48,7 +48,8 @@ class PermissionsMixin:
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         if request.method == "POST":
-            check_action_permission(request, request.POST.get("action", ""))
+            for action in request.POST.getlist("action"):  # one per action bar (top, bottom)
+                check_action_permission(request, action)
         return super().changelist_view(request, extra_context)
 
 
@@ -94,7 +95,7 @@ def _retry_sessions(request: HttpRequest, queryset: QuerySet[SyncSession], inclu
         queued += done.total
         sessions += 1
     parts = [f"Queued {plural(queued, 'file')} from {plural(sessions, 'session')}"]
-    parts += [f"{plural(n, 'session')} ignored: {why}" for why, n in ignored.items()]
+    parts += [f"{plural(n, 'session')} ignored: {why}" for why, n in sorted(ignored.items())]
     messages.add_message(request, messages.SUCCESS if queued else messages.WARNING, "; ".join(parts))
 
 
@@ -127,7 +128,7 @@ def retry_selected_files(modeladmin, request: HttpRequest, queryset) -> None:
         queued += done.total
         sessions += bool(done.total)
     parts = [f"Queued {plural(queued, 'file')} from {plural(sessions, 'session')}"]
-    parts += [f"{n:,} ignored: {why}" for why, n in ignored.items() if n]
+    parts += [f"{n:,} ignored: {why}" for why, n in sorted(ignored.items()) if n]
     messages.add_message(request, messages.SUCCESS if queued else messages.WARNING, "; ".join(parts))
 
 

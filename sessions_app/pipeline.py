@@ -3,7 +3,9 @@ resume after a crash. Tasks in tasks.py are thin wrappers around these verbs."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -59,14 +61,14 @@ def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
         session.mark_scanning()
     elif session.status != SessionStatus.SCANNING:
         return ScanStats()  # a redelivered task for a session that moved on
-    project = session.project
+    check, fill = _steps(session)
     try:
-        dest = preflight(project)
+        dest = check()
     except StartError as exc:
         session.mark_failed(str(exc))
         return ScanStats()
     try:
-        stats = _scan_into(session, dest, start_uploads)
+        stats = fill(session, dest, start_uploads)
     except Exception as exc:
         log.exception("scan of session %s failed", session_id)
         session.mark_failed(f"scan failed: {type(exc).__name__}: {exc}")
@@ -87,6 +89,16 @@ def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
     return stats
 
 
+def _steps(session: SyncSession) -> tuple[Callable[[], Destination], Callable[..., ScanStats]]:
+    """How a session of its kind checks both ends and fills its rows: scanning the source folder,
+    or, for an import, listing the Roboflow project's image ids."""
+    if session.kind == SyncSession.Kind.IMPORT:
+        from sessions_app import importing
+
+        return functools.partial(importing.preflight, session.project, session.params), importing.list_into
+    return functools.partial(preflight, session.project), _scan_into
+
+
 def _scan_into(session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
     project = session.project
     problems = _ProblemLog(session)
@@ -101,9 +113,20 @@ def _scan_into(session: SyncSession, dest: Destination, start_uploads: bool) -> 
         on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
         progress_every=settings.SCAN_PROGRESS_EVERY,
     )
+    batches = (
+        planning.rows_for(decisions, session.pk, project.pk)
+        for decisions in planning.plan(entries, dest, project.pk, session.pk, remote, settings.SCAN_BATCH_SIZE)
+    )
+    stats = insert_rows(session, batches, start_uploads)
+    problems.save()
+    return stats
+
+
+def insert_rows(session: SyncSession, batches: Iterable[list[FileUpload]], start_uploads: bool) -> ScanStats:
+    """Insert planned rows batch by batch, counting them on the session; upload tasks start with
+    the first pending rows. Stops early when the session is cancelled."""
     stats, uploads_started = ScanStats(), False
-    for decisions in planning.plan(entries, dest, project.pk, session.pk, remote, settings.SCAN_BATCH_SIZE):
-        rows = planning.rows_for(decisions, session.pk, project.pk)
+    for rows in batches:
         FileUpload.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
         pending = [r for r in rows if r.status == FileStatus.PENDING]
         _count_batch(session, rows, pending)
@@ -115,7 +138,6 @@ def _scan_into(session: SyncSession, dest: Destination, start_uploads: bool) -> 
             uploads_started = True
         if _cancelled(session):
             break
-    problems.save()
     return stats
 
 

@@ -32,6 +32,10 @@ def enqueue_uploads(session_id: int, count: int) -> list[str]:
     ]
 
 
+def enqueue_health_check(project_id: int) -> str:
+    return _enqueue("sessions_app.tasks.check_health", project_id, name=f"project-{project_id}:health")
+
+
 def enqueue_notify(session_id: int, trigger: str, url: str = "") -> str:
     return _enqueue("sessions_app.tasks.notify", session_id, trigger, url, name=f"session-{session_id}:notify")
 
@@ -47,15 +51,24 @@ def scan(session_id: int) -> str:
 
 
 def upload(session_id: int) -> str:
+    from sessions_app import shutdown
     from sessions_app.pipeline import continue_uploads
 
-    return continue_uploads(session_id, settings.UPLOAD_TASK_SECONDS)
+    with shutdown.graceful():
+        return continue_uploads(session_id, settings.UPLOAD_TASK_SECONDS)
 
 
 def sweep() -> str:
+    from sessions_app import health, queueing
     from sessions_app.pipeline import sweep as run_sweep
 
-    return "; ".join(run_sweep()) or "nothing to do"
+    return "; ".join(run_sweep() + queueing.sweep() + health.enqueue_due_checks()) or "nothing to do"
+
+
+def check_health(project_id: int) -> str:
+    from sessions_app import health
+
+    return health.check_project(project_id)
 
 
 def retry_round(session_id: int, round_number: int) -> str:

@@ -13,6 +13,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from projects.destinations import Destination, DestinationError
 from projects.walking import mtime_of
+from sessions_app import shutdown
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,19 @@ def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int
         return Outcome(row, FileStatus.UPLOADED, result.size)
 
 
+Transfer = Callable[[Destination, FileUpload, str, int], Outcome]
+
+
+def transfer_for(session: SyncSession) -> Transfer:
+    """What moves one row of this session: uploading a local file, or (imports) fetching a
+    Roboflow image into the destination."""
+    if session.kind == SyncSession.Kind.IMPORT:
+        from sessions_app.importing import Fetcher
+
+        return Fetcher(session)
+    return transfer
+
+
 def _note_changes(row: FileUpload, path: str) -> None:
     """Record a size/mtime that changed since the scan, so no row keeps a stale size."""
     try:
@@ -118,26 +133,33 @@ class Drainer:
     def __init__(self, session: SyncSession, *, deadline: float | None):
         self.session = session
         self.project = session.project
-        self.workers = max(1, self.project.upload_workers)
+        self.transfer = transfer_for(session)
+        self.workers = max(1, session.params.get("workers") or self.project.upload_workers)
         self.max_tries = 1 + self.project.max_retries
         self.deadline = deadline
         self.outcomes: list[Outcome] = []
         self.last_flush = time.monotonic()
-        self.stopped = False  # no more claims: cancelled, ended, or out of time
+        self.stopped = False  # no more claims: cancelled, ended, out of time or shutting down
         self.cancelled = False
+        self.shutting_down = False
+        self.last_claimed = time.monotonic()
 
     def run(self, dest: Destination) -> bool:
-        """Upload until nothing is left to claim; True if this task ran out of time."""
+        """Upload until nothing is left to claim; True if this task stopped early (out of time or
+        shutting down) and a successor should carry on."""
         in_flight: dict[Future, FileUpload] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"upload-{self.session.pk}") as pool:
             while True:
+                if not self.shutting_down and shutdown.requested():
+                    self._wind_down(in_flight)
                 if not self.stopped and len(in_flight) < self.workers:
                     for row in self.claim(self._chunk_size(len(in_flight))):
-                        in_flight[pool.submit(transfer, dest, row, self.project.source_dir, self.max_tries)] = row
+                        in_flight[pool.submit(self.transfer, dest, row, self.project.source_dir, self.max_tries)] = row
+                        self.last_claimed = time.monotonic()
                 if not in_flight:
-                    if self.stopped or not self._scan_running():
+                    if self.stopped or not self._more_coming():
                         break
-                    time.sleep(0.2)  # the scan is still inserting pending rows
+                    time.sleep(0.2)  # the scan is still inserting pending rows, or producers are queueing
                 else:
                     done, _ = wait(in_flight, timeout=settings.UPLOAD_FLUSH_SECONDS, return_when=FIRST_COMPLETED)
                     for fut in done:
@@ -149,7 +171,7 @@ class Drainer:
                     if self.cancelled:
                         self._drop_unstarted(in_flight)
         self.flush()
-        return self.timed_out
+        return self.timed_out or self.shutting_down
 
     @property
     def timed_out(self) -> bool:
@@ -158,7 +180,10 @@ class Drainer:
     def _chunk_size(self, busy: int) -> int:
         return max(settings.UPLOAD_CHUNK_SIZE, 2 * self.workers) - busy
 
-    def _scan_running(self) -> bool:
+    def _more_coming(self) -> bool:
+        if self.session.kind == SyncSession.Kind.STREAM:
+            # Linger: a producer queueing file after file is served by this task, not a task per file.
+            return time.monotonic() - self.last_claimed < settings.QUEUE_LINGER_SECONDS
         return SyncSession.objects.filter(pk=self.session.pk, status=SessionStatus.SCANNING).exists()
 
     def _check_stop(self) -> None:
@@ -173,6 +198,17 @@ class Drainer:
             if fut.cancel():
                 in_flight.pop(fut)
                 self.outcomes.append(Outcome(row, FileStatus.CANCELLED))
+
+    def _wind_down(self, in_flight: dict[Future, FileUpload]) -> None:
+        """Shutting down: transfers in flight finish; claimed rows not started go back to pending."""
+        self.stopped = self.shutting_down = True
+        unstarted = [fut for fut in in_flight if fut.cancel()]
+        released = [in_flight.pop(fut).pk for fut in unstarted]
+        FileUpload.objects.filter(id__in=released, status=FileStatus.UPLOADING).update(
+            status=FileStatus.PENDING, claim_token=None, claimed_at=None
+        )
+        log.info("session %s: shutting down: %d transfers finishing, %d claimed files back to pending",
+                 self.session.pk, len(in_flight), len(released))
 
     def claim(self, n: int) -> list[FileUpload]:
         if n <= 0:
@@ -232,7 +268,11 @@ def drain(session_id: int, deadline_seconds: float | None = None) -> str:
     if timed_out and FileUpload.objects.filter(session_id=session_id, status=FileStatus.PENDING).exists():
         return "handover"
     session.refresh_from_db()
-    if session.status == SessionStatus.UPLOADING:
+    if session.status == SessionStatus.UPLOADING and session.kind == SyncSession.Kind.STREAM:
+        from sessions_app.queueing import went_idle
+
+        went_idle(session)
+    elif session.status == SessionStatus.UPLOADING:
         session.finish()
     elif session.status == SessionStatus.CANCELLED:
         from sessions_app.cancelling import settle

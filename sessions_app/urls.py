@@ -1,7 +1,9 @@
 from django.urls import path
 
-from sessions_app import views
+from sessions_app import api, views
 
 urlpatterns = [
     path("api/sessions/<int:pk>/", views.session_status, name="session-status"),
+    path("api/queue-upload/", api.queue_upload, name="queue-upload"),
+    path("api/uploader-stats/", api.uploader_stats, name="uploader-stats"),
 ]

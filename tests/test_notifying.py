@@ -202,22 +202,22 @@ def test_only_http_urls_are_accepted(finished, url):
     assert not Notification.objects.exists()
 
 
-def test_each_attempt_row_is_saved_before_the_request_is_made(finished, receiver):
-    seen: list[int] = []
-
-    def count_rows_at_request(*args, **kwargs):
-        seen.append(Notification.objects.filter(session=finished).count())
-
+def test_each_attempt_row_is_saved_before_the_request_and_updated_after(finished, receiver):
     from django.db.models.signals import post_save
 
-    post_save.connect(count_rows_at_request, sender=Notification, dispatch_uid="test-rows")
+    seen: list[tuple[bool, int]] = []
+
+    def on_save(sender, instance, created, **kwargs):
+        seen.append((created, len(receiver.requests)))
+
+    post_save.connect(on_save, sender=Notification, dispatch_uid="test-rows")
     try:
         row = notifying.deliver(finished, receiver.url())
     finally:
-        post_save.disconnect(dispatch_uid="test-rows", sender=Notification)
+        post_save.disconnect(sender=Notification, dispatch_uid="test-rows")
+
     assert row.succeeded
-    assert seen[0] == 1 and receiver.requests, "the row existed (created) before the POST; then it was updated"
-    assert len(seen) == 2
+    assert seen == [(True, 0), (False, 1)], "created with nothing sent yet, updated once the answer came"
 
 
 # -- automatic notification at the end of a session ---------------------------------------------------

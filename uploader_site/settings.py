@@ -124,6 +124,14 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# django-q2 keeps each cluster's heartbeat (its Stat) in this cache: it must be shared by every
+# process, or the web server could never tell whether a qcluster is alive (LocMem is per process).
+# The database needs no extra service and works across machines; Redis when we have it.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "uploader_cache"}}
+
 # Pipeline tuning.
 SCAN_BATCH_SIZE = env.int("SCAN_BATCH_SIZE", default=5000)
 SCAN_PROGRESS_EVERY = env.int("SCAN_PROGRESS_EVERY", default=10000)
@@ -134,6 +142,12 @@ UPLOAD_FLUSH_SECONDS = env.float("UPLOAD_FLUSH_SECONDS", default=1.0)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=0.5)
 UPLOAD_RETRY_CAP_SECONDS = env.float("UPLOAD_RETRY_CAP_SECONDS", default=30)
 SESSION_STALE_SECONDS = env.int("SESSION_STALE_SECONDS", default=300)
+# Upload queue: a producer queues another drainer task only when none has shown life for this long;
+# an idle drainer keeps polling for new files this long before it ends.
+QUEUE_WAKE_SECONDS = env.float("QUEUE_WAKE_SECONDS", default=60)
+QUEUE_LINGER_SECONDS = env.float("QUEUE_LINGER_SECONDS", default=5)
+# How often the sweep re-checks that each SFTP destination answers.
+HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 
 LOGGING = {
     "version": 1,

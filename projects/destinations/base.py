@@ -13,7 +13,7 @@ import threading
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 
 class ConfigError(ValueError):
@@ -60,7 +60,7 @@ class Option:
 
 def normalize_key(*parts: str) -> str:
     """Join key parts with "/" (no doubled or edge slashes), NFC-normalised."""
-    joined = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    joined = "/".join(seg for p in parts if p for seg in p.split("/") if seg)
     return unicodedata.normalize("NFC", joined)
 
 
@@ -72,6 +72,8 @@ class Destination:
     supports_listing: ClassVar[bool] = True
     # Default include-extensions when a project names none (e.g. images for Roboflow).
     default_extensions: ClassVar[tuple[str, ...]] = ()
+    # Whether upload_stream() is available; imports write only into such destinations.
+    supports_stream_upload: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]):
         self.options = self.validate_options(options)
@@ -159,6 +161,13 @@ class Destination:
         """Upload one local file to `key` (relative to prefix). Thread-safe: called from many
         threads at once; keep per-thread connections in self._local if needed. Raises
         DestinationError (FileNotFoundError -> permanent "file not found")."""
+        raise NotImplementedError
+
+    def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
+        """Write what `fileobj` yields to `key`, reading it in chunks (never whole), so that the
+        key appears complete or not at all. `size`, when known, is the length the stream must
+        have. Thread-safe like upload(). Only when supports_stream_upload. Raises DestinationError;
+        errors raised by fileobj.read() may come out as they are."""
         raise NotImplementedError
 
     def stat(self, key: str) -> RemoteObject | None:

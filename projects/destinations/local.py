@@ -6,7 +6,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from projects.destinations.base import (
     Destination,
@@ -19,10 +19,13 @@ from projects.destinations.base import (
 )
 from projects.walking import walk_sorted
 
+CHUNK = 1024 * 1024
+
 
 class LocalDestination(Destination):
     kind = "local"
     label = "Local folder"
+    supports_stream_upload = True
     options_schema = {
         "path": Option((str,), required=True, help="target folder"),
         "prefix": Option((str,), default="", help="sub-folder under path"),
@@ -70,25 +73,33 @@ class LocalDestination(Destination):
             return None
 
     def upload(self, local_path: str, key: str) -> UploadResult:
-        target = self._target(key)
-        tmp = f"{target}.uploading-{uuid.uuid4().hex[:8]}"
         try:
             src = open(local_path, "rb")
         except OSError as exc:
             raise local_file_error(exc, local_path) from exc
+        with src:
+            return self.upload_stream(src, key)
+
+    def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
+        target = self._target(key)
+        tmp = f"{target}.uploading-{uuid.uuid4().hex[:8]}"
         try:
-            with src:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-                    size = dst.tell()
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(tmp, "wb") as dst:
+                shutil.copyfileobj(fileobj, dst, CHUNK)
+                written = dst.tell()
+            if size is not None and written != size:
+                raise DestinationError(f"{key}: the stream ended after {written} of {size} bytes", permanent=False)
             os.replace(tmp, target)  # readers never see a half-written file
         except OSError as exc:
             _remove_quietly(tmp)
             # FileExistsError: a file stands where a folder of the key should be (makedirs).
             permanent = isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError))
             raise DestinationError(f"cannot write {target}: {exc.strerror or exc}", permanent=permanent) from exc
-        return UploadResult(size=size)
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+        return UploadResult(size=written)
 
     def _target(self, key: str) -> str:
         target = os.path.normpath(os.path.join(self.root, key))

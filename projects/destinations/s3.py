@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions as bce
@@ -29,6 +29,7 @@ from projects.destinations.base import (
 )
 
 MiB = 1024 * 1024
+MAX_PUT_SIZE = 5 * 1024 * MiB  # S3's limit for one PUT
 # Codes that say "try again later" even on a 4xx.
 TRANSIENT_CODES = {
     "SlowDown",
@@ -45,6 +46,7 @@ TRANSIENT_CODES = {
 class S3Destination(Destination):
     kind = "s3"
     label = "Amazon S3 / S3-compatible"
+    supports_stream_upload = True
     options_schema = {
         "bucket": Option((str,), required=True),
         "prefix": Option((str,), default=""),
@@ -61,6 +63,7 @@ class S3Destination(Destination):
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
         self._client = None
+        self._stream_client = None
         self._client_lock = threading.Lock()
 
     @classmethod
@@ -98,7 +101,16 @@ class S3Destination(Destination):
                 self._client = self._make_client()
             return self._client
 
-    def _make_client(self):
+    @property
+    def stream_client(self):
+        """A client that sends bodies unsigned (UNSIGNED-PAYLOAD): SigV4 over plain http hashes
+        the body before sending, which a stream that cannot be rewound does not allow."""
+        with self._client_lock:
+            if self._stream_client is None:
+                self._stream_client = self._make_client(payload_signing_enabled=False)
+            return self._stream_client
+
+    def _make_client(self, **s3_options: Any):
         try:
             session = boto3.session.Session(
                 profile_name=self.options["aws_profile"], region_name=self.options["region"]
@@ -111,7 +123,7 @@ class S3Destination(Destination):
             retries={"total_max_attempts": 1, "mode": "standard"},
             connect_timeout=10,
             read_timeout=120,
-            s3={"addressing_style": self.options["addressing_style"]},
+            s3={"addressing_style": self.options["addressing_style"], **s3_options},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
@@ -119,9 +131,10 @@ class S3Destination(Destination):
 
     def close(self) -> None:
         with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in (self._client, self._stream_client):
+                if client is not None:
+                    client.close()
+            self._client = self._stream_client = None
 
     # -- the contract ----------------------------------------------------------------------
     def check(self) -> None:
@@ -180,6 +193,25 @@ class S3Destination(Destination):
                 raise self._error(exc, full_key)
         return UploadResult(size=size, checksum=resp.get("ETag", "").strip('"'))
 
+    def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
+        full_key = self.full_key(key)
+        body = _CountingReader(fileobj, size)
+        extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
+        try:
+            if size is not None and size <= MAX_PUT_SIZE:
+                resp = self.stream_client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
+                                                     ContentLength=size, **extra)
+                return UploadResult(size=body.count, checksum=resp.get("ETag", "").strip('"'))
+            # Unknown size: multipart. The transfer manager reads ahead up to max_in_memory_upload_chunks
+            # parts (10 by default: the whole of many images); one keeps memory at about one part.
+            part = self.options["multipart_chunk_mb"] * MiB
+            config = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=1)
+            config.max_in_memory_upload_chunks = 1
+            self.client.upload_fileobj(body, self.bucket, full_key, ExtraArgs=extra or None, Config=config)
+        except Exception as exc:
+            raise self._error(exc, full_key)
+        return UploadResult(size=body.count)
+
     def _upload_multipart(self, f, full_key: str, size: int) -> UploadResult:
         config = TransferConfig(
             multipart_threshold=self.options["multipart_threshold_mb"] * MiB,
@@ -213,3 +245,18 @@ class S3Destination(Destination):
             return DestinationError(f"{what}: {exc}", permanent=True)
         # Connection refused / reset / closed, timeouts, truncated responses: try again.
         return DestinationError(f"{what}: {type(exc).__name__}: {exc}", permanent=False)
+
+
+class _CountingReader:
+    """A stream's read(), counting bytes; a stream shorter than its announced size is an error
+    rather than a request the server waits on for ever."""
+
+    def __init__(self, fileobj: BinaryIO, size: int | None):
+        self._fileobj, self._size, self.count = fileobj, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._fileobj.read(n)
+        self.count += len(data)
+        if not data and self._size is not None and self.count < self._size:
+            raise DestinationError(f"the stream ended after {self.count} of {self._size} bytes", permanent=False)
+        return data

@@ -108,9 +108,9 @@ class SFTPDestination(Destination):
 
     # -- the contract ----------------------------------------------------------------------
     def check(self) -> None:
-        """Log in, make sure remote_dir is a writable folder. A missing remote_dir is created
-        when its parent exists (uploads do the same); a missing parent is a permanent error,
-        as it most likely means a typo rather than a folder still to come."""
+        """Log in and make sure remote_dir is a folder we can write in (a probe file is created
+        and removed). A missing remote_dir is created when its parent exists, as uploads do; a
+        missing parent is a permanent error: more likely a typo than a folder still to come."""
         self._run(f"checking {self._root}", self._check_root)
 
     def list_existing(self) -> Iterator[RemoteObject]:
@@ -323,8 +323,12 @@ class SFTPDestination(Destination):
         o = self.options
         known_hosts = os.path.expanduser(o["known_hosts"])
         client = paramiko.SSHClient()
-        if os.path.exists(known_hosts):
+        try:
             client.get_host_keys().load(known_hosts)
+        except FileNotFoundError:
+            pass  # every host is unknown: refused, or recorded with accept_new_host_key
+        except OSError as exc:
+            raise DestinationError(f"cannot read {known_hosts}: {_reason(exc)}", permanent=True) from exc
         policy = _RecordNewKey(known_hosts) if o["accept_new_host_key"] else _RejectUnknownKey()
         client.set_missing_host_key_policy(policy)
         timeout = float(o["connect_timeout"])
@@ -425,11 +429,11 @@ class _Connection:
 
     def close(self) -> None:
         self.closed = True
-        try:
-            self.sftp.close()
-            self.client.close()
-        except (OSError, *CONNECTION_ERRORS):
-            pass  # it was going away anyway
+        for close in (self.sftp.close, self.client.close):
+            try:
+                close()
+            except (OSError, *CONNECTION_ERRORS):
+                pass  # it was going away anyway
 
 
 class _UnknownHostKey(Exception):

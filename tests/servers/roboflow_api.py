@@ -12,8 +12,9 @@ Fixtures (import them, or list this module in pytest_plugins):
 
 State: `api.project(ws, slug).images` (StoredImage: name, split, batch, tags, data, annotation),
 `api.requests` (method, path, status), `api.fetches[image_id]` (downloads of the original),
-`api.seed(ws, project, n)` for imports, `api.fail_next(n, status, path_contains=..., retry_after=...)`,
-`api.stall_next(n, path_contains=...)` (never answer, until the test ends).
+`api.seed(ws, project, n)` and `api.add_image(ws, project, name, data)` for imports,
+`api.fail_next(n, status, path_contains=..., retry_after=...)`, `api.stall_next(n, path_contains=...)`
+(never answer, until the test ends; `api.stalled` counts the requests held so far).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ class RoboflowAPI:
             self.fetches: Counter[str] = Counter()
             self.annotation_fetches: Counter[str] = Counter()
             self._rules: list[_Rule] = []
+            self.stalled = 0  # requests held by stall_next() rules so far
             self._release = threading.Event()
         self.add_project(WORKSPACE, PROJECT)
         self.add_project(WORKSPACE, NEITHER_PROJECT)
@@ -161,6 +163,17 @@ class RoboflowAPI:
                 image.annotation = annotation if annotated else None
             images.append(image)
         return images
+
+    def add_image(
+        self, workspace: str, project: str, name: str, data: bytes, *, split: str = "train",
+        annotation: StoredAnnotation | None = None,
+    ) -> StoredImage:
+        """Store one image as given (name, split, bytes), e.g. for name clashes or large files."""
+        stored = self.add_project(workspace, project)
+        with self.lock:
+            image = self._store(stored, name, split, "added", [], data)
+            image.annotation = annotation
+        return image
 
     def fail_next(
         self, n: int, status: int, *, path_contains: str = "", retry_after: float | str | None = None, body: Any = None
@@ -246,6 +259,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         rule = api._rule_for(url.path)
         if rule is not None and rule.status == 0:
+            with api.lock:
+                api.stalled += 1
             rule.arrived.set()
             api._release.wait()
             self.close_connection = True

@@ -301,6 +301,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self.requests: list[RecordedRequest] = []
+        self.answers: list[tuple[str, str, int]] = []  # (method, decoded path, upstream status)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
         self._server.daemon_threads = True
         self._server.proxy = self
@@ -342,10 +343,17 @@ class FaultProxy:
                 if r.method == method and (outcome is None or r.outcome == outcome)
             )
 
+    def succeeded(self, method: str, path_contains: str) -> int:
+        """How many such requests the upstream answered with a 2xx: a PUT the client gave up on
+        mid-body (a killed worker) arrived, but stored nothing."""
+        with self._lock:
+            return sum(1 for m, p, status in self.answers if m == method and path_contains in p and status < 300)
+
     def reset(self) -> None:
         with self._lock:
             self._rules.clear()
             self.requests.clear()
+            self.answers.clear()
 
     def _decide(self, method: str, raw_path: str) -> str:
         path = unquote(raw_path)
@@ -430,6 +438,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if chunked:
                 conn.send(b"0\r\n\r\n")
             resp = conn.getresponse()
+            proxy: FaultProxy = self.server.proxy
+            with proxy._lock:
+                proxy.answers.append((self.command, unquote(self.path), resp.status))
             self._relay(resp)
         finally:
             conn.close()
