@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -111,12 +112,48 @@ def verify(remote_dir: Path, source: Path, rels: list[str]) -> None:
     shutil.rmtree(remote_dir)
 
 
+class ServerCPU:
+    """CPU seconds of sshd's session processes, sampled while they live: once a session
+    ends, its privilege-separated child is often reparented to init, so the listener's
+    cutime misses it."""
+
+    def __init__(self, server: SSHServer, interval: float = 0.05):
+        self.server, self.interval = server, interval
+        self.seen: dict[int, float] = {}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ServerCPU:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values())
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self.done.wait(self.interval):
+            for pid in self.server.session_pids():
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                self.seen[pid] = (int(fields[11]) + int(fields[12])) / tick
+
+
 def timed(name: str, server: SSHServer, files: int, size: int, run) -> Result:
-    before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu_seconds()
-    wall = run()
-    after, server_after = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu_seconds()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with ServerCPU(server) as server_cpu:
+        wall = run()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    result = Result(name, files, size, wall, cpu, server_after - server_before)
+    result = Result(name, files, size, wall, cpu, server_cpu.seconds)
     print(result.line(), flush=True)
     return result
 

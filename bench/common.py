@@ -151,6 +151,31 @@ def tree_pids(root_pid: int) -> list[int]:
     return out
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine spent busy (all cores, all processes) since boot; the part of
+    a measurement's delta that is not ours says how noisy the machine was (other users' jobs)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def wait_quiet(max_wait: float, cores: float = 0.3, window: float = 2.0) -> float:
+    """Wait (up to max_wait s) until the whole machine uses fewer than `cores` CPUs over `window`
+    seconds: other users' jobs on a shared box swamp a 2-core measurement. Returns the last load."""
+    start = time.monotonic()
+    deadline = start + max_wait
+    while True:
+        b0, t0 = machine_busy(), time.monotonic()
+        time.sleep(window)
+        load = (machine_busy() - b0) / (time.monotonic() - t0)
+        if load < cores or time.monotonic() >= deadline:
+            if time.monotonic() - start > window * 1.5:
+                print(f"    (waited {time.monotonic() - start:.0f} s for a quieter machine; now {load:.2f} CPUs busy)",
+                      flush=True)
+            return load
+
+
 def children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime

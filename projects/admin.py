@@ -83,7 +83,8 @@ class ProjectAdmin(admin.ModelAdmin):
         for project in queryset:
             ok, message = check_destination(project)
             level = messages.SUCCESS if ok else messages.ERROR
-            self.message_user(request, f"{project.name}: {'answers' if ok else 'not answering: ' + message}", level)
+            answer = "answers" if ok else f"does not answer: {message}"
+            self.message_user(request, f"Destination of {project.name} {answer}", level)
 
     @admin.action(description="Issue API token (replaces the current one)", permissions=["change"])
     def issue_api_token(self, request: HttpRequest, queryset: QuerySet[Project]) -> TemplateResponse:
@@ -91,9 +92,7 @@ class ProjectAdmin(admin.ModelAdmin):
         issued = [(project, project.issue_api_token()) for project in queryset]
         context = {**self.admin_site.each_context(request), "title": "API tokens issued", "issued": issued,
                    "opts": self.model._meta}
-        response = TemplateResponse(request, "admin/projects/project/api_tokens.html", context)
-        response["Cache-Control"] = "no-store"
-        return response
+        return TemplateResponse(request, "admin/projects/project/api_tokens.html", context)  # admin: never cached
 
     @admin.action(description="Import from Roboflow…", permissions=["start_sync"])
     def import_from_roboflow(self, request: HttpRequest, queryset: QuerySet[Project]) -> HttpResponse | None:

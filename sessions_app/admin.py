@@ -106,7 +106,7 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
 
 @admin.register(FileUpload)
 class FileUploadAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
-    list_display = ("relative_path", "session_link", "status", "size_display", "attempts", "error_display",
+    list_display = ("relative_path", "session_link", "status", "size_display", "attempts", "retries", "error_display",
                     "uploaded_at")
     list_filter = ("status", "error_permanent", "skip_reason", "project")
     search_fields = ("relative_path", "remote_key", "last_error")

@@ -53,7 +53,8 @@ class Queued:
         if not self.total:
             return f"session {self.session_id}: nothing to retry"
         extra = f" ({self.cancelled} of them cancelled before)" if self.cancelled else ""
-        return f"session {self.session_id}: retry round {self.round} queued {self.total} files{extra}"
+        files = f"{self.total} file{'' if self.total == 1 else 's'}"
+        return f"session {self.session_id}: retry round {self.round} queued {files}{extra}"
 
 
 @dataclass(frozen=True)

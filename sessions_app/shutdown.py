@@ -27,12 +27,13 @@ from django_q.status import Stat
 log = logging.getLogger(__name__)
 
 # Seconds between two looks at the cluster's status: a cache read each.
-STATUS_CHECK_SECONDS = 1.0
+STATUS_CHECK_SECONDS = 0.5
 
 _signalled = threading.Event()
 _in_task = threading.Event()
 _last_look = 0.0
 _stopping = False
+_cluster_id: str | None = None
 
 
 @contextmanager
@@ -74,11 +75,14 @@ def _cluster_stopping() -> bool:
 
 def _parent_cluster_status() -> str:
     """The status of the cluster whose sentinel forked this worker; "" outside a cluster."""
-
+    global _cluster_id
     try:
-        stats = Stat.get_all()
+        if _cluster_id is None:  # found once per worker; later looks read one cache key
+            parent = os.getppid()
+            _cluster_id = next((s.cluster_id for s in Stat.get_all() if s.sentinel == parent), None)
+            if _cluster_id is None:
+                return ""
+        return str(Stat.get(pid=0, cluster_id=_cluster_id).status)
     except Exception:  # the cache is unreachable: keep working, as without this check
         log.warning("cannot read the cluster status", exc_info=True)
         return ""
-    parent = os.getppid()
-    return next((str(s.status) for s in stats if s.sentinel == parent), "")

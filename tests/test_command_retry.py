@@ -48,7 +48,7 @@ def test_round_recovers_a_file_after_a_transient_fault(make_project, s3_server, 
     code, out, _ = _retry(str(session.pk), "--wait")
 
     assert code == 0
-    assert f"session {session.pk}: retry round 1 queued 1 files" in out
+    assert f"session {session.pk}: retry round 1 queued 1 file" in out
     assert "retry: 1 round; retried 1, now uploaded 1, still failed 0, permanent 0" in out
     session.refresh_from_db()
     assert (session.status, session.uploaded_count, session.failed_count, session.retry_round) == (
@@ -117,7 +117,7 @@ def test_auto_rounds_back_off_until_every_file_is_uploaded(make_project, s3_serv
     code, out, _ = _retry(str(session.pk), "--auto")
 
     assert code == 0
-    assert "retry round 1 queued 1 files" in out
+    assert "retry round 1 queued 1 file" in out
     session.refresh_from_db()
     assert (session.status, session.auto_retry, session.retry_round) == ("completed_with_errors", True, 1)
     assert session.next_retry_at is not None
@@ -173,7 +173,7 @@ def test_without_wait_the_round_is_queued_for_the_workers(make_project, s3_serve
 
     code, out, _ = _retry(str(session.pk), "--include-permanent")
 
-    assert code == 0 and "queued 1 files" in out
+    assert code == 0 and "queued 1 file" in out
     session.refresh_from_db()
     assert (session.status, session.pending_count, session.failed_count) == (SessionStatus.UPLOADING, 1, 0)
     assert (_file("a.wav").status, _file("a.wav").retries) == (FileStatus.PENDING, 1)

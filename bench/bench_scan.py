@@ -1,0 +1,223 @@
+"""Benchmark: scanning a tree of 1,000,000 files, alone and with planning into the database.
+
+Run from the repository root:
+    .venv/bin/python bench/bench_scan.py
+    .venv/bin/python bench/bench_scan.py --database-url postgres://postgres@127.0.0.1:5432/bench
+    .venv/bin/python bench/bench_scan.py --folders 100 --per-folder 1000      # a 100,000-file tree
+
+Measures (warm page cache; every measurement in a fresh subprocess, whose peak RSS is ru_maxrss):
+  (i)   `find DIR -type f | wc -l`
+  (ii)  sessions_app.scanning.scan alone: method find and scandir, sort on and off
+  (iii) pipeline.scan_session(start_uploads=False) for a new session of a project with an empty local
+        destination (so nothing is skipped): scan + plan + insert of every row, into a fresh database
+        (a SQLite file by default; a PostgreSQL database, created and dropped, with --database-url).
+The tree (empty files, --folders x --per-folder) is generated once under --data and kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import PYTHON, REPO  # noqa: E402
+
+# Runs in a fresh interpreter: the scanner alone (no Django needed).
+SCAN_ONLY = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from sessions_app import scanning
+root, method, sort = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+problems = []
+t0, c0 = time.perf_counter(), time.process_time()
+n = 0
+for entry in scanning.scan(root, scanning.ScanFilter(), method=method, sort=sort,
+                           on_problem=lambda p, m: problems.append(p)):
+    n += 1
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"files": n, "seconds": wall, "cpu": cpu, "problems": len(problems),
+                  "base_rss_kib": base, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "children_rss_kib": kids.ru_maxrss, "children_cpu": kids.ru_utime + kids.ru_stime}))
+"""
+
+# Runs in a fresh interpreter with the product's settings: scan + plan + insert.
+SCAN_INTO_DB = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "uploader_site.settings")
+import django
+django.setup()
+from django.db import connection
+from projects.models import Project
+from sessions_app import pipeline
+from sessions_app.models import FileUpload, SyncSession
+root, target = sys.argv[2], sys.argv[3]
+project = Project.objects.create(name="bench-scan", source_dir=root, destination_kind="local",
+                                 destination_options={"path": target})
+session = pipeline.create_session(project, created_by="bench")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0, c0 = time.perf_counter(), time.process_time()
+stats = pipeline.scan_session(session.pk, start_uploads=False)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+session.refresh_from_db()
+rows = FileUpload.objects.filter(session=session).count()
+pending = FileUpload.objects.filter(session=session, status="pending").count()
+if connection.vendor == "postgresql":
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_database_size(current_database())")
+        db_bytes = cur.fetchone()[0]
+else:
+    name = connection.settings_dict["NAME"]
+    db_bytes = sum(os.path.getsize(p) for p in (name, name + "-wal") if os.path.exists(p))
+print(json.dumps({"files": stats.files, "rows": rows, "pending": pending, "seconds": wall, "cpu": cpu,
+                  "status": session.status, "found_count": session.found_count, "base_rss_kib": base,
+                  "rss_kib": rss, "children_rss_kib": kids.ru_maxrss, "children_cpu": kids.ru_utime + kids.ru_stime,
+                  "db_bytes": db_bytes, "method": os.environ.get("SCAN_METHOD", "auto")}))
+"""
+
+
+def ensure_tree(root: Path, folders: int, per_folder: int) -> Path:
+    tree = root / f"scan-{folders}x{per_folder}"
+    marker = tree.with_name(tree.name + ".complete")
+    if marker.exists():
+        return tree
+    print(f"generating {folders * per_folder:,} empty files under {tree} (once) ...", flush=True)
+    t0 = time.perf_counter()
+    shutil.rmtree(tree, ignore_errors=True)
+    flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL
+    for d in range(folders):
+        folder = tree / f"d{d:04d}"
+        folder.mkdir(parents=True)
+        fd_dir = str(folder)
+        for i in range(per_folder):
+            os.close(os.open(f"{fd_dir}/f{i:05d}.dat", flags, 0o644))
+        if (d + 1) % 100 == 0:
+            print(f"  {(d + 1) * per_folder:,} files, {time.perf_counter() - t0:.0f} s", flush=True)
+    marker.write_text(f"{folders} {per_folder}\n")
+    return tree
+
+
+QUIET_WAIT = 120.0
+
+
+def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a measuring child; its JSON answer plus `other_cpu`: what the rest of the machine burnt
+    meanwhile (a 2-core box shared with other jobs is noisy)."""
+    common.wait_quiet(QUIET_WAIT)
+    b0, c0 = common.machine_busy(), common.children_cpu()
+    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    common._children.append(p)
+    out, err = p.communicate()
+    common._children.remove(p)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({p.returncode}):\n{err.decode()[-3000:]}")
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    result["other_cpu"] = (common.machine_busy() - b0) - (common.children_cpu() - c0)
+    return result
+
+
+def mib(kib: int) -> float:
+    return kib / 1024
+
+
+def main() -> None:
+    global QUIET_WAIT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="/tmp/uploader-bench", help="where the tree is cached")
+    parser.add_argument("--folders", type=int, default=1000)
+    parser.add_argument("--per-folder", type=int, default=1000)
+    parser.add_argument("--database-url", help="postgres://user@host:port/name: created fresh, dropped after "
+                                                "(default: a fresh SQLite file)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of (i) and (ii); the best is shown")
+    parser.add_argument("--db-methods", default="auto", help="SCAN_METHOD values for (iii), comma separated")
+    parser.add_argument("--skip-scan", action="store_true", help="only (iii)")
+    parser.add_argument("--skip-db", action="store_true", help="only (i) and (ii)")
+    parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT,
+                        help="before each measurement, wait up to this many seconds for an idle machine (0: never)")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the PostgreSQL database")
+    args = parser.parse_args()
+
+    common.install_cleanup()
+    QUIET_WAIT = args.quiet_wait
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    tree = ensure_tree(data, args.folders, args.per_folder)
+    n = args.folders * args.per_folder
+    print(f"{common.machine()}\ntree: {tree} ({n:,} empty files in {args.folders} folders); "
+          f"load average at start: {os.getloadavg()[0]:.1f}", flush=True)
+    subprocess.run(f"find {tree} -type f > /dev/null", shell=True, check=True)  # warm the cache
+
+    rows: list[tuple[str, str, str, str, str]] = []  # what, seconds, peak RSS, CPU, note
+
+    def add(what, seconds, rss="", cpu="", note=""):
+        rows.append((what, seconds, rss, cpu, note))
+        print(f"  {what:<52} {seconds:>9} {rss:>22} {cpu:>9}  {note}", flush=True)
+
+    if not args.skip_scan:
+        best = None
+        for _ in range(args.repeat):
+            common.wait_quiet(QUIET_WAIT)
+            t0 = time.perf_counter()
+            out = subprocess.run(f"find {tree} -type f | wc -l", shell=True, check=True, capture_output=True,
+                                 text=True).stdout.strip()
+            wall = time.perf_counter() - t0
+            best = wall if best is None else min(best, wall)
+        add(r"(i) `find DIR -type f \| wc -l`", f"{best:.2f} s", note=f"{int(out):,} files")
+        for method, sort in (("find", True), ("find", False), ("scandir", True), ("scandir", False)):
+            results = [run_json([PYTHON, "-c", SCAN_ONLY, str(REPO), str(tree), method, "1" if sort else "0"])
+                       for _ in range(args.repeat)]
+            r = min(results, key=lambda x: x["seconds"])
+            rss = f"{mib(r['rss_kib']):.0f} MiB (+{mib(r['rss_kib'] - r['base_rss_kib']):.0f})"
+            if method == "find":
+                rss += f"; find/sort {mib(r['children_rss_kib']):.0f}"
+            note = f"{r['files']:,} files; other CPU {r['other_cpu']:.1f} s"
+            if r["files"] != n:
+                note += f" EXPECTED {n:,}"
+            if method == "scandir":
+                note += "; always in key order (the sort flag only affects find)"
+            add(f"(ii) scan(method={method}, sort={'on' if sort else 'off'})", f"{r['seconds']:.2f} s", rss,
+                f"{r['cpu'] + r['children_cpu']:.2f} s", note)
+
+    if not args.skip_db:
+        for method in args.db_methods.split(","):
+            work = Path(tempfile.mkdtemp(prefix="bench-scan-"))
+            db = common.FreshDatabase(args.database_url, work, keep=args.keep_db).create()
+            try:
+                db.migrate(work / "migrate.log")
+                target = work / "target"  # empty: nothing is skipped
+                env = db.env(SCAN_METHOD=method)
+                r = run_json([PYTHON, "-c", SCAN_INTO_DB, str(REPO), str(tree), str(target)], env=env)
+            finally:
+                db.drop()
+                shutil.rmtree(work, ignore_errors=True)
+            rss = f"{mib(r['rss_kib']):.0f} MiB (+{mib(r['rss_kib'] - r['base_rss_kib']):.0f})"
+            note = (f"{r['rows']:,} rows ({r['pending']:,} pending), {r['rows'] / r['seconds']:,.0f} rows/s, "
+                    f"DB {r['db_bytes'] / 2**20:.0f} MiB, session {r['status']}; other CPU {r['other_cpu']:.1f} s")
+            if r["rows"] != n:
+                note += f" EXPECTED {n:,}"
+            add(f"(iii) scan_session into {db.kind} (SCAN_METHOD={method})", f"{r['seconds']:.1f} s", rss,
+                f"{r['cpu'] + r['children_cpu']:.1f} s", note)
+
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
+    print("\n| measurement | seconds | peak RSS (increase during the scan) | CPU | notes |")
+    print("|---|---:|---:|---:|---|")
+    for what, seconds, rss, cpu, note in rows:
+        print(f"| {what} | {seconds} | {rss} | {cpu} | {note} |")
+
+
+if __name__ == "__main__":
+    main()
