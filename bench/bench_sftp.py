@@ -158,6 +158,14 @@ def timed(name: str, server: SSHServer, files: int, size: int, run) -> Result:
     return result
 
 
+def print_medians(results: list[Result]) -> None:
+    """One line per variant with its median wall time: the machine is shared, single runs vary."""
+    print(f"-- median of {len(results) // len({r.name for r in results})} runs --")
+    for name in dict.fromkeys(r.name for r in results):
+        runs = sorted((r for r in results if r.name == name), key=lambda r: r.wall)
+        print(runs[len(runs) // 2].line())
+
+
 def parse_combos(text: str) -> list[tuple[int, int]]:
     return [tuple(int(n) for n in combo.split("x")) for combo in text.split(",") if combo]  # type: ignore[misc]
 
@@ -191,20 +199,23 @@ def main() -> None:
         for label, source, rels, size in sets:
             total = len(rels) * size
             print(f"\n== {len(rels)} x {size // 1024} KiB ({label}) ==", flush=True)
+            results: list[Result] = []
             for _ in range(args.repeat):
                 for processes, threads in parse_combos(args.combos):
-                    timed(
+                    results.append(timed(
                         f"SFTPDestination {processes} proc x {threads} thr",
                         server, len(rels), total,
                         lambda: run_destination(server, source, rels, processes, threads),
-                    )
+                    ))
                 if not args.skip_rclone:
                     for transfers in (int(t) for t in args.rclone_transfers.split(",") if t):
-                        timed(
+                        results.append(timed(
                             f"rclone copy --transfers {transfers}",
                             server, len(rels), total,
                             lambda: run_rclone(server, source, rels, transfers),
-                        )
+                        ))
+            if args.repeat > 1:
+                print_medians(results)
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)

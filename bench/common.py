@@ -302,6 +302,18 @@ class FreshDatabase:
                            stdout=out, stderr=subprocess.STDOUT)
 
 
+def revision() -> str:
+    """The commit of the code under test, and whether files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "code: not a git checkout"
+    return f"code: {REPO} at {head}" + (" + uncommitted changes" if dirty else "")
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -312,4 +324,5 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, Python {sys.version.split()[0]}, {os.uname().release}"
+    return (f"{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, "
+            f"Python {sys.version.split()[0]}, Linux {os.uname().release}; {revision()}")

@@ -12,8 +12,6 @@ from django_q.conf import Conf
 from django_q.models import Schedule
 from django_q.scheduler import scheduler
 
-from sessions_app.models import SyncSession
-from tests.conftest import run_session_inline
 
 
 @pytest.fixture
@@ -40,10 +38,6 @@ def s3_project(make_project, endpoint_url: str, bucket: str, **fields: Any):
     fields.setdefault("upload_workers", 2)
     fields.setdefault("upload_tasks", 1)
     return make_project({"type": "s3", "bucket": bucket, "prefix": "rec", "endpoint_url": endpoint_url}, **fields)
-
-
-def run_inline(project) -> SyncSession:
-    return run_session_inline(project)
 
 
 def run_due_schedules() -> bool:

@@ -16,7 +16,7 @@ import pytest
 
 from projects.destinations import Destination, DestinationError, RemoteObject, build_destination
 
-KINDS = ["s3", "local"]
+KINDS = ["s3", "local", "sftp"]
 
 
 def _read_s3(dest: Destination, key: str) -> bytes:
@@ -34,7 +34,13 @@ def _read_local(dest: Destination, key: str) -> bytes:
         return f.read()
 
 
-READ_BACK = {"s3": _read_s3, "local": _read_local}
+def _read_sftp(dest: Destination, key: str) -> bytes:
+    # The test sshd serves this machine's file system, so the remote folder is a local path.
+    with open(os.path.join(dest.options["remote_dir"], key), "rb") as f:
+        return f.read()
+
+
+READ_BACK = {"s3": _read_s3, "local": _read_local, "sftp": _read_sftp}
 
 # Sorted by str (= UTF-8 byte) order they must come back in: a folder sorts as "name/", so
 # "a-b/x" and "a.txt" come before "a/...", and "a/b/c" between "a/b.d" and "a/b0".

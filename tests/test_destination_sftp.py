@@ -15,7 +15,7 @@ from projects.destinations import build_destination
 from projects.destinations.base import ConfigError, DestinationError, RemoteObject
 from projects.destinations.sftp import SFTPDestination
 from projects.walking import walk_sorted
-from tests.servers.sshd import SSHServer, generate_key, known_hosts_line, sftp_options
+from tests.servers.sshd import SSHServer, generate_key, known_hosts_line, sftp_options, start_sshd
 
 PASSWORD_VAR = "SFTP_TEST_PASSWORD"
 PASSPHRASE_VAR = "SFTP_TEST_PASSPHRASE"
@@ -250,8 +250,11 @@ def test_replacing_a_file_is_atomic(destinations, local_file):
 
     def read_while_uploading() -> None:
         while not done.is_set():
-            content = target.read_bytes()
-            seen.add(content[:1] if content in (old, new) else b"partial")
+            try:
+                content = target.read_bytes()
+            except FileNotFoundError:
+                content = b"missing"
+            seen.add(content[:1] if content in (old, new) else content[:7])
 
     reader = threading.Thread(target=read_while_uploading)
     reader.start()
@@ -261,7 +264,7 @@ def test_replacing_a_file_is_atomic(destinations, local_file):
     finally:
         done.set()
         reader.join()
-    assert "partial".encode() not in seen
+    assert seen and seen <= {b"o", b"n"}  # whole old or whole new content, never missing or partial
     assert target.read_bytes() == old
     assert temp_files(remote(destination)) == []
 
@@ -289,6 +292,28 @@ def test_file_changing_size_during_upload_is_transient(destinations):
     assert not info.value.permanent
     assert destination.stat("status") is None
     assert temp_files(remote(destination)) == []
+
+
+@pytest.fixture(scope="module")
+def full_disk_server() -> Iterator[SSHServer]:
+    """An sshd whose writes fail past 100 KB: a disk that fills up during an upload."""
+    server = start_sshd(max_file_size=100_000)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("size", [150_000, 2_000_000])  # the failing write is the last one / mid-file
+def test_failed_remote_write_is_transient_and_leaves_nothing(full_disk_server, local_file, size):
+    with SFTPDestination(sftp_options(full_disk_server)) as destination:
+        destination.upload(local_file(b"s" * 1000, "small"), "f.bin")
+        with pytest.raises(DestinationError, match="answered: Failure") as info:
+            destination.upload(local_file(b"b" * size, "big"), "f.bin")
+        assert not info.value.permanent
+        assert (remote(destination) / "f.bin").read_bytes() == b"s" * 1000
+        assert temp_files(remote(destination)) == []
+        destination.upload(local_file(b"after", "after"), "after")  # the connection is still good
 
 
 def test_local_file_not_found_is_permanent(destinations, tmp_path):

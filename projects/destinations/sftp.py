@@ -184,6 +184,7 @@ class SFTPDestination(Destination):
             while data := _read(src, local_path):
                 remote.write(data)
                 sent += len(data)
+            _check_write_acks(conn, remote)
         return sent
 
     def _rename(self, conn: _Connection, tmp: str, target: str) -> None:
@@ -479,6 +480,14 @@ def _write_size(conn: _Connection, remote: paramiko.SFTPFile) -> int:
     a big packet plus a tiny one, which Nagle and delayed ACKs stall for ~40 ms per request."""
     header = 4 + 1 + 4 + 4 + len(remote.handle) + 8 + 4  # length, type, id, handle, offset, data length
     return min(MAX_WRITE_SIZE, conn.sftp.get_channel().out_max_packet_size - 64 - header)
+
+
+def _check_write_acks(conn: _Connection, remote: paramiko.SFTPFile) -> None:
+    """Read the answers to the writes still in flight. paramiko checks pipelined writes only
+    in batches of ~100 and drops the rest at close, so a failed write near the end (disk
+    full, quota) would pass unseen, and one in the middle would leave a hole of the right size."""
+    while remote._reqs:
+        conn.sftp._read_response(remote._reqs.popleft())
 
 
 def _listdir(conn: _Connection, folder: str) -> list[paramiko.SFTPAttributes]:

@@ -12,6 +12,7 @@ import fcntl
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ class SSHServer:
     username: str = TEST_USER
     password: str = TEST_PASSWORD
     key_passphrase: str = KEY_PASSPHRASE
+    max_file_size: int | None = None  # RLIMIT_FSIZE of the server: writes past it fail, like a full disk
     _process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -72,8 +74,14 @@ class SSHServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self._limit_file_size if self.max_file_size else None,
             )
         self._wait_ready()
+
+    def _limit_file_size(self) -> None:
+        # Ignored signals stay ignored across exec: writes fail with EFBIG instead of killing sftp.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_size, self.max_file_size))
 
     def stop(self) -> None:
         """Stop sshd and every session it forked, so open connections drop as in an outage."""
@@ -123,7 +131,7 @@ class SSHDStartError(RuntimeError):
     pass
 
 
-def start_sshd(base_dir: str | None = None) -> SSHServer:
+def start_sshd(base_dir: str | None = None, max_file_size: int | None = None) -> SSHServer:
     """Set up keys, user and config in a fresh folder and start sshd on a free port."""
     if os.geteuid() != 0:
         raise RuntimeError("the sshd test server needs root (it runs sshd and creates the uploadtest user)")
@@ -154,6 +162,7 @@ def start_sshd(base_dir: str | None = None) -> SSHServer:
         encrypted_client_key=base / "client_key_encrypted",
         known_hosts=base / "known_hosts",
         host_public_key=host_public,
+        max_file_size=max_file_size,
     )
     for _ in range(5):  # the free port can be taken between finding it and sshd binding it
         server.port = free_port()
