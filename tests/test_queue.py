@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -275,11 +276,13 @@ def test_queue_to_sftp_through_a_real_cluster(cluster_factory, make_project, sou
     for rel in first:  # while no cluster runs: the files wait as rows
         assert queue_upload(project, rel, remote_subdir="2026-01-01", tag="cam1")
 
-    cluster_factory(UPLOAD_FLUSH_SECONDS="0.1")
+    cluster = cluster_factory(UPLOAD_FLUSH_SECONDS="0.1")
     wait_for(lambda: stream(project).uploaded_count == 40, 60, what="first 40 uploaded")
     for rel in later:  # a producer going on while the workers upload
         assert queue_upload(project, rel)
     wait_for(lambda: stream(project).uploaded_count == 60, 60, what="all 60 uploaded")
+    os.kill(cluster.proc.pid, signal.SIGTERM)  # the main process only: the stop that ends every process
+    cluster.proc.wait(60)
 
     remote = Path(options["remote_dir"])
     for rel, content in first.items():

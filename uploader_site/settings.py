@@ -71,8 +71,12 @@ DATABASES = {
 _db = DATABASES["default"]
 if _db["ENGINE"].endswith("sqlite3"):
     # WAL lets the web server read while qcluster workers write; the timeout rides out write bursts.
+    # IMMEDIATE: a transaction that reads then writes (claims, the broker's dequeue, cache sets)
+    # takes the write lock first and waits for it; started as a reader, it fails at once with
+    # "database is locked" when another process wrote in between.
     _db.setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {"timeout": 30, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+         "transaction_mode": "IMMEDIATE"}
     )
 else:
     # The ORM broker polls and acks through the database: without persistent connections
@@ -170,3 +174,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": os.path.join(tempfile.gettempdir(), f"uploader-test-{_test_suffix}.sqlite3")}
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{_test_suffix}"}
+
+# Notifications: attempts per notification and the backoff between them (seconds).
+NOTIFY_ATTEMPTS = env.int("NOTIFY_ATTEMPTS", default=4)
+NOTIFY_RETRY_BASE_SECONDS = env.float("NOTIFY_RETRY_BASE_SECONDS", default=1.0)
+NOTIFY_RETRY_CAP_SECONDS = env.float("NOTIFY_RETRY_CAP_SECONDS", default=30.0)
