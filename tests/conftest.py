@@ -11,24 +11,14 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for  # noqa: F401  (tests import it from here)
+
 pytest_plugins = ["tests.servers.s3"]
 for _name in ("sshd", "roboflow_api", "receiver"):
     if (Path(__file__).parent / "servers" / f"{_name}.py").exists():
         pytest_plugins.append(f"tests.servers.{_name}")
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll until predicate() is truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 def write_files(root: Path, files: dict[str, bytes | str]) -> Path:

@@ -36,6 +36,8 @@ from urllib.parse import quote, unquote
 
 import boto3
 import pytest
+
+from tests.polling import wait_for
 from botocore.config import Config
 
 REGION = "us-east-1"
@@ -53,18 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def poll(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Call predicate until it returns a truthy value; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- the AWS environment ------------------------------------------------------------------
@@ -117,7 +107,7 @@ class MotoServer:
                     stderr=subprocess.STDOUT,
                 )
             try:
-                poll(self._answers, STARTUP_SECONDS, f"moto on port {self.port}")
+                wait_for(self._answers, STARTUP_SECONDS, f"moto on port {self.port}", interval=0.02)
                 return
             except RuntimeError:
                 continue  # exited: most likely the port was taken
