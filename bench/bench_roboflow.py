@@ -131,7 +131,7 @@ class Product:
         self.dir = Path(tempfile.mkdtemp(prefix=f"product-{tag}-", dir=work))
         self.db = common.FreshDatabase(args.database_url, self.dir).create()
         self.db.migrate(self.dir / "migrate.log")
-        self.env = self.db.env(API_URL=server.url, Q_WORKERS="3", **{KEY_ENV: _api_key()})
+        self.env = self.db.env(API_URL=server.url, Q_WORKERS="3", LOG_LEVEL="INFO", **{KEY_ENV: _api_key()})
         log = self.dir / "qcluster.log"
         self.cluster = common.spawn([PYTHON, MANAGE, "qcluster"], env=self.env, cwd=REPO, log=log)
         common.wait_for(lambda: b"running." in log.read_bytes(), 60, "qcluster to report running")
@@ -201,9 +201,9 @@ def _api_key() -> str:
 def sdk_upload(server: Server, data: Path, n: int, workers: int, i: int) -> Result:
     import roboflow
 
-    workspace = roboflow.Roboflow(api_key=_api_key()).workspace(WORKSPACE)
-    s0, c0, t0 = server.cpu(), time.process_time(), time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()) as chatter:
+    with contextlib.redirect_stdout(io.StringIO()) as chatter:  # a line per image
+        workspace = roboflow.Roboflow(api_key=_api_key()).workspace(WORKSPACE)
+        s0, c0, t0 = server.cpu(), time.process_time(), time.perf_counter()
         workspace.upload_dataset(str(data), f"rf-sdk-{i}", num_workers=workers)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     uploaded = chatter.getvalue().count("[UPLOADED]")
@@ -217,7 +217,8 @@ def sdk_import(server: Server, target: Path, n: int, concurrency: int) -> Result
 
     shutil.rmtree(target, ignore_errors=True)
     s0, c0, t0 = server.cpu(), time.process_time(), time.perf_counter()
-    project = roboflow.Roboflow(api_key=_api_key()).workspace(WORKSPACE).project(IMPORT_PROJECT)
+    with contextlib.redirect_stdout(io.StringIO()):  # "loading Roboflow workspace..."
+        project = roboflow.Roboflow(api_key=_api_key()).workspace(WORKSPACE).project(IMPORT_PROJECT)
     hits = [hit for page in project.search_all(limit=100, fields=["id", "name", "split"]) for hit in page]
     local = threading.local()
 
@@ -267,7 +268,10 @@ def main() -> None:
     data = ensure_data(Path(args.data), args.images)
     projects = [f"rf-{side}-{i}" for side in ("product", "sdk") for i in range(args.repeat)]
     server = Server(work / "server.log", args.images, projects)
-    os.environ.update(API_URL=server.url, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    os.environ.update(common.aws_env())
+    from tests.servers.roboflow_api import point_sdk_at
+
+    point_sdk_at(server.url)  # the SDK reads API_URL when imported, and it already is
     moto = None if args.skip_s3 else common.Moto(work / "moto.log").start()
     print(f"{common.machine()}\ntest server {server.url}; {args.images} images of 24x16 px with YOLO labels; "
           f"upload concurrency {args.workers}, import concurrency {args.import_concurrency}; product DB: "

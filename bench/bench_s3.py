@@ -141,6 +141,7 @@ def check_bucket(admin, bucket: str, ds: DataSet) -> str:
 def run_bare(moto: common.Moto, admin, ds: DataSet, threads: int) -> Result:
     bucket = make_bucket(admin, "bare")
     common.wait_quiet(QUIET_WAIT)
+    snap0 = common.snapshot()
     b0, m0, c0, t0 = common.machine_busy(), moto.cpu(), time.process_time(), time.perf_counter()
     s3 = client(moto.endpoint_url, max(threads, 10))
 
@@ -153,8 +154,9 @@ def run_bare(moto: common.Moto, admin, ds: DataSet, threads: int) -> Result:
             pass
     wall, cpu, m1, b1 = time.perf_counter() - t0, time.process_time() - c0, moto.cpu(), common.machine_busy()
     s3.close()
-    return Result("bare", ds.count, ds.total, wall, cpu, m1 - m0, check_bucket(admin, bucket, ds),
-                  other_cpu=(b1 - b0) - cpu - (m1 - m0))
+    others = common.top_others(snap0, common.snapshot(), {os.getpid(), *common.tree_pids(moto.proc.pid)})
+    note = check_bucket(admin, bucket, ds) + (f" [others: {others}]" if others else "")
+    return Result("bare", ds.count, ds.total, wall, cpu, m1 - m0, note, other_cpu=(b1 - b0) - cpu - (m1 - m0))
 
 
 # -- the product ---------------------------------------------------------------------------------
@@ -194,6 +196,7 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
         up_log = run_dir / "upload.log"
         if spy is None:  # the sampler itself keeps the machine busy
             common.wait_quiet(QUIET_WAIT)
+        snap0 = common.snapshot()
         b0, m0, q0, ch0 = common.machine_busy(), moto.cpu(), cluster_cpu(cluster), common.children_cpu()
         s0, t0 = time.process_time(), time.perf_counter()
         with open(up_log, "wb") as out:
@@ -205,6 +208,8 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
             code = upload.wait()
             common._children.remove(upload)
         wall = time.perf_counter() - t0
+        ours = {os.getpid(), *common.tree_pids(moto.proc.pid), *common.tree_pids(cluster.pid)}
+        others = common.top_others(snap0, common.snapshot(), ours)
         q1, ch1, m1, s1, b1 = (cluster_cpu(cluster), common.children_cpu(), moto.cpu(), time.process_time(),
                                common.machine_busy())
         if spy is not None:
@@ -216,8 +221,11 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
         problem = check_bucket(admin, bucket, ds)
         if problem:
             note += " " + problem
-        print(f"    logs: {run_dir}", flush=True)
+        if args.keep_logs:
+            print(f"    logs: {run_dir}", flush=True)
         other = (b1 - b0) - cpu - (m1 - m0) - (s1 - s0)
+        if others:
+            note += f" [others: {others}]"
         return Result("product", ds.count, ds.total, wall, cpu, m1 - m0, note, other_cpu=other)
     finally:
         if cluster is not None:

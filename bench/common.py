@@ -141,6 +141,39 @@ def tree_cpu(root_pid: int) -> float:
     return total
 
 
+def snapshot() -> dict[int, tuple[str, float]]:
+    """pid -> (short command line, CPU seconds) of every process now."""
+    out = {}
+    for pid, (_ppid, cpu) in _proc_table().items():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out[pid] = (cmd, cpu)
+    return out
+
+
+def top_others(before: dict, after: dict, ours: set[int], n: int = 3) -> str:
+    """The processes outside `ours` that burnt the most CPU between two snapshots (short-lived
+    ones are missed: they show only in the machine's total)."""
+    deltas = []
+    for pid, (cmd, cpu) in after.items():
+        if pid in ours or not cmd:
+            continue
+        d = cpu - before.get(pid, (cmd, 0.0))[1]
+        if d >= 0.5:
+            deltas.append((d, cmd))
+    deltas.sort(reverse=True)
+    return "; ".join(f"{d:.1f} s {_short(cmd)}" for d, cmd in deltas[:n])
+
+
+def _short(cmd: str) -> str:
+    parts = cmd.split()
+    keep = [p.rsplit("/", 1)[-1] if p.startswith("/") else p for p in parts[:4]]
+    return " ".join(keep)[:70]
+
+
 def tree_pids(root_pid: int) -> list[int]:
     table = _proc_table()
     out, todo = [], [root_pid]
@@ -271,19 +304,23 @@ class FreshDatabase:
     def create(self) -> FreshDatabase:
         if self.url:
             conn, name = self._pg()
-            with conn, conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                cur.execute(f'CREATE DATABASE "{name}"')
-            conn.close()
+            try:
+                with conn.cursor() as cur:  # not `with conn`: that opens a transaction block
+                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    cur.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                conn.close()
         self.created = True
         return self
 
     def drop(self) -> None:
         if self.url and self.created and not self.keep:
             conn, name = self._pg()
-            with conn, conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.close()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                conn.close()
 
     def env(self, **extra: str) -> dict[str, str]:
         env = aws_env()

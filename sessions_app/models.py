@@ -161,8 +161,8 @@ class SyncSession(models.Model):
 
     def is_stale(self) -> bool:
         """Active, but no worker has shown a sign of life for SESSION_STALE_SECONDS."""
-        if not self.is_active:
-            return False
+        if not self.is_active or self.kind == self.Kind.STREAM:
+            return False  # an idle upload queue has no heartbeat, and is not stuck
         last = self.heartbeat_at or self.created_at
         return timezone.now() - last > timedelta(seconds=settings.SESSION_STALE_SECONDS)
 

@@ -48,7 +48,7 @@ def graceful() -> Iterator[None]:
         yield
     finally:
         _in_task.clear()
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         if _signalled.is_set():
             _signalled.clear()
             log.info("upload task wound down after SIGTERM; exiting")

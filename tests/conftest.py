@@ -106,12 +106,20 @@ class Cluster:
             self.proc.wait(10)
 
     def stop(self) -> None:
+        """SIGTERM to the main process only (a group-wide SIGTERM hangs django-q2's main
+        process), then make sure nothing of the group is left."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.kill()
+                pass
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
         self.log.close()
 
     def output(self) -> str:

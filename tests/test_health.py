@@ -35,6 +35,21 @@ def admin_client(client, django_user_model):
     return client
 
 
+def test_sftp_health_only_stats_the_remote_folder(make_project, sshd_server):
+    sshd_server.start()
+    remote = sshd_server.data_dir / "health" / "cam"
+    remote.mkdir(parents=True)
+    project = make_project({"type": "sftp", **sftp_options(sshd_server, remote_dir=str(remote))})
+    assert health.check_destination(project) == (True, "ok")
+    assert list(remote.iterdir()) == []  # no probe file, nothing written
+
+    remote.rmdir()
+    remote.parent.rmdir()
+    ok, message = health.check_destination(project)
+    assert ok is False and f"remote folder {remote} on" in message and "its parent does not exist" in message
+    assert not remote.parent.exists()  # nothing created either
+
+
 def test_answering_destination_is_recorded_ok(sftp_project):
     ok, message = health.check_destination(sftp_project)
 

@@ -113,6 +113,31 @@ class SFTPDestination(Destination):
         missing parent is a permanent error: more likely a typo than a folder still to come."""
         self._run(f"checking {self._root}", self._check_root)
 
+    def health(self) -> tuple[bool, str]:
+        """Connect and stat remote_dir: answers without writing anything on the server."""
+
+        def op(conn: _Connection) -> tuple[bool, str]:
+            try:
+                attrs = conn.sftp.stat(self._root)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                # Uploads create remote_dir when its parent exists, as check() does.
+                try:
+                    attrs = conn.sftp.stat(posixpath.dirname(self._root.rstrip("/")) or "/")
+                except OSError as parent_exc:
+                    if parent_exc.errno != errno.ENOENT:
+                        raise
+                    return False, f"remote folder {self._root} on {self._where} is missing: its parent does not exist"
+            if not stat_mod.S_ISDIR(attrs.st_mode or 0):
+                return False, f"{self._root} is not a folder"
+            return True, "ok"
+
+        try:
+            return self._run(f"stat of {self._root}", op)
+        except DestinationError as exc:
+            return False, exc.message
+
     def list_existing(self) -> Iterator[RemoteObject]:
         """Regular files under remote_dir, recursively, in walk order; symlinks and unfinished
         uploads are left out. Each folder is listed whole, on the calling thread's connection."""
