@@ -141,7 +141,8 @@ class RoboflowImportForm(forms.Form):
             params = importing.import_params(project, data["workspace"].strip(), data["rf_project"].strip(),
                                              api_key_env=data["api_key_env"].strip(),
                                              concurrency=data["concurrency"])
-            return importing.start_import(project, params, created_by=username, source=ConfigHistory.Source.ADMIN)
+            return importing.start_import(project, params, created_by=username,
+                                          config_source=ConfigHistory.Source.ADMIN)
         except (ConfigError, pipeline.StartError, tasks.EnqueueError) as exc:
             self.add_error(None, str(exc))
             return None

@@ -83,13 +83,13 @@ def preflight(project: Project, params: dict[str, Any]) -> Destination:
 
 
 def start_import(project: Project, params: dict[str, Any], *, created_by: str,
-                 source: str = ConfigHistory.Source.COMMAND_LINE, enqueue: bool = True) -> SyncSession:
+                 config_source: str = ConfigHistory.Source.COMMAND_LINE, enqueue: bool = True) -> SyncSession:
     """Check both ends, create the import session and (enqueue) queue its listing for the cluster.
     Raises StartError or tasks.EnqueueError."""
     from sessions_app import tasks
 
     preflight(project, params).close()
-    config = project.record_config(source, created_by)
+    config = project.record_config(config_source, created_by)
     session = SyncSession.objects.create(project=project, config=config, kind=SyncSession.Kind.IMPORT,
                                          params=params, created_by=created_by)
     if enqueue:

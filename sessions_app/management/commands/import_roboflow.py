@@ -48,7 +48,8 @@ class Command(BaseCommand):
             params = importing.import_params(project, options["workspace"], options["project"],
                                              api_key_env=options["api_key_env"], concurrency=options["concurrency"])
             session = importing.start_import(project, params, created_by="command line",
-                                             source=ConfigHistory.Source.COMMAND_LINE, enqueue=not options["sync"])
+                                             config_source=ConfigHistory.Source.COMMAND_LINE,
+                                             enqueue=not options["sync"])
         except (ConfigError, StartError, tasks.EnqueueError) as exc:
             raise CommandError(str(exc), returncode=2)
         if options["sync"]:
