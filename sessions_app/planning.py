@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 
+from django.db.models import Q
+
 from projects.destinations import Destination, RemoteObject
 from projects.walking import Entry
 from sessions_app.models import FileStatus, FileUpload
@@ -75,8 +77,10 @@ def plan(
 
 
 def _uploaded_earlier(project_id: int, session_id: int, paths: list[str]) -> set[tuple[str, int, float]]:
+    # A remote's "duplicate" answer means it has the file: as good as an upload of ours.
+    done = Q(status=FileStatus.UPLOADED) | Q(status=FileStatus.SKIPPED, skip_reason="duplicate")
     rows = (
-        FileUpload.objects.filter(project_id=project_id, relative_path__in=paths, status=FileStatus.UPLOADED)
+        FileUpload.objects.filter(done, project_id=project_id, relative_path__in=paths)
         .exclude(session_id=session_id)
         .values_list("relative_path", "size", "mtime")
     )

@@ -164,6 +164,8 @@ LOGGING = {
         "boto3": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
         "paramiko": {"level": "WARNING"},
+        # The roboflow SDK's prints, captured: chatter, not news.
+        "projects.destinations.roboflow.sdk": {"level": "WARNING"},
     },
 }
 
