@@ -35,7 +35,7 @@ from projects.models import ConfigHistory, Project
 from sessions_app import pipeline
 from sessions_app.models import FileStatus, FileUpload, SyncSession
 from sessions_app.pipeline import ScanStats, StartError
-from sessions_app.uploading import Outcome, _failed, backoff_seconds
+from sessions_app.uploading import Outcome, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -172,23 +172,14 @@ class Fetcher:
     def __call__(self, dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
         if row.verify_remote and _already_there(dest, row):
             return Outcome(row, FileStatus.UPLOADED)
-        tries = 0
-        while True:
-            tries += 1
-            row.attempts += 1
-            try:
-                size = self.fetch(dest, row)
-            except DestinationError as exc:
-                if exc.permanent or tries >= max_tries:
-                    return _failed(row, exc, tries)
-                time.sleep(backoff_seconds(tries, exc.retry_after))
-                continue
-            except Exception as exc:  # a bug must not take the whole chunk down
-                log.exception("unexpected error importing Roboflow image %s", row.remote_id)
-                return _failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries)
-            row.size, row.uploaded_at = size, timezone.now()
-            row.last_error, row.error_permanent = "", False
-            return Outcome(row, FileStatus.UPLOADED, size)
+        return with_retries(row, max_tries, lambda: self._fetch_once(dest, row),
+                            f"importing Roboflow image {row.remote_id}")
+
+    def _fetch_once(self, dest: Destination, row: FileUpload) -> Outcome:
+        size = self.fetch(dest, row)
+        row.size, row.uploaded_at = size, timezone.now()
+        row.last_error, row.error_permanent = "", False
+        return Outcome(row, FileStatus.UPLOADED, size)
 
     def fetch(self, dest: Destination, row: FileUpload) -> int:
         """Annotation, then image: the image at the destination means the row is complete."""

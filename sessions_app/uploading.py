@@ -65,35 +65,43 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
     return max(delay, retry_after or 0.0)
 
 
-def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
-    """Upload one file, retrying transient errors; never raises."""
-    path = os.path.join(source_dir, row.relative_path)
-    if row.verify_remote and _already_there(dest, row, path):
-        return Outcome(row, FileStatus.UPLOADED)
+def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], what: str) -> Outcome:
+    """Run once() until it returns, retrying transient errors with backoff; never raises."""
     tries = 0
     while True:
         tries += 1
         row.attempts += 1
         try:
-            _note_changes(row, path)
-            result = dest.upload(path, row.remote_key)
+            return once()
         except DestinationError as exc:
             if exc.permanent or tries >= max_tries:
-                return _failed(row, exc, tries)
+                return failed(row, exc, tries)
             time.sleep(backoff_seconds(tries, exc.retry_after))
-            continue
         except Exception as exc:  # a bug in a backend must not take the whole chunk down
-            log.exception("unexpected error uploading %s", row.relative_path)
-            return _failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries)
-        row.size = result.size
-        row.checksum, row.remote_id = result.checksum[:200], result.remote_id[:200]
-        row.note = (row.note + " " + result.note).strip()[:500]
-        row.last_error, row.error_permanent = "", False
-        row.uploaded_at = timezone.now()
-        if result.duplicate:
-            row.skip_reason = "duplicate"
-            return Outcome(row, FileStatus.SKIPPED)
-        return Outcome(row, FileStatus.UPLOADED, result.size)
+            log.exception("unexpected error: %s", what)
+            return failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries)
+
+
+def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
+    """Upload one file, retrying transient errors; never raises."""
+    path = os.path.join(source_dir, row.relative_path)
+    if row.verify_remote and _already_there(dest, row, path):
+        return Outcome(row, FileStatus.UPLOADED)
+    return with_retries(row, max_tries, lambda: _upload_once(dest, row, path), f"uploading {row.relative_path}")
+
+
+def _upload_once(dest: Destination, row: FileUpload, path: str) -> Outcome:
+    _note_changes(row, path)
+    result = dest.upload(path, row.remote_key)
+    row.size = result.size
+    row.checksum, row.remote_id = result.checksum[:200], result.remote_id[:200]
+    row.note = (row.note + " " + result.note).strip()[:500]
+    row.last_error, row.error_permanent = "", False
+    row.uploaded_at = timezone.now()
+    if result.duplicate:
+        row.skip_reason = "duplicate"
+        return Outcome(row, FileStatus.SKIPPED)
+    return Outcome(row, FileStatus.UPLOADED, result.size)
 
 
 Transfer = Callable[[Destination, FileUpload, str, int], Outcome]
@@ -134,7 +142,7 @@ def _already_there(dest: Destination, row: FileUpload, path: str) -> bool:
     return True
 
 
-def _failed(row: FileUpload, exc: DestinationError, tries: int) -> Outcome:
+def failed(row: FileUpload, exc: DestinationError, tries: int) -> Outcome:
     row.last_error = exc.message[:5000]
     row.error_permanent = exc.permanent
     if not exc.permanent and tries > 1:

@@ -221,6 +221,7 @@ def test_a_second_import_fetches_only_new_images(api, local_project):
 
 def test_broken_image_details_are_a_permanent_error_and_the_sdk_print_goes_to_logging(api, local_project, caplog,
                                                                                        capsys):
+    caplog.set_level("INFO", logger="projects.destinations.roboflow.sdk")
     seeded = api.seed(WORKSPACE, RF_PROJECT, 2)
     api.fail_next(1, 200, path_contains=f"/images/{seeded[0].id}", body={"unexpected": True})
 
