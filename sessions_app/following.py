@@ -93,3 +93,15 @@ def run_in_thread(target, *args) -> threading.Thread:
     t = threading.Thread(target=wrapper, daemon=True)
     t.start()
     return t
+
+
+def report(session: SyncSession, stdout, stderr, *, limit: int = 10, retry_hint: bool = False) -> int:
+    """Print the summary (stdout) and what went wrong (stderr); return the exit code."""
+    stdout.write(summary(session))
+    if session.status == SessionStatus.FAILED:
+        stderr.write(f"error: {session.error}")
+    elif session.failed_count:
+        stderr.write(failure_report(session, limit=limit))
+        if retry_hint:
+            stderr.write(f"retry them with: python manage.py retry {session.pk}")
+    return exit_code(session)

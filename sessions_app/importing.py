@@ -18,7 +18,6 @@ import logging
 import math
 import posixpath
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 

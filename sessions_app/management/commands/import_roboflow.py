@@ -61,12 +61,6 @@ class Command(BaseCommand):
         self.report(session)
 
     def report(self, session: SyncSession) -> None:
-        self.stdout.write(following.summary(session))
-        if session.status == "failed":
-            self.stderr.write(f"error: {session.error}")
-        elif session.failed_count:
-            self.stderr.write(following.failure_report(session, limit=50))
-            self.stderr.write(f"retry them with: python manage.py retry {session.pk}")
-        code = following.exit_code(session)
+        code = following.report(session, self.stdout, self.stderr, limit=50, retry_hint=True)
         if code:
             sys.exit(code)

@@ -19,7 +19,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects import config as config_mod
-from projects.config import ConfigError
 from sessions_app import following, notifying, retrying
 from sessions_app.management.commands.upload import add_config_arguments, load_project_config, start
 from sessions_app.models import Notification, SyncSession
@@ -33,10 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            clean, source = load_project_config(options)
-        except ConfigError as exc:
-            raise CommandError(str(exc), returncode=2)
+        clean, source = load_project_config(options)
         project, config = config_mod.apply(clean, source, created_by="master command")
         # The final notification is this command's, not one per intermediate end of the session.
         session = start(project, config, sync=False, created_by="master command", auto_retry=True,

@@ -67,9 +67,12 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_project_config(options: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The validated config and its ConfigHistory source."""
-    clean = config_mod.load(options.get("config"), overrides_from(options))
-    config_mod.check_source_dir(clean["source_dir"])
+    """The validated config and its ConfigHistory source; bad input is a CommandError (exit 2)."""
+    try:
+        clean = config_mod.load(options.get("config"), overrides_from(options))
+        config_mod.check_source_dir(clean["source_dir"])
+    except ConfigError as exc:
+        raise CommandError(str(exc), returncode=2)
     source = ConfigHistory.Source.FILE if options.get("config") else ConfigHistory.Source.COMMAND_LINE
     return clean, source
 
@@ -86,10 +89,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            clean, source = load_project_config(options)
-        except ConfigError as exc:
-            raise CommandError(str(exc), returncode=2)
+        clean, source = load_project_config(options)
         if options["dry_run"]:
             return self.dry_run(clean)
         project, config = config_mod.apply(clean, source, created_by="command line")
@@ -101,12 +101,7 @@ class Command(BaseCommand):
         self.report(session)
 
     def report(self, session: SyncSession) -> None:
-        self.stdout.write(following.summary(session))
-        if session.status == "failed":
-            self.stderr.write(f"error: {session.error}")
-        elif session.failed_count:
-            self.stderr.write(following.failure_report(session))
-        code = following.exit_code(session)
+        code = following.report(session, self.stdout, self.stderr)
         if code:
             sys.exit(code)
 
