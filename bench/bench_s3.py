@@ -198,7 +198,7 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
             common.wait_quiet(QUIET_WAIT)
         snap0 = common.snapshot()
         b0, m0, q0, ch0 = common.machine_busy(), moto.cpu(), cluster_cpu(cluster), common.children_cpu()
-        s0, t0 = time.process_time(), time.perf_counter()
+        s0, t0, epoch0 = time.process_time(), time.perf_counter(), time.time()
         with open(up_log, "wb") as out:
             upload = subprocess.Popen(
                 [PYTHON, MANAGE, "upload", "--config", str(cfg), "--no-progress"],
@@ -216,6 +216,7 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
             common.stop(spy, grace=20, sig=signal.SIGINT)  # SIGINT: py-spy writes its output
         cpu = (q1 - q0) + (ch1 - ch0)
         note = f"(upload cmd {ch1 - ch0:.2f} s + cluster {q1 - q0:.2f} s, of which idle ~{idle_rate * wall:.2f} s)"
+        note += "\n           timeline: " + timeline(epoch0, epoch0 + wall, up_log, cluster_log)
         if code != 0:
             note += f" UPLOAD EXIT {code}: {up_log.read_text()[-2000:]}"
         problem = check_bucket(admin, bucket, ds)
@@ -233,6 +234,39 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
         db.drop()
         if not args.keep_logs:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def timeline(start: float, end: float, up_log: Path, cluster_log: Path) -> str:
+    """Where the product's wall time went, from the timestamps of the logs (ms resolution)."""
+    import datetime
+    import re
+
+    marks: dict[str, float] = {}
+    pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(Enqueued|processing session-\d+:(\w+)|"
+                         r"Processed '[\w.]+' \(session-\d+:(\w+)\))")
+    for name, path in (("cmd", up_log), ("cluster", cluster_log)):
+        for line in path.read_text(errors="replace").splitlines():
+            m = pattern.match(line)
+            if not m:
+                continue
+            t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if name == "cmd" and m.group(2) == "Enqueued":
+                key = "scan queued"
+            elif m.group(3):
+                key = f"{m.group(3)} starts"
+            elif m.group(4):
+                key = f"{m.group(4)} ends"
+            else:
+                continue
+            if start <= t <= end + 1:
+                marks.setdefault(key, t) if "starts" in key or "queued" in key else marks.__setitem__(key, t)
+    order = ["scan queued", "scan starts", "upload starts", "scan ends", "upload ends"]
+    parts, last = [], start
+    for key in sorted((k for k in order if k in marks), key=lambda k: marks[k]):
+        parts.append(f"{key} +{marks[key] - start:.2f}")
+        last = marks[key]
+    parts.append(f"command exits +{end - start:.2f} ({end - last:.2f} after the last task)")
+    return ", ".join(parts)
 
 
 def cluster_cpu(cluster: subprocess.Popen) -> float:
