@@ -338,7 +338,6 @@ def main() -> None:
     try:
         os.environ.update(common.aws_env())
         moto.start()
-        import boto3  # noqa: F401  (imported here so the env above is what it sees)
 
         admin = client(moto.endpoint_url, 10)
         db = "PostgreSQL " + args.database_url if args.database_url else "SQLite (fresh file)"
@@ -380,4 +379,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every process started here was stopped")
