@@ -19,6 +19,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.polling import wait_for  # noqa: E402  (one poll-with-deadline for tests and benchmarks)
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MANAGE = str(REPO / "manage.py")
@@ -91,17 +94,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- CPU of a process tree -------------------------------------------------------------------
@@ -235,7 +227,7 @@ class Moto:
             try:
                 wait_for(self._answers, 30, f"moto on port {self.port}")
                 return self
-            except RuntimeError:
+            except (RuntimeError, AssertionError):
                 stop(self.proc)
         raise RuntimeError(f"moto did not start, see {self.log}")
 

@@ -9,15 +9,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
 from django.db.models import F
-from django.db.models.constants import OnConflict
 from django.utils import timezone
 
 from projects.config import check_source_dir
 from projects.destinations import ConfigError, Destination, DestinationError
 from projects.models import ConfigHistory, Project
-from sessions_app import planning, scanning
+from sessions_app import bulk, planning, scanning
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -129,7 +127,7 @@ def insert_rows(session: SyncSession, batches: Iterable[list[FileUpload]], start
     the first pending rows. Stops early when the session is cancelled."""
     stats, uploads_started = ScanStats(), False
     for rows in batches:
-        insert_new(rows)
+        bulk.insert_ignoring_existing(FileUpload, rows)
         pending = [r for r in rows if r.status == FileStatus.PENDING]
         _count_batch(session, rows, pending)
         stats.files += len(rows)
@@ -141,43 +139,6 @@ def insert_rows(session: SyncSession, batches: Iterable[list[FileUpload]], start
         if _cancelled(session):
             break
     return stats
-
-
-# Field types whose Python values the database drivers take as they are.
-_AS_IS = {"BigIntegerField", "BooleanField", "CharField", "FloatField", "ForeignKey", "IntegerField",
-          "PositiveIntegerField", "TextField"}
-
-
-def insert_new(rows: list[FileUpload]) -> None:
-    """INSERT the rows in one transaction, skipping any already there (a re-run scan), like
-    bulk_create(ignore_conflicts=True) but without its per-row, per-field SQL compilation
-    (~100 us of Python per row; most of a million-file plan). Primary keys are not read back."""
-    if not rows:
-        return
-    meta = FileUpload._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
-    getters = [(f.attname, None if f.get_internal_type() in _AS_IS else f.get_db_prep_save) for f in fields]
-
-    def values(row: FileUpload) -> list:
-        out = []
-        for attname, prep in getters:
-            value = getattr(row, attname)
-            out.append(value if prep is None or value is None else prep(value, connection))
-        return out
-
-    params = [values(row) for row in rows]
-    qn = connection.ops.quote_name
-    head = "{} {} ({})".format(connection.ops.insert_statement(on_conflict=OnConflict.IGNORE), qn(meta.db_table),
-                               ", ".join(qn(f.column) for f in fields))
-    tail = connection.ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, None, None)
-    # One transaction, as bulk_create has: in autocommit mode SQLite would commit every row.
-    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            from psycopg2.extras import execute_values
-
-            execute_values(cursor.cursor, f"{head} VALUES %s {tail}", params, page_size=1000)
-        else:
-            cursor.executemany(f"{head} VALUES ({', '.join(['%s'] * len(fields))}) {tail}", params)
 
 
 def _count_batch(session: SyncSession, rows: list[FileUpload], pending: list[FileUpload]) -> None:

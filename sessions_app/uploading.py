@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from projects.destinations import Destination, DestinationError
 from projects.walking import mtime_of
-from sessions_app import shutdown
+from sessions_app import bulk, shutdown
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -34,21 +34,6 @@ RECORD_FIELDS = [
     "status", "attempts", "uploaded_at", "checksum", "remote_id", "size", "mtime", "note",
     "last_error", "error_permanent", "skip_reason", "claim_token", "verify_remote",
 ]
-
-
-def save_outcomes(rows: list[FileUpload]) -> None:
-    """One parameterised UPDATE per row, sent as executemany: bulk_update's CASE-per-field
-    statement costs ~2.5 ms of Python per row, this ~0.03 ms (SQLite) to ~0.2 ms (PostgreSQL)."""
-    fields = [FileUpload._meta.get_field(name) for name in RECORD_FIELDS]
-    qn = connection.ops.quote_name
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(
-        qn(FileUpload._meta.db_table), ", ".join(f"{qn(f.column)} = %s" for f in fields), qn("id")
-    )
-    params = [
-        [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields] + [row.pk] for row in rows
-    ]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 @dataclass
@@ -264,7 +249,7 @@ class Drainer:
             counts[o.status] += 1
             rows.append(o.row)
         with transaction.atomic():
-            save_outcomes(rows)
+            bulk.update_fields(FileUpload, rows, RECORD_FIELDS)
             SyncSession.objects.filter(pk=self.session.pk).update(
                 uploaded_count=F("uploaded_count") + counts[FileStatus.UPLOADED],
                 failed_count=F("failed_count") + counts[FileStatus.FAILED],

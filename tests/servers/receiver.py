@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
+
 STALL_LIMIT_SECONDS = 30.0
 
 
@@ -67,14 +69,12 @@ class Receiver:
 
     def wait_for(self, n: int, timeout: float = 30.0) -> list[Received]:
         """Poll until n requests have arrived; the requests."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def arrived() -> list[Received] | None:
             with self._lock:
-                if len(self.requests) >= n:
-                    return list(self.requests)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {n} requests, got {len(self.requests)}")
-            time.sleep(0.02)
+                return list(self.requests) if len(self.requests) >= n else None
+
+        return wait_for(arrived, timeout, f"{n} requests (got {len(self.requests)})", interval=0.02)
 
     def _next_plan(self) -> _Plan | None:
         with self._lock:

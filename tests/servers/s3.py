@@ -110,7 +110,7 @@ class MotoServer:
                 return
             except RuntimeError:
                 continue  # exited: most likely the port was taken
-            except TimeoutError as exc:
+            except AssertionError as exc:  # wait_for's deadline
                 self.stop()
                 raise RuntimeError(f"{exc}; log: {self.log_path}\n{self.log_tail()}") from exc
         raise RuntimeError(f"moto did not start; log: {self.log_path}\n{self.log_tail()}")

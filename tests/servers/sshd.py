@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
+
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself, so it insists on an absolute path
 HOST = "127.0.0.1"
 TEST_USER = "uploadtest"
@@ -116,15 +118,17 @@ class SSHServer:
 
     def _wait_ready(self) -> None:
         assert self._process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if self._process.poll() is not None:
                 raise SSHDStartError(f"sshd exited with {self._process.returncode}:\n{self.log()}")
-            if _answers_banner(self.host, self.port):
-                return
-            time.sleep(0.01)
-        self.stop()
-        raise SSHDStartError(f"sshd did not answer on {self.host}:{self.port} in {START_TIMEOUT}s:\n{self.log()}")
+            return _answers_banner(self.host, self.port)
+
+        try:
+            wait_for(answers, START_TIMEOUT, f"sshd on {self.host}:{self.port}", interval=0.01)
+        except AssertionError:
+            self.stop()
+            raise SSHDStartError(f"sshd did not answer on {self.host}:{self.port} in {START_TIMEOUT}s:\n{self.log()}")
 
 
 class SSHDStartError(RuntimeError):
@@ -303,13 +307,14 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 
 def _wait_gone(pids: list[int], deadline: float) -> None:
     """Wait until the processes exited (zombies count: an init that never reaps is common in containers)."""
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if (s := _proc_stat(p)) is not None and s[0] != "Z"]
-        if not alive:
-            return
-        time.sleep(0.01)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
+    def gone() -> bool:
+        return not [p for p in pids if (s := _proc_stat(p)) is not None and s[0] != "Z"]
+
+    try:
+        wait_for(gone, max(0.0, deadline - time.monotonic()), "sshd processes to exit", interval=0.01)
+    except AssertionError:
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
 
 
 def _signal(pid: int, sig: int) -> None:
