@@ -133,7 +133,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
     clean["destination"] = _validate_destination(clean["destination"])
     clean["source_dir"] = os.path.abspath(os.path.expanduser(clean["source_dir"]))
     if clean["notify_url"]:
-        from projects.urls import check_http_url
+        from projects.outbound import check_http_url
 
         check_http_url(clean["notify_url"], "notify_url")
         if urlsplit(clean["notify_url"]).password is not None:
@@ -231,7 +231,7 @@ def config_from_project(project: Project) -> dict[str, Any]:
 
 
 def _redact_url(url: str) -> str:
-    from projects.urls import redact_url
+    from projects.outbound import redact_url
 
     return redact_url(url)
 

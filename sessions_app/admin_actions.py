@@ -15,7 +15,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from projects.destinations import ConfigError
-from projects.urls import check_http_url, redact_url
+from projects.outbound import check_http_url, redact_url
 from sessions_app import cancelling, notifying, retrying, tasks
 from sessions_app.models import FileStatus, Notification, SyncSession
 

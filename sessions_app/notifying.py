@@ -25,7 +25,7 @@ from django.conf import settings
 
 from projects.destinations import ConfigError
 from projects.models import Project
-from projects.urls import check_http_url, redact_url
+from projects.outbound import check_http_url, redact_url
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)

@@ -15,21 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar
 
-
-class ConfigError(ValueError):
-    """A bad option: the message names the option and what is wrong with it."""
-
-
-class DestinationError(Exception):
-    def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None):
-        super().__init__(message)
-        self.message = message
-        self.permanent = permanent
-        # Seconds the remote asked us to wait (HTTP Retry-After), when it said so.
-        self.retry_after = retry_after
-
-    def __str__(self) -> str:
-        return self.message
+from projects.errors import ConfigError, DestinationError
 
 
 @dataclass(frozen=True)

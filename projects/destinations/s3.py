@@ -69,7 +69,7 @@ class S3Destination(Destination):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         if options.get("endpoint_url"):
-            from projects.urls import check_http_url, redact_url
+            from projects.outbound import check_http_url, redact_url
 
             check_http_url(options["endpoint_url"], "destination.endpoint_url")
             if redact_url(options["endpoint_url"]) != options["endpoint_url"]:

@@ -1,10 +1,10 @@
-"""URL checks shared by notifications and config: only http(s), never a password in a stored URL."""
+"""URL checks and outbound-request policy shared by notifications and config: only http(s), never a password in a stored URL."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from projects.destinations import ConfigError
+from projects.errors import ConfigError
 
 
 def check_http_url(url: str, name: str = "url") -> None:

@@ -1,0 +1,27 @@
+"""The one base of every error the product reports to a person: a message, and whether trying
+again could help. Callers catch `UploaderError` and show `message`; retry loops read `permanent`."""
+
+from __future__ import annotations
+
+
+class UploaderError(Exception):
+    def __init__(self, message: str, permanent: bool = True, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        # Seconds the remote asked us to wait (HTTP Retry-After), when it said so.
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(UploaderError, ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+class DestinationError(UploaderError):
+    """A destination refused or failed; transient unless said otherwise."""
+
+    def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None):
+        super().__init__(message, permanent, retry_after)
