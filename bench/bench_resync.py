@@ -1,0 +1,226 @@
+"""First sync and no-op re-sync of a tree of small files, side by side with the tools a user would
+pick instead, and what each sync adds to the database.
+
+    python bench/bench_resync.py --files 200000 [--database-url postgres://postgres@127.0.0.1:5432/bench]
+                                 [--destinations local,s3] [--repeat 2]
+
+Per destination, in one run, alternating sides:
+  local: `upload --sync` into a folder  vs  `rsync -a SRC/ DST/`      (first sync, then no-op re-syncs)
+  s3:    `upload --sync` into moto      vs  `aws s3 sync SRC s3://…`  (first sync, then no-op re-syncs)
+Each no-op re-sync reports wall time, database growth (bytes, PostgreSQL `pg_database_size` or the
+SQLite file), file rows added, and for S3 the LIST and PUT requests counted by a loopback proxy
+in front of moto. The product runs with `--sync` (scan, plan and upload in the command's process,
+no cluster): what a user runs from cron.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from tests.servers.s3 import FaultProxy  # noqa: E402  (a counting proxy; it injects no fault unless told)
+
+PYTHON, MANAGE, REPO = common.PYTHON, common.MANAGE, common.REPO
+
+
+@dataclass
+class Side:
+    name: str
+    first: float = 0.0
+    noop: list[float] = field(default_factory=list)
+    growth: list[int] = field(default_factory=list)  # database bytes added per no-op
+    rows: list[int] = field(default_factory=list)  # file rows added per no-op
+    lists: list[int] = field(default_factory=list)  # LIST requests per no-op
+    puts: list[int] = field(default_factory=list)  # PUT requests per no-op
+
+
+def ensure_tree(root: Path, files: int, size: int) -> Path:
+    tree = root / f"tree-{files}x{size}"
+    marker = tree / ".complete"
+    if marker.exists():
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    body = os.urandom(size)
+    for i in range(files):
+        d = tree / f"d{i // 1000:04d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        (d / f"f{i:07d}.bin").write_bytes(body)
+    marker.write_text("")
+    return tree
+
+
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
+    common.wait_quiet(QUIET_WAIT)
+    t0 = time.perf_counter()
+    with open(log, "ab") as out:
+        rc = subprocess.run(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"{cmd[:3]}… exited {rc}, see {log}")
+    return wall
+
+
+class Product:
+    """The product on a fresh database, syncing SRC to one destination."""
+
+    def __init__(self, db: common.FreshDatabase, tree: Path, destination: dict, work: Path, name: str):
+        self.db, self.work = db, work
+        self.config = work / f"{name}.json"
+        self.config.write_text(json.dumps({"project": name, "source_dir": str(tree), "destination": destination,
+                                           "upload_workers": 16, "exclude": [".complete"]}))
+        self.log = work / f"{name}.log"
+
+    def sync(self) -> float:
+        cmd = [PYTHON, MANAGE, "upload", "--config", str(self.config), "--sync", "--no-progress"]
+        return timed(cmd, self.db.env(), self.log)
+
+    def db_bytes(self) -> int:
+        return int(self._sql("size"))
+
+    def file_rows(self) -> int:
+        return int(self._sql("rows"))
+
+    def _sql(self, what: str) -> str:
+        code = (
+            "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'uploader_site.settings'); "
+            "django.setup(); from django.db import connection; from django.conf import settings\n"
+            "if %r == 'rows':\n"
+            "    with connection.cursor() as c: c.execute('SELECT COUNT(*) FROM sessions_app_fileupload'); "
+            "print(c.fetchone()[0])\n"
+            "elif connection.vendor == 'postgresql':\n"
+            "    with connection.cursor() as c: c.execute('CHECKPOINT'); "
+            "c.execute('SELECT pg_database_size(current_database())'); print(c.fetchone()[0])\n"
+            "else:\n"
+            "    print(os.path.getsize(settings.DATABASES['default']['NAME']))\n"
+        ) % what
+        return subprocess.run([PYTHON, "-c", code], env=self.db.env(), cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1]
+
+
+def run_local(tree: Path, args, work: Path) -> tuple[Side, Side]:
+    ours, peer = Side("upload --sync"), Side("rsync -a")
+    db = common.FreshDatabase(args.database_url, work).create()
+    try:
+        db.migrate(work / "migrate.log")
+        product = Product(db, tree, {"type": "local", "path": str(work / "dest-ours")}, work, "resync-local")
+        peer_dest = work / "dest-rsync"
+        rsync = ["rsync", "-a", "--exclude", ".complete", f"{tree}/", f"{peer_dest}/"]
+        peer.first = timed(rsync, os.environ.copy(), work / "rsync.log")
+        ours.first = product.sync()
+        for i in range(args.repeat):
+            for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
+                if who == "peer":
+                    peer.noop.append(timed(rsync, os.environ.copy(), work / "rsync.log"))
+                else:
+                    size0, rows0 = product.db_bytes(), product.file_rows()
+                    ours.noop.append(product.sync())
+                    ours.growth.append(product.db_bytes() - size0)
+                    ours.rows.append(product.file_rows() - rows0)
+    finally:
+        db.drop()
+    return ours, peer
+
+
+def run_s3(tree: Path, args, work: Path) -> tuple[Side, Side]:
+    import boto3
+
+    ours, peer = Side("upload --sync"), Side("aws s3 sync")
+    moto = common.Moto(work / "moto.log").start()
+    proxy = FaultProxy("127.0.0.1", moto.port)
+    env = common.aws_env()
+    admin = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name=common.REGION,
+                         aws_access_key_id="testing", aws_secret_access_key="testing")
+    for bucket in ("ours", "peer"):
+        admin.create_bucket(Bucket=bucket)
+    aws = ["aws", "s3", "sync", "--only-show-errors", "--exclude", ".complete", "--endpoint-url",
+           proxy.endpoint_url, str(tree), "s3://peer/data"]
+    db = common.FreshDatabase(args.database_url, work).create()
+    try:
+        db.migrate(work / "migrate.log")
+        product = Product(db, tree, {"type": "s3", "bucket": "ours", "prefix": "data",
+                                     "endpoint_url": proxy.endpoint_url, "region": common.REGION}, work, "resync-s3")
+        peer.first = timed(aws, env, work / "aws.log")
+        ours.first = product.sync()
+        for i in range(args.repeat):
+            for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
+                proxy.reset()
+                if who == "peer":
+                    peer.noop.append(timed(aws, env, work / "aws.log"))
+                    side = peer
+                else:
+                    size0, rows0 = product.db_bytes(), product.file_rows()
+                    ours.noop.append(product.sync())
+                    ours.growth.append(product.db_bytes() - size0)
+                    ours.rows.append(product.file_rows() - rows0)
+                    side = ours
+                side.lists.append(proxy.count("GET", "list-type=2"))
+                side.puts.append(proxy.count("PUT"))
+    finally:
+        db.drop()
+        proxy.close()
+        moto.stop()
+    return ours, peer
+
+
+def report(dest: str, ours: Side, peer: Side, files: int) -> list[str]:
+    best_ours, best_peer = min(ours.noop), min(peer.noop)
+    lines = [
+        f"| {dest} | first sync | {ours.first:.1f} s | {peer.name} {peer.first:.1f} s | {ours.first / peer.first:.2f}× | |",
+        f"| {dest} | no-op re-sync (best of {len(ours.noop)}) | {best_ours:.2f} s | {peer.name} {best_peer:.2f} s "
+        f"| {best_ours / best_peer:.2f}× | DB +{max(ours.growth) / 1024:.0f} KiB, +{max(ours.rows):,} file rows"
+        + (f"; LIST ours {max(ours.lists)} / peer {max(peer.lists)}, PUT ours {max(ours.puts)} / peer "
+           f"{max(peer.puts)}" if ours.lists else "") + " |",
+    ]
+    return lines
+
+
+QUIET_WAIT = 30.0
+
+
+def main() -> None:
+    global QUIET_WAIT
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=200_000)
+    parser.add_argument("--size", type=int, default=256, help="bytes per file")
+    parser.add_argument("--data", default="/tmp/uploader-bench", help="where the tree is cached")
+    parser.add_argument("--database-url", help="postgres://…/NAME: created fresh, dropped after (default SQLite)")
+    parser.add_argument("--destinations", default="local,s3")
+    parser.add_argument("--repeat", type=int, default=2, help="no-op re-syncs per side")
+    parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT)
+    args = parser.parse_args()
+    common.install_cleanup()
+    QUIET_WAIT = args.quiet_wait
+    Path(args.data).mkdir(parents=True, exist_ok=True)
+    tree = ensure_tree(Path(args.data), args.files, args.size)
+    subprocess.run(["find", str(tree), "-type", "f"], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+    db_kind = "postgresql" if args.database_url else "sqlite"
+    print(f"{common.machine()}\ntree: {args.files:,} × {args.size} B; database {db_kind}", flush=True)
+    rows = []
+    for dest in args.destinations.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-resync-{dest}-"))
+        try:
+            ours, peer = (run_local if dest == "local" else run_s3)(tree, args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        rows += report(dest, ours, peer, args.files)
+        print("\n".join(rows[-2:]), flush=True)
+    print(f"\n| destination | what | product | peer | ratio | notes ({db_kind}) |\n|---|---|---:|---:|---:|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every process started here was stopped")
