@@ -45,6 +45,7 @@ SCHEMA: dict[str, Field] = {
     "notify_secret_env": Field((str,), default=None),
     "notify_timeout": Field((int, float), default=10.0, minimum=0.1),
     "queue_limit": Field((int,), default=100, minimum=1),
+    "check_destination_every": Field((int, float), default=None, minimum=0),
 }
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
@@ -201,6 +202,7 @@ def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Pro
         "notify_secret_env": clean["notify_secret_env"] or "",
         "notify_timeout": float(clean["notify_timeout"]),
         "queue_limit": clean["queue_limit"],
+        "check_destination_every": clean["check_destination_every"],
     }
     project, _ = Project.objects.update_or_create(name=clean["project"], defaults=fields)
     return project, project.record_config(source, created_by)
@@ -227,6 +229,7 @@ def config_from_project(project: Project) -> dict[str, Any]:
         "notify_secret_env": project.notify_secret_env or None,
         "notify_timeout": project.notify_timeout,
         "queue_limit": project.queue_limit,
+        "check_destination_every": project.check_destination_every,
     }
 
 

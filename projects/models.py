@@ -37,6 +37,10 @@ class Project(models.Model):
     )
     notify_timeout = models.FloatField(default=10.0)
     queue_limit = models.PositiveIntegerField(default=100, help_text="backlog limit of the upload queue")
+    check_destination_every = models.FloatField(
+        null=True, blank=True,
+        help_text="days between full listings of the destination; empty: only the first sync or when asked",
+    )
     api_token_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
     # The last destination health check (sessions_app.health); None: never checked.
     health_ok = models.BooleanField(null=True, editable=False)

@@ -66,6 +66,9 @@ class SyncSession(models.Model):
     bytes_total = models.BigIntegerField(default=0)
     bytes_uploaded = models.BigIntegerField(default=0)
     scan_problems = models.PositiveIntegerField(default=0)
+    # Files the plan found already done are counted, not stored: {reason: files}, and their bytes.
+    skips = models.JSONField(default=dict, blank=True)
+    skipped_bytes = models.BigIntegerField(default=0)
 
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -202,19 +205,26 @@ class SyncSession(models.Model):
             bytes_total=Sum("size"),
             bytes_uploaded=Sum("size", filter=Q(status=FileStatus.UPLOADED)),
         )
+        # Fresh: the scan writes them while this instance may be old.
+        self.skips, self.skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=self.pk)
+        unstored = self.unstored_skips()
         fields = {
-            "found_count": agg["found"],
+            "found_count": agg["found"] + unstored,
             "pending_count": agg["pending"],
             "uploaded_count": agg["uploaded"],
             "failed_count": agg["failed"],
-            "skipped_count": agg["skipped"],
+            "skipped_count": agg["skipped"] + unstored,
             "cancelled_count": agg["cancelled"],
-            "bytes_total": agg["bytes_total"] or 0,
+            "bytes_total": (agg["bytes_total"] or 0) + self.skipped_bytes,
             "bytes_uploaded": agg["bytes_uploaded"] or 0,
         }
         SyncSession.objects.filter(pk=self.pk).update(**fields)
         for name, value in fields.items():
             setattr(self, name, value)
+
+    def unstored_skips(self) -> int:
+        """Files skipped without a row (counted in `skips`)."""
+        return sum(self.skips.values())
 
     def append_log(self, line: str) -> None:
         SyncSession.objects.filter(pk=self.pk).update(
@@ -229,7 +239,6 @@ class SyncSession(models.Model):
 
 class FileUpload(models.Model):
     session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files")
-    # Denormalised so "uploaded by an earlier session of the project" is one indexed lookup.
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files")
     relative_path = models.CharField(max_length=4096)
     remote_key = models.CharField(max_length=4096, blank=True, default="")
@@ -259,7 +268,6 @@ class FileUpload(models.Model):
         ]
         indexes = [
             models.Index(fields=["session", "status", "id"], name="file_session_status"),
-            models.Index(fields=["project", "relative_path"], name="file_project_path"),
             models.Index(fields=["claim_token"], name="file_claim"),
         ]
 
@@ -300,3 +308,57 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.url} attempt {self.attempt}"
+
+
+# -- the catalog: what we know is at each destination (verbs in sessions_app/catalog.py) -------------
+
+
+class Catalog(models.Model):
+    """One per project and destination. A changed bucket, prefix, host, folder or kind is another
+    destination (`Destination.identity()`), so it starts a catalog of its own."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="catalogs")
+    destination = models.CharField(max_length=2000, help_text="e.g. s3://bucket/prefix")
+    source_dir = models.CharField(max_length=1024, blank=True, default="",
+                                  help_text="the source folder its entries came from")
+    listed_at = models.DateTimeField(null=True, blank=True, help_text="last full listing of the destination")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["project", "destination"]
+        constraints = [models.UniqueConstraint(fields=["project", "destination"], name="unique_catalog")]
+
+    def __str__(self) -> str:
+        return f"{self.project.name} → {self.destination}"
+
+
+class CatalogEntry(models.Model):
+    """One object we know is at the destination. `mtime` is None for an object only a listing
+    vouches for (found there, or changed there behind our back): no source file was compared."""
+
+    # No index of its own: the unique (catalog, key) index serves every lookup by catalog.
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="entries", db_index=False)
+    # On PostgreSQL the column sorts bytewise (COLLATE "C", see migration 0002): the order the scan
+    # and every listing yield keys in, which the plan's merge relies on.
+    key = models.CharField(max_length=4096)
+    relative_path = models.CharField(max_length=4096, blank=True, default="",
+                                     help_text="the source file; blank when it is the key itself")
+    size = models.BigIntegerField()
+    mtime = models.FloatField(null=True, blank=True)
+    checksum = models.CharField(max_length=200, blank=True, default="")
+    remote_id = models.CharField(max_length=200, blank=True, default="")
+    # No index of its own: entries are read by (catalog, key); it only names where an object came from.
+    session = models.ForeignKey(SyncSession, on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="arrivals", db_index=False)
+    arrived_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "catalog entries"
+        constraints = [models.UniqueConstraint(fields=["catalog", "key"], name="unique_catalog_key")]
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def path(self) -> str:
+        return self.relative_path or self.key

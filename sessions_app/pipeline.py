@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.db.models import F
@@ -17,6 +16,7 @@ from projects.destinations import ConfigError, Destination, DestinationError
 from projects.models import ConfigHistory, Project
 from sessions_app import bulk, planning, scanning
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
+from sessions_app.planning import ScanStats
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,6 @@ def preflight(project: Project) -> Destination:
 def create_session(project: Project, config: ConfigHistory | None = None, created_by: str = "") -> SyncSession:
     config = config or project.record_config(ConfigHistory.Source.ADMIN, created_by)
     return SyncSession.objects.create(project=project, config=config, created_by=created_by)
-
-
-@dataclass
-class ScanStats:
-    files: int = 0
-    pending: int = 0
-    skipped: int = 0
 
 
 def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
@@ -102,22 +95,18 @@ def _steps(session: SyncSession) -> tuple[Callable[[], Destination], Callable[..
 def _scan_into(session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
     project = session.project
     problems = _ProblemLog(session)
-    remote = planning.remote_cursor(dest)
-    entries = scanning.scan(
+    scan = functools.partial(
+        scanning.scan,
         project.source_dir,
         scanning.ScanFilter(project.extensions or list(dest.default_extensions), project.exclude),
         method=settings.SCAN_METHOD,
-        sort=not remote.empty,  # key order only matters when merging with a remote listing
         follow_symlinks=project.follow_symlinks,
         on_problem=problems.add,
         on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
         progress_every=settings.SCAN_PROGRESS_EVERY,
     )
-    batches = (
-        planning.rows_for(decisions, session.pk, project.pk)
-        for decisions in planning.plan(entries, dest, project.pk, session.pk, remote, settings.SCAN_BATCH_SIZE)
-    )
-    stats = insert_rows(session, batches, start_uploads)
+    stats = planning.plan_session(session, dest, lambda sort: scan(sort=sort), batch_size=settings.SCAN_BATCH_SIZE,
+                                  on_first_rows=functools.partial(_start_uploads, session) if start_uploads else None)
     problems.save()
     return stats
 

@@ -1,24 +1,52 @@
-"""Decide, in batches, what a scan's files need: upload, or skip because it is already done.
+"""Plan a sync: which of the scanned files need work, decided against the catalog.
 
-Already done means uploaded by an earlier session of the project (same path, size and mtime;
-one indexed query per batch) or present at the destination (same key and size; the remote
-listing is streamed once and merged with the scan, both in key order).
+The scan (in key order) is merged with the catalog's entries, streamed in key order. A file whose
+entry has its size and mtime is *unchanged*: counted, not stored. A file whose entry only a
+listing vouches for (mtime unknown) and has its size is *already at the destination*: counted,
+and its entry adopted. Every other file gets a `pending` row. So sessions keep rows only for work,
+and a no-op re-sync writes none.
+
+How far the catalog is trusted this time (`Mode`, decided by `mode_for`):
+- trust:  the catalog as it is; the destination is not asked at all (the default);
+- list:   the destination is listed first and reconciled into the catalog (catalog.reconcile): on
+          the first sync of a destination, when asked (--check-destination, admin "Check
+          destination"), and every `check_destination_every` days;
+- fresh:  the source folder changed: the catalog's entries came from another folder, so every
+          file is planned as new.
+
+The scan walks in a thread of its own and hands batches over a bounded queue to the calling
+thread, which merges and writes (COPY on PostgreSQL): walking, planning and inserting overlap,
+and memory stays flat. Every database call stays on the calling thread's connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from itertools import islice
 
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
 from projects.destinations import Destination, RemoteObject
+from projects.models import Project
 from projects.walking import Entry
-from sessions_app.models import FileStatus, FileUpload
+from sessions_app import bulk, catalog
+from sessions_app.models import Catalog, CatalogEntry, FileUpload, SessionStatus, SyncSession
 
-SKIP_EARLIER = "uploaded earlier"
+log = logging.getLogger(__name__)
+
+SKIP_UNCHANGED = "unchanged"
 SKIP_REMOTE = "already at destination"
+ROW_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "verify_remote")
+QUEUE_DEPTH = 4  # batches between the walker and the writer
+COUNT_EVERY_SECONDS = 1.0  # how often skip counts alone are written to the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,76 +56,228 @@ class Decision:
     skip_reason: str  # "" means upload
 
 
+@dataclass
+class ScanStats:
+    files: int = 0
+    pending: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Mode:
+    listing: bool  # list the destination and reconcile the catalog first
+    trusted: bool  # the catalog's entries vouch for the scanned files
+    why: str = ""  # for the session log
+
+
+def mode_for(project: Project, known: Catalog | None, dest: Destination, *, check: bool = False) -> Mode:
+    if known is not None and known.source_dir and known.source_dir != project.source_dir:
+        return Mode(False, False, f"source folder changed from {known.source_dir} to {project.source_dir}: every "
+                                  f"file is planned as new (the catalog's entries came from the old folder)")
+    if not dest.supports_listing:
+        why = f"a {dest.kind} destination cannot be listed: the catalog is all we know" if check else ""
+        return Mode(False, True, why)
+    if check:
+        return Mode(True, True, "destination check asked for: listing it")
+    if known is None or known.listed_at is None:
+        return Mode(True, True, "first sync to this destination: listing it")
+    every = project.check_destination_every
+    if every is not None and timezone.now() - known.listed_at >= timedelta(days=every):
+        return Mode(True, True, f"last listed {known.listed_at:%Y-%m-%d %H:%M}, over check_destination_every "
+                                f"({every:g} days) ago: listing it")
+    return Mode(False, True)
+
+
+def decide(size: int, mtime: float, known: catalog.Known | None) -> str:
+    """Why a file needs no work ("" when it does)."""
+    if known is None or known.size != size:
+        return ""
+    if known.mtime is None:
+        return SKIP_REMOTE
+    return SKIP_UNCHANGED if known.mtime == mtime else ""
+
+
+# -- a session's plan ----------------------------------------------------------------------------------
+
+Scan = Callable[[bool], Iterator[Entry]]  # sort -> the scan's entries
+
+
+def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_size: int,
+                 on_first_rows: Callable[[], None] | None = None) -> ScanStats:
+    """Plan every scanned file of the session and write what needs work; `on_first_rows` runs
+    once the first pending rows are in (to start uploads). Stops early when cancelled."""
+    project = session.project
+    known = catalog.open_for(project, dest)
+    mode = mode_for(project, known, dest, check=bool(session.params.get("check_destination")))
+    notes = [mode.why] if mode.why else []
+    if mode.listing:
+        notes += catalog.reconcile(known, dest.list_existing()).lines()
+    if notes:
+        session.append_log("\n".join(notes))
+    writer = _Writer(session, known.pk, on_first_rows)
+    merge = _Merge(dest, known.pk if mode.trusted and known.entries.exists() else None,
+                   catalog.in_doubt(project.pk, session.pk))
+    complete = True
+    for batch in _walk(scan(merge.needs_order), batch_size):
+        writer.write(*merge.plan(batch))
+        if writer.cancelled():
+            complete = False
+            break
+    writer.finish(known, mode, complete)
+    return writer.stats
+
+
+class _Merge:
+    """The scan against the catalog, a batch at a time."""
+
+    def __init__(self, dest: Destination, catalog_id: int | None, doubt: set[str]):
+        self.key_for, self.cursor, self.doubt = dest.key_for, catalog.Cursor(catalog_id), doubt
+        self.needs_order = catalog_id is not None  # key order only matters when merging with entries
+
+    def plan(self, batch: list[Entry]) -> tuple[list[tuple], list[tuple], dict[str, int], int]:
+        """(rows to insert, entries to adopt, skips by reason, skipped bytes)."""
+        rows, adopted, skips, skipped_bytes = [], [], {}, 0
+        for e in batch:
+            key = self.key_for(e.relative_path)
+            reason = decide(e.size, e.mtime, self.cursor.get(key))
+            if not reason:
+                rows.append((e.relative_path, key, e.size, e.mtime, key in self.doubt))
+                continue
+            skips[reason] = skips.get(reason, 0) + 1
+            skipped_bytes += e.size
+            if reason == SKIP_REMOTE:
+                adopted.append((key, e.relative_path, e.size, e.mtime))
+        return rows, adopted, skips, skipped_bytes
+
+
+class _Writer:
+    """Writes a session's plan: a batch's rows, adopted entries and counters in one transaction;
+    skip counts alone at most once a second (a no-op re-sync writes the session row, not a row
+    per file)."""
+
+    def __init__(self, session: SyncSession, catalog_id: int, on_first_rows: Callable[[], None] | None):
+        self.session, self.catalog_id, self.on_first_rows = session, catalog_id, on_first_rows
+        self.stats = ScanStats()
+        self.skips: dict[str, int] = {}
+        self.unwritten = {"found_count": 0, "skipped_count": 0, "skipped_bytes": 0, "bytes_total": 0}
+        self.written_at = 0.0
+        if session.skips or session.skipped_bytes:  # a re-run scan counts its skips again
+            SyncSession.objects.filter(pk=session.pk).update(skips={}, skipped_bytes=0)
+            session.recount()
+
+    def write(self, rows: list[tuple], adopted: list[tuple], skips: dict[str, int], skipped_bytes: int) -> None:
+        skipped = sum(skips.values())
+        for reason, n in skips.items():
+            self.skips[reason] = self.skips.get(reason, 0) + n
+        self._add(found_count=skipped, skipped_count=skipped, skipped_bytes=skipped_bytes, bytes_total=skipped_bytes)
+        self.stats.files += len(rows) + skipped
+        self.stats.skipped += skipped
+        if rows or adopted:
+            with transaction.atomic():
+                inserted = self._insert(rows)
+                catalog.adopt(self.catalog_id, self.session.pk, adopted)
+                self._save_counts(pending_count=inserted)
+            self.stats.pending += inserted
+        elif time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS:
+            self._save_counts()
+        if rows and self.on_first_rows is not None:
+            self.on_first_rows()
+            self.on_first_rows = None
+
+    def _insert(self, rows: list[tuple]) -> int:
+        ids = (self.session.pk, self.session.project_id)
+        inserted = bulk.insert_tuples(FileUpload, ROW_COLUMNS, [ids + row for row in rows])
+        # Rows a crashed run of this scan inserted are not inserted again: the end recounts.
+        self._add(found_count=inserted, bytes_total=sum(row[2] for row in rows))
+        return inserted
+
+    def _add(self, **deltas: int) -> None:
+        for name, n in deltas.items():
+            self.unwritten[name] += n
+
+    def _save_counts(self, **extra: int) -> None:
+        changes = {name: F(name) + n for name, n in {**self.unwritten, **extra}.items() if n}
+        SyncSession.objects.filter(pk=self.session.pk).update(skips=self.skips, heartbeat_at=timezone.now(),
+                                                               **changes)
+        self.unwritten = dict.fromkeys(self.unwritten, 0)
+        self.written_at = time.monotonic()
+
+    def cancelled(self) -> bool:
+        return SyncSession.objects.filter(pk=self.session.pk, status=SessionStatus.CANCELLED).exists()
+
+    def finish(self, known: Catalog, mode: Mode, complete: bool) -> None:
+        self._save_counts()
+        if not complete:
+            return
+        notes = catalog.extras(known) if mode.listing else []
+        if notes:
+            self.session.append_log("\n".join(notes))
+        catalog.note_source(known, self.session.project.source_dir)
+
+
+def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
+    """Batches of the scan, walked in a thread of its own, at most QUEUE_DEPTH ahead."""
+    handover: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    stop = threading.Event()
+    end = object()
+
+    def walk() -> None:
+        try:
+            while not stop.is_set() and (batch := list(islice(entries, batch_size))):
+                _put(batch)
+            _put(end)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            _put(exc)
+        finally:
+            entries.close()  # in this thread: it stops `find`
+
+    def _put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                handover.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    walker = threading.Thread(target=walk, name="scan-walker", daemon=True)
+    walker.start()
+    try:
+        while (item := handover.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        walker.join()
+
+
+# -- a dry run ----------------------------------------------------------------------------------------
+
+
 class RemoteCursor:
-    """Walks a key-ordered remote listing alongside a key-ordered scan."""
+    """Walks a key-ordered remote listing alongside a key-ordered scan (dry runs: no catalog writes)."""
 
     def __init__(self, objects: Iterable[RemoteObject]):
         self._it = iter(objects)
         self._current: RemoteObject | None = next(self._it, None)
 
-    @property
-    def empty(self) -> bool:
-        return self._current is None
-
-    def size_of(self, key: str) -> int | None:
+    def at(self, key: str) -> RemoteObject | None:
         while self._current is not None and self._current.key < key:
             self._current = next(self._it, None)
-        if self._current is not None and self._current.key == key:
-            return self._current.size
-        return None
+        return self._current if self._current is not None and self._current.key == key else None
 
 
-def remote_cursor(destination: Destination) -> RemoteCursor:
-    if not destination.supports_listing:
-        return RemoteCursor(())
-    return RemoteCursor(destination.list_existing())
-
-
-def plan(
-    entries: Iterable[Entry],
-    destination: Destination,
-    project_id: int,
-    session_id: int,
-    remote: RemoteCursor,
-    batch_size: int = 5000,
-) -> Iterator[list[Decision]]:
-    it = iter(entries)
-    while batch := list(islice(it, batch_size)):
-        earlier = _uploaded_earlier(project_id, session_id, [e.relative_path for e in batch])
-        decisions = []
-        for entry in batch:
-            key = destination.key_for(entry.relative_path)
-            reason = ""
-            if (entry.relative_path, entry.size, entry.mtime) in earlier:
-                reason = SKIP_EARLIER
-            elif not remote.empty and remote.size_of(key) == entry.size:
-                reason = SKIP_REMOTE
-            decisions.append(Decision(entry, key, reason))
-        yield decisions
-
-
-def _uploaded_earlier(project_id: int, session_id: int, paths: list[str]) -> set[tuple[str, int, float]]:
-    # A remote's "duplicate" answer means it has the file: as good as an upload of ours.
-    done = Q(status=FileStatus.UPLOADED) | Q(status=FileStatus.SKIPPED, skip_reason="duplicate")
-    rows = (
-        FileUpload.objects.filter(done, project_id=project_id, relative_path__in=paths)
-        .exclude(session_id=session_id)
-        .values_list("relative_path", "size", "mtime")
-    )
-    return set(rows)
-
-
-def rows_for(decisions: list[Decision], session_id: int, project_id: int) -> list[FileUpload]:
-    return [
-        FileUpload(
-            session_id=session_id,
-            project_id=project_id,
-            relative_path=d.entry.relative_path,
-            remote_key=d.key,
-            size=d.entry.size,
-            mtime=d.entry.mtime,
-            status=FileStatus.SKIPPED if d.skip_reason else FileStatus.PENDING,
-            skip_reason=d.skip_reason,
-        )
-        for d in decisions
-    ]
+def preview(project: Project, dest: Destination, scan: Scan, *, check: bool = False) -> Iterator[Decision]:
+    """What a session of the (possibly unsaved) project would decide, file by file; writes nothing.
+    A listing is merged the way `catalog.reconcile` would fold it in."""
+    known = catalog.find(project, dest)
+    mode = mode_for(project, known, dest, check=check)
+    trusted = known is not None and mode.trusted and CatalogEntry.objects.filter(catalog=known).exists()
+    cursor = catalog.Cursor(known.pk if trusted else None)
+    remote = RemoteCursor(dest.list_existing()) if mode.listing else None
+    for e in scan(trusted or remote is not None):
+        key = dest.key_for(e.relative_path)
+        entry = cursor.get(key)
+        if remote is not None:
+            entry = catalog.reconciled(entry, remote.at(key))
+        yield Decision(e, key, decide(e.size, e.mtime, entry))

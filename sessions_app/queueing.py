@@ -31,6 +31,7 @@ from django.utils import timezone
 from projects.destinations import ConfigError
 from projects.models import ConfigHistory, Project
 from projects.walking import mtime_of
+from sessions_app import catalog
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ def _admit(session: SyncSession, project: Project, relative_path: str, key: str,
         old = FileUpload.objects.filter(session=session, relative_path=relative_path).first()
         if old is not None and (answer := _duplicate(old, key, st)) is not None:
             return answer
+        if _at_destination(project, key, st):
+            return Answer(True, 200, "already uploaded", old.pk if old else None, duplicate=True)
         backlog = FileUpload.objects.filter(session=session, status__in=OPEN).count()
         if backlog >= project.queue_limit:
             raise Refused(429, f"upload queue is full ({backlog} files waiting, limit {project.queue_limit})")
@@ -224,9 +227,12 @@ def _duplicate(old: FileUpload, key: str, st: os.stat_result) -> Answer | None:
         if old.status == FileStatus.UPLOADING and not unchanged:
             raise Refused(409, "changed while being uploaded; queue it again once that upload is done")
         return Answer(True, 202, "already queued", old.pk, duplicate=True)
-    if old.status in (FileStatus.UPLOADED, FileStatus.SKIPPED) and unchanged and old.remote_key == key:
-        return Answer(True, 200, "already uploaded", old.pk, duplicate=True)
     return None
+
+
+def _at_destination(project: Project, key: str, st: os.stat_result) -> bool:
+    """Uploaded already, by this queue or any session, and unchanged since: the catalog says so."""
+    return catalog.vouches_for(project, project.destination().identity(), key, st.st_size, mtime_of(st))
 
 
 def _forget(old: FileUpload) -> None:

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from projects.destinations import Destination, DestinationError
 from projects.walking import mtime_of
-from sessions_app import bulk, shutdown
+from sessions_app import bulk, catalog, shutdown
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,12 @@ class Drainer:
         self.cancelled = False
         self.shutting_down = False
         self.last_claimed = time.monotonic()
+        self.catalog_id: int | None = None
 
     def run(self, dest: Destination) -> bool:
         """Upload until nothing is left to claim; True if this task stopped early (out of time or
         shutting down) and a successor should carry on."""
+        self.catalog_id = catalog.open_for(self.project, dest).pk
         in_flight: dict[Future, FileUpload] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"upload-{self.session.pk}") as pool:
             while True:
@@ -192,7 +194,9 @@ class Drainer:
         if self.session.kind == SyncSession.Kind.STREAM:
             # Linger: a producer queueing file after file is served by this task, not a task per file.
             return time.monotonic() - self.last_claimed < settings.QUEUE_LINGER_SECONDS
-        return SyncSession.objects.filter(pk=self.session.pk, status=SessionStatus.SCANNING).exists()
+        # Pending rows nobody could claim are held back while another session uploads the same files.
+        return SyncSession.objects.filter(pk=self.session.pk, status=SessionStatus.SCANNING).exists() or (
+            self.session.files.filter(status=FileStatus.PENDING).exists())
 
     def _check_stop(self) -> None:
         status = SyncSession.objects.values_list("status", flat=True).get(pk=self.session.pk)
@@ -223,7 +227,10 @@ class Drainer:
             return []
         token = uuid.uuid4()
         with transaction.atomic():
+            others = catalog.lock_project(self.session)
             qs = FileUpload.objects.filter(session_id=self.session.pk, status=FileStatus.PENDING).order_by("id")
+            if others:  # a file another session is uploading right now waits for its outcome
+                qs = qs.exclude(remote_key__in=catalog.busy_keys(others))
             if connection.features.has_select_for_update_skip_locked:
                 qs = qs.select_for_update(skip_locked=True)
             ids = list(qs.values_list("id", flat=True)[:n])
@@ -232,7 +239,17 @@ class Drainer:
             FileUpload.objects.filter(id__in=ids, status=FileStatus.PENDING).update(
                 status=FileStatus.UPLOADING, claim_token=token, claimed_at=timezone.now()
             )
-        return list(FileUpload.objects.filter(claim_token=token, status=FileStatus.UPLOADING).order_by("id"))
+        rows = list(FileUpload.objects.filter(claim_token=token, status=FileStatus.UPLOADING).order_by("id"))
+        return self._not_arrived(rows) if others else rows
+
+    def _not_arrived(self, rows: list[FileUpload]) -> list[FileUpload]:
+        """Rows whose file another session put at the destination meanwhile are done, not sent."""
+        done = catalog.arrived(self.catalog_id, rows)
+        for row in rows:
+            if row.pk in done:
+                row.skip_reason, row.note = catalog.SKIP_ARRIVED, f"uploaded by session {done[row.pk]}"
+                self.outcomes.append(Outcome(row, FileStatus.SKIPPED))
+        return [row for row in rows if row.pk not in done]
 
     def flush(self) -> None:
         """Write outcomes and counters in one transaction; also the session's heartbeat."""
@@ -250,6 +267,7 @@ class Drainer:
             rows.append(o.row)
         with transaction.atomic():
             bulk.update_fields(FileUpload, rows, RECORD_FIELDS)
+            catalog.record(self.catalog_id, self.session.pk, rows)
             SyncSession.objects.filter(pk=self.session.pk).update(
                 uploaded_count=F("uploaded_count") + counts[FileStatus.UPLOADED],
                 failed_count=F("failed_count") + counts[FileStatus.FAILED],

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 
 from sessions_app import pipeline, planning, uploading
-from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
+from sessions_app.models import CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, wait_for, write_files
 
 
@@ -124,25 +124,38 @@ def test_empty_files_and_awkward_names_upload_with_nfc_keys(make_project, source
     assert {"pre/with space.wav", "pre/#?%&+.wav", "pre/日本語/音.wav", "pre/café été.wav"} <= set(keys)
 
 
-def test_second_session_skips_files_uploaded_earlier_and_objects_already_there(make_project, source, s3_server):
+def test_second_session_counts_unchanged_files_and_stores_rows_only_for_work(make_project, source, s3_server):
     write_files(source, {f"d/{i}.wav": str(i) for i in range(20)})
     bucket = s3_server.make_bucket()
     project = make_project(_s3(s3_server.endpoint_url, bucket))
     first = run_session_inline(project)
     assert first.uploaded_count == 20
 
-    # Put by someone else with the same size: already at the destination.
-    write_files(source, {"d/new-there.wav": "xyz", "d/new.wav": "n"})
-    s3_server.client.put_object(Bucket=bucket, Key="data/d/new-there.wav", Body=b"abc")
+    write_files(source, {"d/new.wav": "n"})
     (source / "d" / "3.wav").write_text("changed")
 
     second = run_session_inline(project)
 
-    statuses = dict(second.files.values_list("relative_path", "skip_reason"))
-    assert statuses["d/new-there.wav"] == planning.SKIP_REMOTE
-    assert statuses["d/0.wav"] == planning.SKIP_EARLIER
-    assert _statuses(second)["d/new.wav"] == _statuses(second)["d/3.wav"] == FileStatus.UPLOADED
-    assert (second.uploaded_count, second.skipped_count) == (2, 20)
+    assert _statuses(second) == {"d/new.wav": FileStatus.UPLOADED, "d/3.wav": FileStatus.UPLOADED}
+    assert second.skips == {planning.SKIP_UNCHANGED: 19}
+    assert (second.found_count, second.uploaded_count, second.skipped_count) == (21, 2, 19)
+    assert second.status == SessionStatus.COMPLETED
+
+
+def test_a_check_of_the_destination_adopts_objects_already_there(make_project, source, s3_server):
+    write_files(source, {"a.wav": "a"})
+    bucket = s3_server.make_bucket()
+    project = make_project(_s3(s3_server.endpoint_url, bucket))
+    run_session_inline(project)
+    # Put by someone else with the same size: already at the destination.
+    write_files(source, {"there.wav": "xyz"})
+    s3_server.client.put_object(Bucket=bucket, Key="data/there.wav", Body=b"abc")
+
+    second = run_session_inline(project, check_destination=True)
+
+    assert second.files.count() == 0
+    assert second.skips == {planning.SKIP_UNCHANGED: 1, planning.SKIP_REMOTE: 1}
+    assert "destination check asked for: listing it" in second.log
 
 
 def test_hundred_thousand_files_in_one_folder_are_planned_in_full(make_project, source, tmp_path):
@@ -163,9 +176,13 @@ def test_hundred_thousand_files_in_one_folder_are_planned_in_full(make_project, 
     session.refresh_from_db()
     assert (stats.files, stats.pending, stats.skipped) == (100_000, 50_000, 50_000)
     assert (session.found_count, session.pending_count, session.skipped_count) == (100_000, 50_000, 50_000)
-    assert FileUpload.objects.filter(session=session).count() == 100_000
+    assert session.skips == {planning.SKIP_REMOTE: 50_000}
+    assert FileUpload.objects.filter(session=session).count() == 50_000  # rows only for the work
     assert session.files.get(relative_path="flat/000001.wav").status == FileStatus.PENDING
-    assert session.files.get(relative_path="flat/000002.wav").skip_reason == planning.SKIP_REMOTE
+    assert not session.files.filter(relative_path="flat/000002.wav").exists()
+    adopted = CatalogEntry.objects.get(key="flat/000002.wav")
+    assert (adopted.session_id, adopted.size, adopted.mtime) == (
+        session.pk, 0, round((source / "flat" / "000002.wav").stat().st_mtime, 6))
 
 
 def test_scan_problems_are_logged_not_fatal(make_project, source, tmp_path):

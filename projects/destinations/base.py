@@ -114,6 +114,12 @@ class Destination:
         """Where files go, for summaries and notifications (no secrets)."""
         return {"kind": self.kind}
 
+    def identity(self) -> str:
+        """Which place this is, as one string (`s3://bucket/prefix`): what the catalog of objects
+        known to be there is kept under. Another bucket, prefix, host, folder or kind is another
+        place, and starts a catalog of its own."""
+        return f"{self.kind}://{self.prefix}"
+
     def redacted_options(self) -> dict[str, Any]:
         """Options as stored in ConfigHistory. Options only ever *name* secrets, so this is
         the options themselves; kinds that could carry more override it."""

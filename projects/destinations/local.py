@@ -40,6 +40,9 @@ class LocalDestination(Destination):
     def prefix(self) -> str:
         return normalize_key(self.options["prefix"] or "")
 
+    def identity(self) -> str:
+        return "file://" + os.path.normpath(self.root)
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.options["path"], "prefix": self.prefix}
 

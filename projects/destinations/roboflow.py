@@ -128,6 +128,10 @@ class RoboflowDestination(Destination):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "workspace": self.options["workspace"], "project": self.options["project"]}
 
+    def identity(self) -> str:
+        where = f"roboflow://{self.options['workspace']}/{self.options['project']}"
+        return f"{where}+{self.options['neither_project']}" if self.options["neither_project"] else where
+
     # -- check ------------------------------------------------------------------------------
     def check(self) -> None:
         api_key = self._api_key()

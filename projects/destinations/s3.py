@@ -89,6 +89,10 @@ class S3Destination(Destination):
     def full_key(self, key: str) -> str:
         return normalize_key(self.prefix, key)
 
+    def identity(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}"
+        return f"{where} at {self.options['endpoint_url']}" if self.options["endpoint_url"] else where
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "bucket": self.bucket, "prefix": self.prefix,
                 "endpoint_url": self.options["endpoint_url"]}

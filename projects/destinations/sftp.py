@@ -102,6 +102,10 @@ class SFTPDestination(Destination):
     def _where(self) -> str:
         return f"{self.options['host']}:{self.options['port']}"
 
+    def identity(self) -> str:
+        o = self.options
+        return f"sftp://{o['username']}@{o['host']}:{o['port']}/{self._root}"
+
     def describe(self) -> dict[str, Any]:
         o = self.options
         return {"kind": self.kind, "host": o["host"], "port": o["port"], "remote_dir": o["remote_dir"]}

@@ -87,13 +87,16 @@ class Command(BaseCommand):
         mode.add_argument("--sync", action="store_true", help="run in this process, without a cluster")
         mode.add_argument("--dry-run", action="store_true", help="list what would be uploaded; change nothing")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        parser.add_argument("--check-destination", action="store_true",
+                            help="list the destination and reconcile the catalog with it before planning")
 
     def handle(self, *args: Any, **options: Any) -> None:
         clean, source = load_project_config(options)
         if options["dry_run"]:
-            return self.dry_run(clean)
+            return self.dry_run(clean, options["check_destination"])
         project, config = config_mod.apply(clean, source, created_by="command line")
-        session = start(project, config, sync=options["sync"])
+        check = {"params": {"check_destination": True}} if options["check_destination"] else {}
+        session = start(project, config, sync=options["sync"], **check)
         self.stdout.write(f"session {session.pk} started: {session.admin_url()}")
         if options["no_wait"]:
             return
@@ -105,33 +108,35 @@ class Command(BaseCommand):
         if code:
             sys.exit(code)
 
-    def dry_run(self, clean: dict[str, Any]) -> None:
+    def dry_run(self, clean: dict[str, Any], check: bool) -> None:
         dest_opts = dict(clean["destination"])
         kind = dest_opts.pop("type")
         project = Project(name=clean["project"], source_dir=clean["source_dir"], destination_kind=kind,
                           destination_options=dest_opts, extensions=clean["extensions"], exclude=clean["exclude"],
-                          follow_symlinks=clean["follow_symlinks"])
+                          follow_symlinks=clean["follow_symlinks"],
+                          check_destination_every=clean["check_destination_every"])
         try:
             dest = pipeline.preflight(project)
         except pipeline.StartError as exc:
             raise CommandError(str(exc), returncode=2)
-        existing = Project.objects.filter(name=project.name).values_list("id", flat=True).first() or 0
-        remote = planning.remote_cursor(dest)
-        entries = scanning.scan(project.source_dir,
-                                scanning.ScanFilter(project.extensions or list(dest.default_extensions),
-                                                    project.exclude),
-                                sort=not remote.empty, follow_symlinks=project.follow_symlinks,
-                                on_problem=lambda p, m: self.stderr.write(f"warning: {p}: {m}"))
+        project.pk = Project.objects.filter(name=project.name).values_list("id", flat=True).first()
+
+        def scan(sort: bool):
+            return scanning.scan(project.source_dir,
+                                 scanning.ScanFilter(project.extensions or list(dest.default_extensions),
+                                                     project.exclude),
+                                 sort=sort, follow_symlinks=project.follow_symlinks,
+                                 on_problem=lambda p, m: self.stderr.write(f"warning: {p}: {m}"))
+
         upload = skip = nbytes = 0
         with dest:
-            for batch in planning.plan(entries, dest, existing, 0, remote):
-                for d in batch:
-                    if d.skip_reason:
-                        skip += 1
-                        continue
-                    upload += 1
-                    nbytes += d.entry.size
-                    self.stdout.write(f"upload {d.entry.relative_path} -> {d.key} ({d.entry.size} bytes)")
+            for d in planning.preview(project, dest, scan, check=check):
+                if d.skip_reason:
+                    skip += 1
+                    continue
+                upload += 1
+                nbytes += d.entry.size
+                self.stdout.write(f"upload {d.entry.relative_path} -> {d.key} ({d.entry.size} bytes)")
         self.stdout.write(f"dry run: {upload} files ({following.human_size(nbytes)}) would be uploaded, "
                           f"{skip} skipped; nothing was changed")
 

@@ -1,0 +1,315 @@
+"""The catalog: what we know is at each destination of a project, one entry per object.
+
+It answers "is this file already there?" without asking the destination or the rows of earlier
+sessions, so a sync writes rows only for files that need work and lists the destination only
+when it must (see planning.py).
+
+- `open_for()`   the project's catalog of a destination (created on first use).
+- `Cursor`       entries in key order, a keyset page at a time, for the plan's merge.
+- `reconcile()`  fold a full listing of the destination in: adopt what is there, drop what is not.
+- `adopt()`      files the plan found at the destination: their entries now vouch for them.
+- `record()`     objects that arrived (uploads), in the transaction that writes their rows' status.
+- `arrived()`, `busy_keys()`   what other sessions of the project did or are doing (claims).
+- `vouches_for()`   one file, for the upload queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from projects.destinations import Destination, RemoteObject
+from projects.models import Project
+from sessions_app import bulk
+from sessions_app.models import (
+    ACTIVE_STATUSES, Catalog, CatalogEntry, FileStatus, FileUpload, SyncSession,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE = 5000
+WRITE_BATCH = 5000
+SAMPLES = 20  # keys named in a session log per kind of finding
+SKIP_ARRIVED = "uploaded meanwhile"
+ARRIVAL_FIELDS = ("relative_path", "size", "mtime", "checksum", "remote_id", "session_id", "arrived_at")
+
+
+class Known(NamedTuple):
+    """An entry as the plan sees it. mtime None: only a listing vouches for the object."""
+
+    key: str
+    size: int
+    mtime: float | None
+
+
+def open_for(project: Project, dest: Destination) -> Catalog:
+    catalog, _ = Catalog.objects.get_or_create(project=project, destination=dest.identity(),
+                                               defaults={"source_dir": project.source_dir})
+    return catalog
+
+
+def find(project: Project, dest: Destination) -> Catalog | None:
+    """The catalog if there is one, creating nothing (a dry run)."""
+    if project.pk is None:
+        return None
+    return Catalog.objects.filter(project=project, destination=dest.identity()).first()
+
+
+# -- reading in key order ----------------------------------------------------------------------------
+
+
+def _page(catalog_id: int, after: str | None, size: int) -> list[Known]:
+    qs = CatalogEntry.objects.filter(catalog_id=catalog_id)
+    if after is not None:
+        qs = qs.filter(key__gt=after)
+    return [Known(*row) for row in qs.order_by("key").values_list("key", "size", "mtime")[:size]]
+
+
+def entries(catalog_id: int, page: int = PAGE) -> Iterator[Known]:
+    """Every entry in key order. Keyset pages rather than one server-side cursor: each page is a
+    short range scan of the (catalog, key) index, with no transaction held open across writes."""
+    after = None
+    while rows := _page(catalog_id, after, page):
+        yield from rows
+        after = rows[-1].key
+
+
+class Cursor:
+    """Answers `get(key)` for keys asked in (mostly) ascending order, walking the entries once.
+    A key asked out of order (a name that NFC normalisation moved) is looked up on its own."""
+
+    def __init__(self, catalog_id: int | None, page: int = PAGE):
+        self._catalog_id, self._page = catalog_id, page
+        self._rows: deque[Known] = deque()
+        self._after: str | None = None
+        self._done = catalog_id is None
+        self._last = ""
+
+    def get(self, key: str) -> Known | None:
+        if key < self._last:
+            return self._lookup(key)
+        self._last = key
+        rows = self._rows
+        while True:
+            while rows and rows[0].key < key:
+                rows.popleft()
+            if rows:
+                return rows[0] if rows[0].key == key else None
+            if self._done:
+                return None
+            page = _page(self._catalog_id, self._after, self._page)
+            if len(page) < self._page:
+                self._done = True
+            if page:
+                rows.extend(page)
+                self._after = page[-1].key
+
+    def _lookup(self, key: str) -> Known | None:
+        if self._catalog_id is None:
+            return None
+        row = CatalogEntry.objects.filter(catalog_id=self._catalog_id, key=key).values_list("key", "size", "mtime")
+        found = row.first()
+        return Known(*found) if found else None
+
+
+# -- the destination's own word ----------------------------------------------------------------------
+
+
+def reconciled(known: Known | None, remote: RemoteObject | None) -> Known | None:
+    """What an entry becomes once a listing has been seen: gone when the object is missing; known
+    only by the listing when the object is new to us or changed size behind our back."""
+    if remote is None:
+        return None
+    if known is None or known.size != remote.size:
+        return Known(remote.key, remote.size, None)
+    return known
+
+
+@dataclass
+class Reconciliation:
+    """What a listing changed in the catalog (with the first keys of each kind, for the log)."""
+
+    listed: int = 0
+    found: int = 0  # at the destination, not in the catalog
+    missing: int = 0  # in the catalog, not at the destination
+    changed: int = 0  # a different size there than we recorded
+    samples: list[str] = field(default_factory=list)
+
+    def note(self, what: str, key: str) -> None:
+        setattr(self, what, getattr(self, what) + 1)
+        if what != "found" and len(self.samples) < SAMPLES:
+            self.samples.append(f"  {what} at destination: {key}")
+
+    def lines(self) -> list[str]:
+        return [f"destination listed: {self.listed} objects; {self.found} not in the catalog (adopted where a "
+                f"source file of the same size matches), {self.missing} missing (uploaded again), {self.changed} "
+                f"changed there (compared by size)", *self.samples]
+
+
+def reconcile(catalog: Catalog, listing: Iterable[RemoteObject]) -> Reconciliation:
+    """Merge a full listing (key order) into the catalog (key order). Every write is to a key at
+    or below the last page read, so the pages still to come are not disturbed."""
+    result = Reconciliation()
+    writes = _Writes(catalog)
+    mine, theirs = entries(catalog.pk), iter(listing)
+    known, remote = next(mine, None), next(theirs, None)
+    while known is not None or remote is not None:
+        if remote is not None and (known is None or remote.key < known.key):
+            result.listed += 1
+            result.note("found", remote.key)
+            writes.put(reconciled(None, remote))
+            remote = next(theirs, None)
+        elif remote is None or known.key < remote.key:
+            result.note("missing", known.key)
+            writes.drop(known.key)
+            known = next(mine, None)
+        else:
+            result.listed += 1
+            if known.size != remote.size:
+                result.note("changed", known.key)
+                writes.put(reconciled(known, remote))
+            known, remote = next(mine, None), next(theirs, None)
+    writes.flush()
+    Catalog.objects.filter(pk=catalog.pk).update(listed_at=timezone.now())
+    return result
+
+
+class _Writes:
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.puts: list[tuple] = []
+        self.drops: list[str] = []
+
+    def put(self, known: Known) -> None:
+        self.puts.append((self.catalog.pk, known.key, known.size, known.mtime, None, timezone.now()))
+        if len(self.puts) >= WRITE_BATCH:
+            self.flush()
+
+    def drop(self, key: str) -> None:
+        self.drops.append(key)
+        if len(self.drops) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        with transaction.atomic():
+            bulk.upsert_tuples(CatalogEntry, ("catalog_id", "key", "size", "mtime", "session_id", "arrived_at"),
+                               self.puts, unique=("catalog_id", "key"), update=("size", "mtime"))
+            CatalogEntry.objects.filter(catalog=self.catalog, key__in=self.drops).delete()
+        self.puts, self.drops = [], []
+
+
+def extras(catalog: Catalog) -> list[str]:
+    """Objects only a listing vouches for: at the destination, but no source file matched them."""
+    qs = catalog.entries.filter(mtime__isnull=True)
+    count = qs.count()
+    if not count:
+        return []
+    keys = qs.order_by("key").values_list("key", flat=True)[:SAMPLES]
+    return [f"{count} objects at the destination match no source file (extras, left alone)",
+            *(f"  extra: {key}" for key in keys)]
+
+
+def note_source(catalog: Catalog, source_dir: str) -> None:
+    """The source folder the catalog's entries come from from now on."""
+    if catalog.source_dir != source_dir:
+        Catalog.objects.filter(pk=catalog.pk).update(source_dir=source_dir)
+        catalog.source_dir = source_dir
+
+
+# -- writes as files are planned and uploaded ----------------------------------------------------------
+
+
+def adopt(catalog_id: int, session_id: int, found: Sequence[tuple[str, str, int, float]]) -> None:
+    """(key, relative_path, size, mtime) of source files the plan found at the destination already:
+    their entries vouch for them from now on. Call inside the batch's transaction."""
+    now = timezone.now()
+    rows = [(catalog_id, key, "" if path == key else path, size, mtime, session_id, now)
+            for key, path, size, mtime in found]
+    bulk.upsert_tuples(CatalogEntry, ("catalog_id", "key", "relative_path", "size", "mtime", "session_id",
+                                      "arrived_at"), rows, unique=("catalog_id", "key"),
+                       update=("relative_path", "size", "mtime", "session_id", "arrived_at"))
+
+
+def arrives(row: FileUpload) -> bool:
+    """Is the row, as its transfer left it, an object now at the destination? (A remote's
+    "duplicate" answer means it has the file: as good as an upload of ours.)"""
+    return row.status == FileStatus.UPLOADED or (row.status == FileStatus.SKIPPED and row.skip_reason == "duplicate")
+
+
+def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload]) -> None:
+    """Entries for rows whose objects arrived. Call inside the transaction writing their status, so
+    the catalog and the rows never disagree."""
+    now = timezone.now()
+    tuples = [
+        (catalog_id, r.remote_key, "" if r.relative_path == r.remote_key else r.relative_path, r.size, r.mtime,
+         r.checksum, r.remote_id, session_id, r.uploaded_at or now)
+        for r in rows if arrives(r)
+    ]
+    bulk.upsert_tuples(CatalogEntry, ("catalog_id", "key") + ARRIVAL_FIELDS, tuples, unique=("catalog_id", "key"),
+                       update=ARRIVAL_FIELDS)
+
+
+# -- other sessions of the project ---------------------------------------------------------------------
+
+
+def others_since(session: SyncSession) -> list[SyncSession]:
+    """Other sessions of the project running now, or that ended after this one began: they may
+    have uploaded (or be uploading) files this one planned."""
+    return list(
+        SyncSession.objects.filter(project_id=session.project_id)
+        .filter(Q(status__in=ACTIVE_STATUSES) | Q(finished_at__gte=session.created_at))
+        .exclude(pk=session.pk).only("pk", "status")
+    )
+
+
+def lock_project(session: SyncSession) -> list[SyncSession]:
+    """Inside a claim's transaction: the project's row lock, so the claims of all its sessions
+    take turns (a claim sees every row another one moved to uploading), then `others_since`."""
+    list(Project.objects.select_for_update().filter(pk=session.project_id).values_list("pk", flat=True))
+    return others_since(session)
+
+
+def busy_keys(others: Sequence[SyncSession]) -> QuerySet:
+    """Remote keys other running sessions are uploading right now (a subquery)."""
+    running = [s.pk for s in others if s.status in ACTIVE_STATUSES]
+    return FileUpload.objects.filter(session_id__in=running, status=FileStatus.UPLOADING).values("remote_key")
+
+
+def arrived(catalog_id: int, rows: Sequence[FileUpload]) -> dict[int, int | None]:
+    """Claimed rows whose file the catalog already vouches for (same key, size and mtime), as
+    {row pk: the session that put it there}: another session got there first."""
+    found = {
+        key: (size, mtime, session_id)
+        for key, size, mtime, session_id in CatalogEntry.objects.filter(
+            catalog_id=catalog_id, key__in=[r.remote_key for r in rows]
+        ).values_list("key", "size", "mtime", "session_id")
+    }
+    done = {}
+    for r in rows:
+        entry = found.get(r.remote_key)
+        if entry is not None and entry[:2] == (r.size, r.mtime):
+            done[r.pk] = entry[2]
+    return done
+
+
+def in_doubt(project_id: int, session_id: int) -> set[str]:
+    """Remote keys whose upload an earlier session started but never recorded (its worker died,
+    then the session ended): the object may be there. The plan has them checked before upload."""
+    cut_off = (Q(status=FileStatus.UPLOADING) & ~Q(session__status__in=ACTIVE_STATUSES)) | Q(
+        status=FileStatus.CANCELLED, attempts__gt=0
+    )
+    rows = FileUpload.objects.filter(cut_off, project_id=project_id).exclude(session_id=session_id)
+    return set(rows.values_list("remote_key", flat=True))
+
+
+def vouches_for(project: Project, destination: str, key: str, size: int, mtime: float) -> bool:
+    """Does an entry say this file is at the destination (its identity) as it is now?"""
+    return CatalogEntry.objects.filter(catalog__project=project, catalog__destination=destination, key=key,
+                                       size=size, mtime=mtime).exists()
