@@ -20,7 +20,7 @@ class ProjectAdmin(admin.ModelAdmin):
                     "last_session_display", "updated_at")
     search_fields = ("name", "source_dir")
     list_filter = ("destination_kind", "health_ok")
-    actions = ["start_sync", "import_from_roboflow", "check_health", "issue_api_token"]
+    actions = ["start_sync", "check_destination", "import_from_roboflow", "check_health", "issue_api_token"]
     readonly_fields = ("created_at", "updated_at", "health_display", "api_token_display")
 
     @admin.display(description="destination")
@@ -56,22 +56,15 @@ class ProjectAdmin(admin.ModelAdmin):
 
     @admin.action(description="Start sync", permissions=["start_sync"])
     def start_sync(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
-        from sessions_app import pipeline, tasks
+        from sessions_app.admin_actions import start_syncs
 
-        started, refused = [], []
-        for project in queryset:
-            try:
-                pipeline.preflight(project).close()
-                session = pipeline.create_session(project, created_by=request.user.get_username())
-                tasks.enqueue_scan(session.pk)
-                started.append(f"{project.name} (session #{session.pk})")
-            except (pipeline.StartError, tasks.EnqueueError) as exc:
-                refused.append(f"{project.name}: {exc}")
-        if started:
-            self.message_user(request, f"Started {len(started)} sync session(s): {', '.join(started)}",
-                              messages.SUCCESS)
-        for line in refused:
-            self.message_user(request, f"Not started: {line}", messages.ERROR)
+        start_syncs(request, queryset)
+
+    @admin.action(description="Check destination (list it, reconcile the catalog, sync)", permissions=["start_sync"])
+    def check_destination(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
+        from sessions_app.admin_actions import start_syncs
+
+        start_syncs(request, queryset, check_destination=True)
 
     def has_start_sync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("projects.start_sync")

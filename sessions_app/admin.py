@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from datetime import datetime
+from datetime import timezone as dt_timezone
+
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet, Sum
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
 from sessions_app import admin_actions
-from sessions_app.models import FileStatus, FileUpload, Notification, SyncSession
+from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
 
 
 def progress_bar(percent: float, failed: bool = False) -> str:
@@ -28,6 +31,15 @@ def seconds_text(seconds: float | None) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def skip_counts(session: SyncSession) -> dict[str, int]:
+    """Skips by reason: those counted by the plan (no rows) and those with a row (e.g. duplicate)."""
+    counts = dict(session.skips)
+    rows = session.files.filter(status=FileStatus.SKIPPED).values_list("skip_reason").annotate(n=Count("id"))
+    for reason, n in rows.order_by():
+        counts[reason] = counts.get(reason, 0) + n
+    return counts
 
 
 class NotificationInline(admin.TabularInline):
@@ -54,12 +66,12 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     list_select_related = ("project",)
     inlines = [NotificationInline]
     actions = [admin_actions.retry_failed, admin_actions.retry_failed_including_permanent,
-               admin_actions.notify_endpoint, admin_actions.cancel_sessions]
+               admin_actions.notify_endpoint, admin_actions.cancel_sessions, admin_actions.check_destination]
     change_form_template = "admin/sessions_app/syncsession/change_form.html"
     readonly_fields = (
         "project", "config_link", "kind", "status", "progress_display", "found_count", "pending_count",
-        "uploaded_count", "skipped_count", "failed_count", "cancelled_count", "bytes_display", "speed_display",
-        "duration_display", "files_link", "scan_problems", "created_at", "started_at", "scan_finished_at",
+        "uploaded_count", "skipped_count", "skips_display", "failed_count", "cancelled_count", "bytes_display",
+        "speed_display", "duration_display", "files_link", "scan_problems", "created_at", "started_at", "scan_finished_at",
         "finished_at", "heartbeat_at", "retry_round", "next_retry_at", "created_by", "error", "log", "params",
     )
     fields = readonly_fields
@@ -86,6 +98,10 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     def duration_display(self, obj: SyncSession) -> str:
         d = obj.duration
         return seconds_text(d.total_seconds() if d else None)
+
+    @admin.display(description="skipped, by reason")
+    def skips_display(self, obj: SyncSession) -> str:
+        return ", ".join(f"{reason}: {n:,}" for reason, n in skip_counts(obj).items()) or "-"
 
     @admin.display(description="config")
     def config_link(self, obj: SyncSession) -> str:
@@ -153,3 +169,99 @@ class NotificationAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Catalog)
+class CatalogAdmin(ReadOnlyAdmin):
+    """One row per project and destination, with what its catalog holds."""
+
+    list_display = ("project", "destination", "entries_link", "bytes_display", "source_dir", "listed_at")
+    list_filter = ("project",)
+    search_fields = ("destination", "project__name")
+    list_select_related = ("project",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).annotate(n=Count("entries"), total=Sum("entries__size"))
+
+    @admin.display(description="objects", ordering="n")
+    def entries_link(self, obj: Catalog) -> str:
+        url = reverse("admin:sessions_app_catalogentry_changelist")
+        return format_html('<a href="{}?catalog__id__exact={}">{}</a>', url, obj.pk, f"{obj.n:,}")
+
+    @admin.display(description="bytes", ordering="total")
+    def bytes_display(self, obj: Catalog) -> str:
+        return filesizeformat(obj.total or 0)
+
+
+class CatalogFilter(admin.SimpleListFilter):
+    """Project and destination at once: there are few catalogs, and many entries."""
+
+    title, parameter_name = "destination", "catalog__id__exact"
+
+    def lookups(self, request: HttpRequest, model_admin) -> list[tuple[int, str]]:
+        return [(c.pk, str(c)) for c in Catalog.objects.select_related("project")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(catalog_id=self.value()) if self.value() else queryset
+
+
+class SizeFilter(admin.SimpleListFilter):
+    title, parameter_name = "size", "size"
+    BOUNDS = {"small": (0, 2**10), "kib": (2**10, 2**20), "mib": (2**20, 2**30), "gib": (2**30, None)}
+
+    def lookups(self, request: HttpRequest, model_admin) -> list[tuple[str, str]]:
+        return [("small", "under 1 KiB"), ("kib", "1 KiB - 1 MiB"), ("mib", "1 MiB - 1 GiB"), ("gib", "1 GiB and more")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() not in self.BOUNDS:
+            return queryset
+        low, high = self.BOUNDS[self.value()]
+        queryset = queryset.filter(size__gte=low)
+        return queryset if high is None else queryset.filter(size__lt=high)
+
+
+@admin.register(CatalogEntry)
+class CatalogEntryAdmin(ReadOnlyAdmin):
+    """What is at each destination, as far as we know: one row per object."""
+
+    list_display = ("key", "path_display", "size_display", "modified_display", "arrived_at", "session_link",
+                    "catalog")
+    list_filter = (CatalogFilter, "catalog__project", SizeFilter, "arrived_at")
+    search_fields = ("key", "relative_path")
+    list_select_related = ("catalog__project",)
+    show_full_result_count = False  # COUNT(*) over millions of rows on every page view is not free
+    readonly_fields = ("catalog", "key", "path_display", "size_display", "modified_display", "checksum",
+                       "remote_id", "session_link", "arrived_at")
+    fields = readonly_fields
+
+    @admin.display(description="source file")
+    def path_display(self, obj: CatalogEntry) -> str:
+        return obj.path if obj.mtime is not None else "(none: found at the destination)"
+
+    @admin.display(description="size", ordering="size")
+    def size_display(self, obj: CatalogEntry) -> str:
+        return filesizeformat(obj.size)
+
+    @admin.display(description="modified (source)")
+    def modified_display(self, obj: CatalogEntry) -> str:
+        if obj.mtime is None:
+            return "-"
+        return datetime.fromtimestamp(obj.mtime, tz=dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    @admin.display(description="put there by", ordering="session")
+    def session_link(self, obj: CatalogEntry) -> str:
+        if obj.session_id is None:
+            return "-"
+        url = reverse("admin:sessions_app_syncsession_change", args=[obj.session_id])
+        return format_html('<a href="{}">session #{}</a>', url, obj.session_id)

@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from projects.destinations import ConfigError
+from projects.models import Project
 from projects.outbound import check_http_url, redact_url
 from sessions_app import cancelling, notifying, retrying, tasks
 from sessions_app.models import FileStatus, Notification, SyncSession
@@ -23,6 +24,7 @@ PERMISSIONS = {
     "retry": "sessions_app.retry_syncsession",
     "notify": "sessions_app.notify_syncsession",
     "cancel": "sessions_app.cancel_syncsession",
+    "start_sync": "projects.start_sync",
 }
 # action name -> the permission it needs
 ACTION_PERMISSIONS = {
@@ -31,6 +33,7 @@ ACTION_PERMISSIONS = {
     "retry_selected_files": "retry",
     "notify_endpoint": "notify",
     "cancel_sessions": "cancel",
+    "check_destination": "start_sync",
 }
 
 
@@ -45,6 +48,9 @@ class PermissionsMixin:
 
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(PERMISSIONS["cancel"])
+
+    def has_start_sync_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(PERMISSIONS["start_sync"])
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         if request.method == "POST":
@@ -149,6 +155,37 @@ def cancel_sessions(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSes
         parts.append(f"{plural(outcomes[''], 'session')} ignored: not running")
     done = outcomes["cancelled"] or outcomes["stopped automatic retries"]
     messages.add_message(request, messages.SUCCESS if done else messages.WARNING, "; ".join(parts))
+
+
+# -- check destination --------------------------------------------------------------------------------
+
+
+@admin.action(description="Check destination (list it, reconcile the catalog, sync)", permissions=["start_sync"])
+def check_destination(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSession]) -> None:
+    """A new sync of each selected session's project that lists the destination first."""
+    check_action_permission(request, "check_destination")
+    start_syncs(request, Project.objects.filter(pk__in=queryset.values("project_id")), check_destination=True)
+
+
+def start_syncs(request: HttpRequest, projects: QuerySet[Project], *, check_destination: bool = False) -> None:
+    """Start a sync of each project (checked first) and say what started or why not."""
+    from sessions_app import pipeline
+
+    params = {"check_destination": True} if check_destination else {}
+    started, refused = [], []
+    for project in projects:
+        try:
+            pipeline.preflight(project).close()
+            session = pipeline.create_session(project, created_by=request.user.get_username(), params=params)
+            tasks.enqueue_scan(session.pk)
+            started.append(f"{project.name} (session #{session.pk})")
+        except (pipeline.StartError, tasks.EnqueueError) as exc:
+            refused.append(f"{project.name}: {exc}")
+    what = "sync session(s) checking the destination" if check_destination else "sync session(s)"
+    if started:
+        messages.success(request, f"Started {len(started)} {what}: {', '.join(started)}")
+    for line in refused:
+        messages.error(request, f"Not started: {line}")
 
 
 # -- notify -----------------------------------------------------------------------------------------

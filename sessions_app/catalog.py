@@ -300,10 +300,11 @@ def arrived(catalog_id: int, rows: Sequence[FileUpload]) -> dict[int, int | None
 
 
 def in_doubt(project_id: int, session_id: int) -> set[str]:
-    """Remote keys whose upload an earlier session started but never recorded (its worker died,
-    then the session ended): the object may be there. The plan has them checked before upload."""
+    """Remote keys whose upload another session may have started but never recorded (its worker
+    died, then the session ended or was cancelled): the object may be there. The plan has them
+    checked (HEAD) before any upload."""
     cut_off = (Q(status=FileStatus.UPLOADING) & ~Q(session__status__in=ACTIVE_STATUSES)) | Q(
-        status=FileStatus.CANCELLED, attempts__gt=0
+        status=FileStatus.CANCELLED, claimed_at__isnull=False
     )
     rows = FileUpload.objects.filter(cut_off, project_id=project_id).exclude(session_id=session_id)
     return set(rows.values_list("remote_key", flat=True))

@@ -42,9 +42,10 @@ def preflight(project: Project) -> Destination:
     return dest
 
 
-def create_session(project: Project, config: ConfigHistory | None = None, created_by: str = "") -> SyncSession:
+def create_session(project: Project, config: ConfigHistory | None = None, created_by: str = "",
+                   params: dict | None = None) -> SyncSession:
     config = config or project.record_config(ConfigHistory.Source.ADMIN, created_by)
-    return SyncSession.objects.create(project=project, config=config, created_by=created_by)
+    return SyncSession.objects.create(project=project, config=config, created_by=created_by, params=params or {})
 
 
 def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
