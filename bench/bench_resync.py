@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from tests.servers.s3 import FaultProxy  # noqa: E402  (a counting proxy; it injects no fault unless told)
 
-PYTHON, MANAGE, REPO = common.PYTHON, common.MANAGE, common.REPO
+PYTHON = common.PYTHON
 
 
 @dataclass
@@ -64,7 +64,7 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
     common.wait_quiet(QUIET_WAIT)
     t0 = time.perf_counter()
     with open(log, "ab") as out:
-        rc = subprocess.run(cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, env=env, cwd=common.PRODUCT, stdout=out, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"{cmd[:3]}… exited {rc}, see {log}")
@@ -82,7 +82,7 @@ class Product:
         self.log = work / f"{name}.log"
 
     def sync(self) -> float:
-        cmd = [PYTHON, MANAGE, "upload", "--config", str(self.config), "--sync", "--no-progress"]
+        cmd = [PYTHON, common.MANAGE, "upload", "--config", str(self.config), "--sync", "--no-progress"]
         return timed(cmd, self.db.env(), self.log)
 
     def db_bytes(self) -> int:
@@ -104,7 +104,7 @@ class Product:
             "else:\n"
             "    print(os.path.getsize(settings.DATABASES['default']['NAME']))\n"
         ) % what
-        return subprocess.run([PYTHON, "-c", code], env=self.db.env(), cwd=REPO, capture_output=True, text=True,
+        return subprocess.run([PYTHON, "-c", code], env=self.db.env(), cwd=common.PRODUCT, capture_output=True, text=True,
                               check=True).stdout.strip().splitlines()[-1]
 
 

@@ -24,7 +24,9 @@ from tests.polling import wait_for  # noqa: E402  (one poll-with-deadline for te
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-MANAGE = str(REPO / "manage.py")
+# The checkout whose product is measured: this one, or another (--product, e.g. the code before a change).
+PRODUCT = REPO
+MANAGE = str(PRODUCT / "manage.py")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REGION = "us-east-1"
 
@@ -88,6 +90,14 @@ def install_cleanup() -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
+
+
+def use_product(path: str | None) -> None:
+    """Measure the product of another checkout (its manage.py, run from its folder)."""
+    global PRODUCT, MANAGE
+    if path:
+        PRODUCT = Path(path).resolve()
+        MANAGE = str(PRODUCT / "manage.py")
 
 
 def free_port() -> int:
@@ -327,20 +337,20 @@ class FreshDatabase:
 
     def migrate(self, log: Path) -> None:
         with open(log, "ab") as out:
-            subprocess.run([PYTHON, MANAGE, "migrate", "--noinput"], env=self.env(), cwd=REPO, check=True,
+            subprocess.run([PYTHON, MANAGE, "migrate", "--noinput"], env=self.env(), cwd=PRODUCT, check=True,
                            stdout=out, stderr=subprocess.STDOUT)
 
 
 def revision() -> str:
     """The commit of the code under test, and whether files differ from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PRODUCT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PRODUCT,
                                capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "code: not a git checkout"
-    return f"code: {REPO} at {head}" + (" + uncommitted changes" if dirty else "")
+    return f"code: {PRODUCT} at {head}" + (" + uncommitted changes" if dirty else "")
 
 
 def machine() -> str:

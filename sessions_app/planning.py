@@ -88,13 +88,13 @@ def mode_for(project: Project, known: Catalog | None, dest: Destination, *, chec
     return Mode(False, True)
 
 
-def decide(size: int, mtime: float, known: catalog.Known | None) -> str:
-    """Why a file needs no work ("" when it does)."""
-    if known is None or known.size != size:
+def decide(size: int, mtime: float, known: tuple | None) -> str:
+    """Why a file needs no work ("" when it does), given its entry (key, size, mtime) if any."""
+    if known is None or known[1] != size:
         return ""
-    if known.mtime is None:
+    if known[2] is None:
         return SKIP_REMOTE
-    return SKIP_UNCHANGED if known.mtime == mtime else ""
+    return SKIP_UNCHANGED if known[2] == mtime else ""
 
 
 # -- a session's plan ----------------------------------------------------------------------------------
@@ -137,9 +137,9 @@ class _Merge:
     def plan(self, batch: list[Entry]) -> tuple[list[tuple], list[tuple], dict[str, int], int]:
         """(rows to insert, entries to adopt, skips by reason, skipped bytes)."""
         rows, adopted, skips, skipped_bytes = [], [], {}, 0
-        for e in batch:
-            key = self.key_for(e.relative_path)
-            reason = decide(e.size, e.mtime, self.cursor.get(key))
+        keys = [self.key_for(e.relative_path) for e in batch]
+        for e, key, known in zip(batch, keys, self.cursor.match(keys)):
+            reason = decide(e.size, e.mtime, known)
             if not reason:
                 rows.append((e.relative_path, key, e.size, e.mtime, key in self.doubt))
                 continue

@@ -83,3 +83,39 @@ def test_django_q_admin_pages_stay_available(admin_client):
     for url in ("/admin/django_q/schedule/", "/admin/django_q/success/", "/admin/django_q/failure/",
                 "/admin/django_q/ormq/"):
         assert admin_client.get(url).status_code == 200, url
+
+
+def test_session_page_shows_skip_counts_by_reason(admin_client, synced):
+    again = run_session_inline(synced.project)
+    page = admin_client.get(f"/admin/sessions_app/syncsession/{again.pk}/change/").content.decode()
+    assert "Skipped, by reason" in page and "unchanged: 2" in page
+
+
+def test_catalog_pages_list_counts_search_and_link_the_session(admin_client, synced):
+    from sessions_app.models import Catalog
+
+    known = Catalog.objects.get()
+    page = admin_client.get("/admin/sessions_app/catalog/").content.decode()
+    assert known.destination in page and f"?catalog__id__exact={known.pk}\">2<" in page
+    found = admin_client.get("/admin/sessions_app/catalogentry/?q=c.wav").content.decode()
+    assert "b/c.wav" in found and ">a.wav<" not in found
+    assert f"/admin/sessions_app/syncsession/{synced.pk}/change/" in found
+    for query in (f"catalog__id__exact={known.pk}", f"catalog__project__id__exact={known.project_id}",
+                  "size=small", "arrived_at__gte=2000-01-01+00:00:00%2B00:00"):
+        assert "b/c.wav" in admin_client.get(f"/admin/sessions_app/catalogentry/?{query}").content.decode()
+    assert "b/c.wav" not in admin_client.get("/admin/sessions_app/catalogentry/?size=gib").content.decode()
+    entry = known.entries.get(key="a.wav")
+    assert admin_client.post(f"/admin/sessions_app/catalogentry/{entry.pk}/change/", {}).status_code == 403
+    assert admin_client.post(f"/admin/sessions_app/catalogentry/{entry.pk}/delete/", {}).status_code == 403
+
+
+@pytest.mark.parametrize("changelist, selected", [("projects/project", "project_id"), ("sessions_app/syncsession", "pk")])
+def test_check_destination_action_starts_a_sync_that_lists_the_destination(admin_client, synced, changelist,
+                                                                           selected):
+    chosen = synced.project_id if selected == "project_id" else synced.pk
+    resp = admin_client.post(f"/admin/{changelist}/", {"action": "check_destination", "_selected_action": [chosen]},
+                             follow=True)
+    started = SyncSession.objects.exclude(pk=synced.pk).get()
+    assert started.params == {"check_destination": True} and started.status == "queued"
+    assert f"Started 1 sync session(s) checking the destination: test-project (session #{started.pk})" in (
+        resp.content.decode())

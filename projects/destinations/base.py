@@ -108,6 +108,8 @@ class Destination:
 
     def key_for(self, relative_path: str) -> str:
         """The remote key of a file, relative to `prefix`."""
+        if relative_path.isascii() and "//" not in relative_path and relative_path[:1] != "/" != relative_path[-1:]:
+            return relative_path  # already a key: the common case, on the plan's path for every file
         return normalize_key(relative_path)
 
     def describe(self) -> dict[str, Any]:
