@@ -9,8 +9,10 @@ Per destination, in one run, alternating sides:
   s3:    `upload --sync` into moto      vs  `aws s3 sync SRC s3://…`  (first sync, then no-op re-syncs)
 Each no-op re-sync reports wall time, database growth (bytes, PostgreSQL `pg_database_size` or the
 SQLite file), file rows added, and for S3 the LIST and PUT requests counted by a loopback proxy
-in front of moto. The product runs with `--sync` (scan, plan and upload in the command's process,
-no cluster): what a user runs from cron.
+in front of moto. The first sync reports the database bytes it added per file (the session's rows
+and, from the catalog on, the catalog's entries). The product runs with `--sync` (scan, plan and
+upload in the command's process, no cluster): what a user runs from cron. `--product PATH` runs
+another checkout's product (e.g. the code before a change) with the same script.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ PYTHON = common.PYTHON
 class Side:
     name: str
     first: float = 0.0
+    first_bytes: int = 0  # database bytes the first sync added
     noop: list[float] = field(default_factory=list)
     growth: list[int] = field(default_factory=list)  # database bytes added per no-op
     rows: list[int] = field(default_factory=list)  # file rows added per no-op
@@ -117,7 +120,9 @@ def run_local(tree: Path, args, work: Path) -> tuple[Side, Side]:
         peer_dest = work / "dest-rsync"
         rsync = ["rsync", "-a", "--exclude", ".complete", f"{tree}/", f"{peer_dest}/"]
         peer.first = timed(rsync, os.environ.copy(), work / "rsync.log")
+        size0 = product.db_bytes()
         ours.first = product.sync()
+        ours.first_bytes = product.db_bytes() - size0
         for i in range(args.repeat):
             for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
                 if who == "peer":
@@ -151,7 +156,9 @@ def run_s3(tree: Path, args, work: Path) -> tuple[Side, Side]:
         product = Product(db, tree, {"type": "s3", "bucket": "ours", "prefix": "data",
                                      "endpoint_url": proxy.endpoint_url, "region": common.REGION}, work, "resync-s3")
         peer.first = timed(aws, env, work / "aws.log")
+        size0 = product.db_bytes()
         ours.first = product.sync()
+        ours.first_bytes = product.db_bytes() - size0
         for i in range(args.repeat):
             for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
                 proxy.reset()
@@ -173,14 +180,16 @@ def run_s3(tree: Path, args, work: Path) -> tuple[Side, Side]:
     return ours, peer
 
 
-def report(dest: str, ours: Side, peer: Side, files: int) -> list[str]:
+def report(dest: str, ours: Side, peer: Side, files: int, rsync_noop: float | None = None) -> list[str]:
     best_ours, best_peer = min(ours.noop), min(peer.noop)
+    vs_rsync = f"; {best_ours / rsync_noop:.2f}× `rsync -a`'s no-op" if rsync_noop else ""
     lines = [
-        f"| {dest} | first sync | {ours.first:.1f} s | {peer.name} {peer.first:.1f} s | {ours.first / peer.first:.2f}× | |",
+        f"| {dest} | first sync | {ours.first:.1f} s | {peer.name} {peer.first:.1f} s | {ours.first / peer.first:.2f}× "
+        f"| DB +{ours.first_bytes / 2**20:.1f} MiB, {ours.first_bytes / files:.0f} bytes per file |",
         f"| {dest} | no-op re-sync (best of {len(ours.noop)}) | {best_ours:.2f} s | {peer.name} {best_peer:.2f} s "
         f"| {best_ours / best_peer:.2f}× | DB +{max(ours.growth) / 1024:.0f} KiB, +{max(ours.rows):,} file rows"
         + (f"; LIST ours {max(ours.lists)} / peer {max(peer.lists)}, PUT ours {max(ours.puts)} / peer "
-           f"{max(peer.puts)}" if ours.lists else "") + " |",
+           f"{max(peer.puts)}" if ours.lists else "") + vs_rsync + " |",
     ]
     return lines
 
@@ -198,22 +207,27 @@ def main() -> None:
     parser.add_argument("--destinations", default="local,s3")
     parser.add_argument("--repeat", type=int, default=2, help="no-op re-syncs per side")
     parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT)
+    parser.add_argument("--product", help="measure the code of this checkout (default: this one)")
     args = parser.parse_args()
     common.install_cleanup()
+    common.use_product(args.product)
     QUIET_WAIT = args.quiet_wait
     Path(args.data).mkdir(parents=True, exist_ok=True)
     tree = ensure_tree(Path(args.data), args.files, args.size)
     subprocess.run(["find", str(tree), "-type", "f"], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     db_kind = "postgresql" if args.database_url else "sqlite"
-    print(f"{common.machine()}\ntree: {args.files:,} × {args.size} B; database {db_kind}", flush=True)
-    rows = []
+    print(f"{common.machine()}\ntree: {args.files:,} × {args.size} B; database {db_kind}; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows, rsync_noop = [], None
     for dest in args.destinations.split(","):
         work = Path(tempfile.mkdtemp(prefix=f"bench-resync-{dest}-"))
         try:
             ours, peer = (run_local if dest == "local" else run_s3)(tree, args, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        rows += report(dest, ours, peer, args.files)
+        if dest == "local":
+            rsync_noop = min(peer.noop)
+        rows += report(dest, ours, peer, args.files, rsync_noop if dest != "local" else None)
         print("\n".join(rows[-2:]), flush=True)
     print(f"\n| destination | what | product | peer | ratio | notes ({db_kind}) |\n|---|---|---:|---:|---:|---|")
     print("\n".join(rows))

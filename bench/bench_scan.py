@@ -11,6 +11,9 @@ Measures (warm page cache; every measurement in a fresh subprocess, whose peak R
   (iii) pipeline.scan_session(start_uploads=False) for a new session of a project with an empty local
         destination (so nothing is skipped): scan + plan + insert of every row, into a fresh database
         (a SQLite file by default; a PostgreSQL database, created and dropped, with --database-url).
+  (iv)  the peer of (iii) on PostgreSQL: `find DIR -type f -printf … | psql -c "COPY …"`, the same rows
+        into the same table (sessions_app_fileupload, its indexes and foreign keys) of a fresh database.
+--product PATH measures (ii) and (iii) with another checkout's code (e.g. the code before a change).
 The tree (empty files, --folders x --per-folder) is generated once under --data and kept.
 """
 
@@ -29,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import PYTHON, REPO  # noqa: E402
+from common import PYTHON  # noqa: E402
 
 # Runs in a fresh interpreter: the scanner alone (no Django needed).
 SCAN_ONLY = r"""
@@ -135,7 +138,7 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     meanwhile (a 2-core box shared with other jobs is noisy)."""
     common.wait_quiet(QUIET_WAIT)
     b0, c0 = common.machine_busy(), common.children_cpu()
-    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.Popen(cmd, env=env, cwd=common.PRODUCT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True)
     common._children.append(p)
     out, err = p.communicate()
@@ -145,6 +148,40 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     result = json.loads(out.decode().strip().splitlines()[-1])
     result["other_cpu"] = (common.machine_busy() - b0) - (common.children_cpu() - c0)
     return result
+
+
+# The columns of a pending row, all given (Django sets no database defaults): what the product inserts.
+PEER_COLUMNS = ("session_id, project_id, relative_path, remote_key, size, mtime, status, skip_reason, attempts, "
+                "retries, last_error, error_permanent, checksum, remote_id, note, tag, verify_remote, created_at")
+
+
+def find_and_copy(tree: Path, db: common.FreshDatabase) -> dict:
+    """(iv): find's records straight into the table the product fills, by COPY; a project and a
+    session row first, for the foreign keys."""
+    setup = ("INSERT INTO projects_project (name, source_dir, destination_kind, destination_options, extensions, "
+             "exclude, follow_symlinks, upload_workers, upload_tasks, max_retries, retry_backoff_base, "
+             "retry_backoff_cap, notify_url, notify_on, notify_secret_env, notify_timeout, queue_limit, "
+             "api_token_hash, health_message, created_at, updated_at) VALUES ('peer', '/', 'local', '{}', '[]', "
+             "'[]', false, 1, 1, 0, 1, 1, '', 'never', '', 1, 1, '', '', now(), now());"
+             "INSERT INTO sessions_app_syncsession (project_id, kind, status, params, found_count, skipped_count, "
+             "pending_count, uploaded_count, failed_count, cancelled_count, bytes_total, bytes_uploaded, "
+             "scan_problems, skips, skipped_bytes, created_at, error, log, created_by, retry_round, auto_retry) "
+             "SELECT id, 'sync', 'scanning', '{}', 0, 0, 0, 0, 0, 0, 0, 0, 0, '{}', 0, now(), '', '', '', 0, false "
+             "FROM projects_project;")
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", db.url, "-c", setup], check=True, capture_output=True)
+    ids = subprocess.run(["psql", "-qtA", db.url, "-c", "SELECT id, project_id FROM sessions_app_syncsession"],
+                         check=True, capture_output=True, text=True).stdout.strip().split("|")
+    printf = f"{ids[0]}\\t{ids[1]}\\t%P\\t%P\\t%s\\t%T@\\tpending\\t\\t0\\t0\\t\\tf\\t\\t\\t\\t\\tf\\t2026-01-01 00:00:00+00\\n"
+    pipeline = (f"find {tree} -type f -printf '{printf}' | psql -q -v ON_ERROR_STOP=1 {db.url} "
+                f"-c 'COPY sessions_app_fileupload ({PEER_COLUMNS}) FROM STDIN'")
+    common.wait_quiet(QUIET_WAIT)
+    t0 = time.perf_counter()
+    subprocess.run(pipeline, shell=True, check=True)
+    seconds = time.perf_counter() - t0
+    count = ("SELECT COUNT(*), pg_database_size(current_database()) FROM sessions_app_fileupload")
+    rows, size = subprocess.run(["psql", "-qtA", db.url, "-c", count], check=True, capture_output=True,
+                                text=True).stdout.strip().split("|")
+    return {"seconds": seconds, "rows": int(rows), "db_bytes": int(size)}
 
 
 def mib(kib: int) -> float:
@@ -166,9 +203,12 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT,
                         help="before each measurement, wait up to this many seconds for an idle machine (0: never)")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the PostgreSQL database")
+    parser.add_argument("--product", help="measure the code of this checkout (default: this one)")
+    parser.add_argument("--skip-peer", action="store_true", help="not (iv)")
     args = parser.parse_args()
 
     common.install_cleanup()
+    common.use_product(args.product)
     QUIET_WAIT = args.quiet_wait
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
@@ -195,7 +235,7 @@ def main() -> None:
             best = wall if best is None else min(best, wall)
         add(r"(i) `find DIR -type f \| wc -l`", f"{best:.2f} s", note=f"{int(out):,} files")
         for method, sort in (("find", True), ("find", False), ("scandir", True), ("scandir", False)):
-            results = [run_json([PYTHON, "-c", SCAN_ONLY, str(REPO), str(tree), method, "1" if sort else "0"])
+            results = [run_json([PYTHON, "-c", SCAN_ONLY, str(common.PRODUCT), str(tree), method, "1" if sort else "0"])
                        for _ in range(args.repeat)]
             r = min(results, key=lambda x: x["seconds"])
             rss = f"{mib(r['rss_kib']):.0f} MiB (+{mib(r['rss_kib'] - r['base_rss_kib']):.0f})"
@@ -217,7 +257,7 @@ def main() -> None:
                 db.migrate(work / "migrate.log")
                 target = work / "target"  # empty: nothing is skipped
                 env = db.env(SCAN_METHOD=method)
-                r = run_json([PYTHON, "-c", SCAN_INTO_DB, str(REPO), str(tree), str(target)], env=env)
+                r = run_json([PYTHON, "-c", SCAN_INTO_DB, str(common.PRODUCT), str(tree), str(target)], env=env)
             finally:
                 db.drop()
                 shutil.rmtree(work, ignore_errors=True)
@@ -229,6 +269,20 @@ def main() -> None:
                 note += f" EXPECTED {n:,}"
             add(f"(iii) scan_session into {db.kind} (SCAN_METHOD={method})", f"{r['seconds']:.1f} s", rss,
                 f"{r['cpu'] + r['children_cpu']:.1f} s", note)
+
+    if args.database_url and not args.skip_peer:
+        work = Path(tempfile.mkdtemp(prefix="bench-scan-"))
+        db = common.FreshDatabase(args.database_url, work, keep=args.keep_db).create()
+        try:
+            db.migrate(work / "migrate.log")
+            r = find_and_copy(tree, db)
+        finally:
+            db.drop()
+            shutil.rmtree(work, ignore_errors=True)
+        note = f"{r['rows']:,} rows, {r['rows'] / r['seconds']:,.0f} rows/s, DB {r['db_bytes'] / 2**20:.0f} MiB"
+        if r["rows"] != n:
+            note += f" EXPECTED {n:,}"
+        add("(iv) `find -printf \\| psql COPY` into sessions_app_fileupload", f"{r['seconds']:.1f} s", note=note)
 
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
     print("\n| measurement | seconds | peak RSS (increase during the scan) | CPU | notes |")
