@@ -259,7 +259,7 @@ class CatalogEntryAdmin(ReadOnlyAdmin):
             return "-"
         return datetime.fromtimestamp(obj.mtime, tz=dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
-    @admin.display(description="put there by", ordering="session")
+    @admin.display(description="recorded by", ordering="session")
     def session_link(self, obj: CatalogEntry) -> str:
         if obj.session_id is None:
             return "-"

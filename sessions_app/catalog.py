@@ -221,9 +221,10 @@ class _Writes:
         self.puts, self.drops = [], []
 
 
-def extras(catalog: Catalog) -> list[str]:
-    """Objects only a listing vouches for: at the destination, but no source file matched them."""
-    qs = catalog.entries.filter(mtime__isnull=True)
+def extras(catalog: Catalog, session: SyncSession) -> list[str]:
+    """Objects only a listing vouches for: at the destination, but no file of the session's scan
+    matched them (neither adopted nor about to replace them)."""
+    qs = catalog.entries.filter(mtime__isnull=True).exclude(key__in=session.files.values("remote_key"))
     count = qs.count()
     if not count:
         return []

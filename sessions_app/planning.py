@@ -209,7 +209,7 @@ class _Writer:
         self._save_counts()
         if not complete:
             return
-        notes = catalog.extras(known) if mode.listing else []
+        notes = catalog.extras(known, self.session) if mode.listing else []
         if notes:
             self.session.append_log("\n".join(notes))
         catalog.note_source(known, self.session.project.source_dir)
