@@ -39,12 +39,18 @@ PYTHON = common.PYTHON
 class Side:
     name: str
     first: float = 0.0
+    first_cpu: float = 0.0  # CPU of the process tree (children), not of servers (PostgreSQL, moto)
     first_bytes: int = 0  # database bytes the first sync added
     noop: list[float] = field(default_factory=list)
+    noop_cpu: list[float] = field(default_factory=list)
     growth: list[int] = field(default_factory=list)  # database bytes added per no-op
     rows: list[int] = field(default_factory=list)  # file rows added per no-op
     lists: list[int] = field(default_factory=list)  # LIST requests per no-op
     puts: list[int] = field(default_factory=list)  # PUT requests per no-op
+
+    def add(self, run: tuple[float, float]) -> None:
+        self.noop.append(run[0])
+        self.noop_cpu.append(run[1])
 
 
 def ensure_tree(root: Path, files: int, size: int) -> Path:
@@ -63,15 +69,16 @@ def ensure_tree(root: Path, files: int, size: int) -> Path:
     return tree
 
 
-def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one run (CPU: the command and its children, e.g. find and sort)."""
     common.wait_quiet(QUIET_WAIT)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), common.children_cpu()
     with open(log, "ab") as out:
         rc = subprocess.run(cmd, env=env, cwd=common.PRODUCT, stdout=out, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, common.children_cpu() - c0
     if rc != 0:
         raise RuntimeError(f"{cmd[:3]}… exited {rc}, see {log}")
-    return wall
+    return wall, cpu
 
 
 class Product:
@@ -84,7 +91,7 @@ class Product:
                                            "upload_workers": 16, "exclude": [".complete"]}))
         self.log = work / f"{name}.log"
 
-    def sync(self) -> float:
+    def sync(self) -> tuple[float, float]:
         cmd = [PYTHON, common.MANAGE, "upload", "--config", str(self.config), "--sync", "--no-progress"]
         return timed(cmd, self.db.env(), self.log)
 
@@ -119,17 +126,17 @@ def run_local(tree: Path, args, work: Path) -> tuple[Side, Side]:
         product = Product(db, tree, {"type": "local", "path": str(work / "dest-ours")}, work, "resync-local")
         peer_dest = work / "dest-rsync"
         rsync = ["rsync", "-a", "--exclude", ".complete", f"{tree}/", f"{peer_dest}/"]
-        peer.first = timed(rsync, os.environ.copy(), work / "rsync.log")
+        peer.first, peer.first_cpu = timed(rsync, os.environ.copy(), work / "rsync.log")
         size0 = product.db_bytes()
-        ours.first = product.sync()
+        ours.first, ours.first_cpu = product.sync()
         ours.first_bytes = product.db_bytes() - size0
         for i in range(args.repeat):
             for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
                 if who == "peer":
-                    peer.noop.append(timed(rsync, os.environ.copy(), work / "rsync.log"))
+                    peer.add(timed(rsync, os.environ.copy(), work / "rsync.log"))
                 else:
                     size0, rows0 = product.db_bytes(), product.file_rows()
-                    ours.noop.append(product.sync())
+                    ours.add(product.sync())
                     ours.growth.append(product.db_bytes() - size0)
                     ours.rows.append(product.file_rows() - rows0)
     finally:
@@ -155,19 +162,19 @@ def run_s3(tree: Path, args, work: Path) -> tuple[Side, Side]:
         db.migrate(work / "migrate.log")
         product = Product(db, tree, {"type": "s3", "bucket": "ours", "prefix": "data",
                                      "endpoint_url": proxy.endpoint_url, "region": common.REGION}, work, "resync-s3")
-        peer.first = timed(aws, env, work / "aws.log")
+        peer.first, peer.first_cpu = timed(aws, env, work / "aws.log")
         size0 = product.db_bytes()
-        ours.first = product.sync()
+        ours.first, ours.first_cpu = product.sync()
         ours.first_bytes = product.db_bytes() - size0
         for i in range(args.repeat):
             for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
                 proxy.reset()
                 if who == "peer":
-                    peer.noop.append(timed(aws, env, work / "aws.log"))
+                    peer.add(timed(aws, env, work / "aws.log"))
                     side = peer
                 else:
                     size0, rows0 = product.db_bytes(), product.file_rows()
-                    ours.noop.append(product.sync())
+                    ours.add(product.sync())
                     ours.growth.append(product.db_bytes() - size0)
                     ours.rows.append(product.file_rows() - rows0)
                     side = ours
@@ -180,18 +187,23 @@ def run_s3(tree: Path, args, work: Path) -> tuple[Side, Side]:
     return ours, peer
 
 
-def report(dest: str, ours: Side, peer: Side, files: int, rsync_noop: float | None = None) -> list[str]:
-    best_ours, best_peer = min(ours.noop), min(peer.noop)
-    vs_rsync = f"; {best_ours / rsync_noop:.2f}× `rsync -a`'s no-op" if rsync_noop else ""
-    lines = [
-        f"| {dest} | first sync | {ours.first:.1f} s | {peer.name} {peer.first:.1f} s | {ours.first / peer.first:.2f}× "
+def report(dest: str, ours: Side, peer: Side, files: int, rsync_noop: tuple[float, float] | None = None) -> list[str]:
+    """Markdown rows: wall (CPU) of each side, the ratios of both. On a shared machine the CPU ratio
+    is the steadier one: other jobs stretch the wall time of whichever side they overlap."""
+    best, best_cpu = min(ours.noop), min(ours.noop_cpu)
+    peer_best, peer_cpu = min(peer.noop), min(peer.noop_cpu)
+    vs_rsync = (f"; vs `rsync -a`'s no-op {best / rsync_noop[0]:.2f}× wall, {best_cpu / rsync_noop[1]:.2f}× CPU"
+                if rsync_noop else "")
+    listing = (f"; LIST ours {max(ours.lists)} / peer {max(peer.lists)}, PUT ours {max(ours.puts)} / peer "
+               f"{max(peer.puts)}" if ours.lists else "")
+    return [
+        f"| {dest} | first sync | {ours.first:.1f} s ({ours.first_cpu:.1f} s) | {peer.name} {peer.first:.1f} s "
+        f"({peer.first_cpu:.1f} s) | {ours.first / peer.first:.2f}× ({ours.first_cpu / peer.first_cpu:.2f}×) "
         f"| DB +{ours.first_bytes / 2**20:.1f} MiB, {ours.first_bytes / files:.0f} bytes per file |",
-        f"| {dest} | no-op re-sync (best of {len(ours.noop)}) | {best_ours:.2f} s | {peer.name} {best_peer:.2f} s "
-        f"| {best_ours / best_peer:.2f}× | DB +{max(ours.growth) / 1024:.0f} KiB, +{max(ours.rows):,} file rows"
-        + (f"; LIST ours {max(ours.lists)} / peer {max(peer.lists)}, PUT ours {max(ours.puts)} / peer "
-           f"{max(peer.puts)}" if ours.lists else "") + vs_rsync + " |",
+        f"| {dest} | no-op re-sync (best of {len(ours.noop)}) | {best:.2f} s ({best_cpu:.2f} s) | {peer.name} "
+        f"{peer_best:.2f} s ({peer_cpu:.2f} s) | {best / peer_best:.2f}× ({best_cpu / peer_cpu:.2f}×) "
+        f"| DB +{max(ours.growth) / 1024:.0f} KiB, +{max(ours.rows):,} file rows{listing}{vs_rsync} |",
     ]
-    return lines
 
 
 QUIET_WAIT = 30.0
@@ -226,10 +238,11 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if dest == "local":
-            rsync_noop = min(peer.noop)
+            rsync_noop = (min(peer.noop), min(peer.noop_cpu))
         rows += report(dest, ours, peer, args.files, rsync_noop if dest != "local" else None)
         print("\n".join(rows[-2:]), flush=True)
-    print(f"\n| destination | what | product | peer | ratio | notes ({db_kind}) |\n|---|---|---:|---:|---:|---|")
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}; wall (CPU of the client processes)")
+    print(f"| destination | what | product | peer | ratio | notes ({db_kind}) |\n|---|---|---:|---:|---:|---|")
     print("\n".join(rows))
 
 
