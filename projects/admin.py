@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -170,8 +172,6 @@ class ConfigHistoryAdmin(admin.ModelAdmin):
 
     @admin.display(description="effective config (secrets redacted)")
     def config_display(self, obj: ConfigHistory) -> str:
-        import json
-
         return format_html("<pre>{}</pre>", json.dumps(obj.config, indent=2, sort_keys=True))
 
     @admin.display(description="change from the previous config")
