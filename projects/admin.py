@@ -13,7 +13,7 @@ from django.utils.html import format_html
 from django.templatetags.static import static
 from django.utils.timesince import timesince
 
-from projects.forms import ProjectForm, fieldsets
+from projects.forms import ProjectForm, project_fieldsets
 from projects.models import ConfigHistory, Project
 
 
@@ -26,7 +26,7 @@ class ProjectAdmin(admin.ModelAdmin):
     actions = ["start_sync", "import_from_roboflow", "check_health", "issue_api_token"]
     form = ProjectForm
     readonly_fields = ("created_at", "updated_at", "health_display", "api_token_display")
-    fieldsets = [*fieldsets(), ("Status", {"fields": ["health_display", "api_token_display", "created_at",
+    fieldsets = [*project_fieldsets(), ("Status", {"fields": ["health_display", "api_token_display", "created_at",
                                                       "updated_at"]})]
 
     class Media:

@@ -18,6 +18,11 @@ from projects.outbound import redact_url
 _SEPARATORS = re.compile(r"[,\n]")
 
 
+def field_name(key: str) -> str:
+    """The form field, and Project attribute, of a top-level config key."""
+    return "destination_kind" if key == "destination" else schema.attribute(key)
+
+
 def option_field_name(kind: str, option: str) -> str:
     return f"{kind}__{option}"
 
@@ -68,7 +73,7 @@ def _declared_fields() -> dict[str, forms.Field]:
                 label="destination type", choices=choices, required=False,
                 help_text="where files go; fill in that type's options below")
         else:
-            fields[opt.field or key] = schema_field(opt, (opt.field or key).replace("_", " "))
+            fields[field_name(key)] = schema_field(opt, field_name(key).replace("_", " "))
     fields["notify_url"].widget = PasswordlessURLInput(attrs={"size": 80})
     for kind, declared in schema.KINDS.items():
         for name, opt in declared.options.items():
@@ -76,12 +81,11 @@ def _declared_fields() -> dict[str, forms.Field]:
     return fields
 
 
-def fieldsets() -> list[tuple[str, dict[str, Any]]]:
+def project_fieldsets() -> list[tuple[str, dict[str, Any]]]:
     """Source · Destination (the type, then each type's options) · Transfers and retries · Notifications."""
     out: list[tuple[str, dict[str, Any]]] = []
     for group in schema.GROUPS:
-        names = ["destination_kind" if k == "destination" else (o.field or k)
-                 for k, o in schema.KEYS.items() if o.group == group]
+        names = [field_name(key) for key, opt in schema.KEYS.items() if opt.group == group]
         out.append((group, {"fields": names}))
         if group == schema.DESTINATION:
             out += [(f"Destination: {declared.label}",
@@ -94,11 +98,11 @@ def fieldsets() -> list[tuple[str, dict[str, Any]]]:
 class _ProjectForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        kind = self.instance.destination_kind
-        if self.instance.pk and kind in schema.KINDS:
+        kind, stored = self.instance.destination_kind, self.instance.destination_options
+        if self.instance.pk and kind in schema.KINDS and isinstance(stored, dict):
             for name in schema.KINDS[kind].options:
-                if name in self.instance.destination_options:
-                    self.initial[option_field_name(kind, name)] = self.instance.destination_options[name]
+                if name in stored:
+                    self.initial[option_field_name(kind, name)] = stored[name]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -112,14 +116,14 @@ class _ProjectForm(forms.ModelForm):
         fields = schema.project_fields(clean)
         for name, value in fields.items():
             setattr(self.instance, name, value)
-        data.update(fields)
+        data.update(fields)  # the admin copies cleaned_data onto the project: the normalised values
         return data
 
     def raw_config(self, data: dict[str, Any]) -> dict[str, Any]:
         """The form's values in config-file form; an empty field is a key not given (its default)."""
         raw: dict[str, Any] = {}
-        for key, opt in schema.KEYS.items():
-            value = data.get("destination_kind" if key == "destination" else (opt.field or key))
+        for key in schema.KEYS:
+            value = data.get(field_name(key))
             if key == "destination":
                 value = {"type": value or None, **self.destination_options(value)}
             if value is not None:
@@ -138,15 +142,12 @@ class _ProjectForm(forms.ModelForm):
         if key == "destination":
             name = option_field_name(kind or "", option.split("/")[0])
             return name if name in self.fields else "destination_kind"
-        if key in schema.KEYS:
-            name = schema.KEYS[key].field or key
-            return name if name in self.fields else None
-        return None
+        return field_name(key) if key in schema.KEYS else None
 
 
 class _Meta:
     model = Project
-    fields = [name for _, options in fieldsets() for name in options["fields"]]
+    fields = [name for _, options in project_fieldsets() for name in options["fields"]]
 
 
 # Built with type(): its fields come from the schema, and Django collects a form's fields from its class.

@@ -64,7 +64,7 @@ class Project(models.Model):
 
     def describe_destination(self) -> dict[str, Any]:
         """Where files go, from the stored options alone: no client is built, nothing is patched."""
-        if self.destination_kind not in KINDS:
+        if self.destination_kind not in KINDS or not isinstance(self.destination_options, dict):
             return {"kind": self.destination_kind}
         return destination_class(self.destination_kind).describe_options(self.destination_options)
 

@@ -170,6 +170,11 @@ def option_types(name: str) -> tuple[type, ...]:
 
 
 # -- the Project model's side ------------------------------------------------------------------
+def attribute(key: str) -> str:
+    """The Project attribute of a top-level key (the destination's are destination_kind and _options)."""
+    return KEYS[key].field or key
+
+
 def project_fields(clean: dict[str, Any]) -> dict[str, Any]:
     """The Project attributes of a validated config."""
     fields: dict[str, Any] = {}
@@ -180,11 +185,9 @@ def project_fields(clean: dict[str, Any]) -> dict[str, Any]:
             fields["destination_kind"] = options.pop("type")
             fields["destination_options"] = options
         elif opt.optional_string:
-            fields[opt.field or key] = value or ""
-        elif float in opt.types:
-            fields[opt.field or key] = float(value)
+            fields[attribute(key)] = value or ""
         else:
-            fields[opt.field or key] = value
+            fields[attribute(key)] = float(value) if float in opt.types else value
     return fields
 
 
@@ -195,11 +198,11 @@ def config_of(project: Any, destination_options: dict[str, Any]) -> dict[str, An
         if key == "destination":
             config[key] = {"type": project.destination_kind, **destination_options}
         elif opt.optional_string:
-            config[key] = getattr(project, opt.field or key) or None
+            config[key] = getattr(project, attribute(key)) or None
         elif opt.types == (list,):
-            config[key] = list(getattr(project, opt.field or key))
+            config[key] = list(getattr(project, attribute(key)))
         else:
-            config[key] = getattr(project, opt.field or key)
+            config[key] = getattr(project, attribute(key))
     return config
 
 

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from projects import config
-from projects.destinations import ConfigError
+from projects import config, schema
+from projects.destinations import KINDS, ConfigError, destination_class
 from projects.destinations.local import LocalDestination
 from projects.models import ConfigHistory, Project
 
@@ -332,3 +332,9 @@ def test_a_local_prefix_that_looks_absolute_still_stays_inside_the_path(base, ou
     options = {k: v for k, v in clean["destination"].items() if k != "type"}
 
     assert LocalDestination(options).root == os.path.join(out_dir, "etc")
+
+
+def test_every_registered_destination_kind_is_declared_in_the_schema():
+    assert set(KINDS) == set(schema.KINDS)
+    for kind in KINDS:
+        assert destination_class(kind).options_schema is schema.KINDS[kind].options

@@ -9,7 +9,7 @@ document.addEventListener("DOMContentLoaded", function () {
   const groups = document.querySelectorAll("fieldset.destination-options");
   function show() {
     groups.forEach(function (group) {
-      group.hidden = !group.classList.contains("destination-" + kind.value);
+      group.style.display = group.classList.contains("destination-" + kind.value) ? "" : "none";
     });
   }
   kind.addEventListener("change", show);
