@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -11,6 +13,7 @@ from django.utils.html import format_html
 from django.templatetags.static import static
 from django.utils.timesince import timesince
 
+from projects.forms import ProjectForm, project_fieldsets
 from projects.models import ConfigHistory, Project
 
 
@@ -21,11 +24,17 @@ class ProjectAdmin(admin.ModelAdmin):
     search_fields = ("name", "source_dir")
     list_filter = ("destination_kind", "health_ok")
     actions = ["start_sync", "import_from_roboflow", "check_health", "issue_api_token"]
+    form = ProjectForm
     readonly_fields = ("created_at", "updated_at", "health_display", "api_token_display")
+    fieldsets = [*project_fieldsets(), ("Status", {"fields": ["health_display", "api_token_display", "created_at",
+                                                      "updated_at"]})]
+
+    class Media:
+        js = ["projects/project_form.js"]  # shows only the chosen destination type's options
 
     @admin.display(description="destination")
     def destination_display(self, obj: Project) -> str:
-        where = obj.destination().describe()
+        where = obj.describe_destination()
         detail = " ".join(str(v) for k, v in where.items() if k != "kind" and v)
         return f"{obj.destination_kind}: {detail}"
 
@@ -163,8 +172,6 @@ class ConfigHistoryAdmin(admin.ModelAdmin):
 
     @admin.display(description="effective config (secrets redacted)")
     def config_display(self, obj: ConfigHistory) -> str:
-        import json
-
         return format_html("<pre>{}</pre>", json.dumps(obj.config, indent=2, sort_keys=True))
 
     @admin.display(description="change from the previous config")

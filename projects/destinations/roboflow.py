@@ -47,20 +47,20 @@ from roboflow.adapters import rfapi
 from roboflow.core.project import ACCEPTED_IMAGE_FORMATS
 from roboflow.util import http as sdk_http
 
-from projects.annotations import SPLITS, Annotation, AnnotationError, AnnotationFinder, in_neither, split_for
+from projects.annotations import Annotation, AnnotationError, AnnotationFinder, in_neither, split_for
 from projects.destinations.base import (
     ConfigError,
     Destination,
     DestinationError,
-    Option,
     UploadResult,
     local_file_error,
 )
+from projects.schema import KINDS
 
 log = logging.getLogger(__name__)
 sdk_log = logging.getLogger(f"{__name__}.sdk")
 
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT: float = KINDS["roboflow"].options["timeout"].default
 # roboflow.check_key() retries while its counter is below 5: starting at 5 means no retries.
 _NO_SDK_RETRIES = 5
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,19 +77,8 @@ _URLLIB3_LOGGERS = (
 
 class RoboflowDestination(Destination):
     kind = "roboflow"
-    label = "Roboflow"
     supports_listing = False  # planning relies on our database
     default_extensions = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".heic")
-    options_schema = {
-        "workspace": Option((str,), required=True, help="workspace url (the slug in app.roboflow.com/<workspace>)"),
-        "project": Option((str,), required=True, help="project url (slug)"),
-        "api_key_env": Option((str,), default="ROBOFLOW_API_KEY", help="environment variable holding the API key"),
-        "neither_project": Option((str,), help="project for images under a neither/ folder"),
-        "tags": Option((list,), default=[], help="tags applied to every image"),
-        "batch_name": Option((str,), help="upload batch; default <project>-session-<session id>"),
-        "split": Option((str,), default="train", choices=SPLITS, help="split of images not in a split folder"),
-        "timeout": Option((int, float), default=DEFAULT_TIMEOUT, help="seconds to connect and to wait for each read"),
-    }
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
@@ -125,8 +114,9 @@ class RoboflowDestination(Destination):
             name = f"{project}-session-{self.session_id}" if project else "data-uploader"
         return url_safe(name)
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "workspace": self.options["workspace"], "project": self.options["project"]}
+    @classmethod
+    def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": cls.kind, "workspace": options.get("workspace"), "project": options.get("project")}
 
     # -- check ------------------------------------------------------------------------------
     def check(self) -> None:

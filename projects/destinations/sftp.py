@@ -27,9 +27,9 @@ from projects.destinations.base import (
     ConfigError,
     Destination,
     DestinationError,
-    Option,
     RemoteObject,
     UploadResult,
+    check_no_dot_segments,
     local_file_error,
 )
 
@@ -55,22 +55,6 @@ _known_hosts_lock = threading.Lock()
 
 class SFTPDestination(Destination):
     kind = "sftp"
-    label = "SFTP server"
-    options_schema = {
-        "host": Option((str,), required=True, help="server name or address"),
-        "port": Option((int,), default=22),
-        "username": Option((str,), required=True),
-        "remote_dir": Option((str,), required=True, help="remote folder everything goes under"),
-        "key_file": Option((str,), help="path of a private key file"),
-        "passphrase_env": Option((str,), help="name of the environment variable holding the key's passphrase"),
-        "password_env": Option((str,), help="name of the environment variable holding the password"),
-        "use_agent": Option((bool,), default=False, help="authenticate with the keys of a running ssh-agent"),
-        "known_hosts": Option((str,), default="~/.ssh/known_hosts"),
-        "accept_new_host_key": Option(
-            (bool,), default=False, help="trust and record an unknown host key (a changed one is always refused)"
-        ),
-        "connect_timeout": Option((int, float), default=15),
-    }
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
@@ -79,6 +63,7 @@ class SFTPDestination(Destination):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
+        check_no_dot_segments("remote_dir", options["remote_dir"])
         if not (options["key_file"] or options["password_env"] or options["use_agent"]):
             raise ConfigError("destination.key_file: set key_file, password_env or use_agent (no way to log in)")
         if options["passphrase_env"] and not options["key_file"]:
@@ -102,9 +87,10 @@ class SFTPDestination(Destination):
     def _where(self) -> str:
         return f"{self.options['host']}:{self.options['port']}"
 
-    def describe(self) -> dict[str, Any]:
-        o = self.options
-        return {"kind": self.kind, "host": o["host"], "port": o["port"], "remote_dir": o["remote_dir"]}
+    @classmethod
+    def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        o = options
+        return {"kind": cls.kind, "host": o.get("host"), "port": o.get("port"), "remote_dir": o.get("remote_dir")}
 
     # -- the contract ----------------------------------------------------------------------
     def check(self) -> None:
