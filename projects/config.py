@@ -41,6 +41,7 @@ SCHEMA: dict[str, Field] = {
     "retry_backoff_base": Field((int, float), default=30.0, minimum=0),
     "retry_backoff_cap": Field((int, float), default=3600.0, minimum=0),
     "notify_url": Field((str,), default=None),
+    "notify_url_env": Field((str,), default=None),
     "notify_on": Field((str,), default="never", choices=tuple(Project.NotifyOn.values)),
     "notify_secret_env": Field((str,), default=None),
     "notify_timeout": Field((int, float), default=10.0, minimum=0.1),
@@ -139,6 +140,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         if urlsplit(clean["notify_url"]).password is not None:
             raise ConfigError("notify_url: must not contain a password (it would be stored); "
                               "sign requests with notify_secret_env instead")
+        if clean["notify_url_env"]:
+            raise ConfigError("notify_url_env: give notify_url or notify_url_env, not both")
     if not clean["project"].strip():
         raise ConfigError("project: must not be empty")
     return clean
@@ -197,6 +200,7 @@ def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Pro
         "retry_backoff_base": float(clean["retry_backoff_base"]),
         "retry_backoff_cap": float(clean["retry_backoff_cap"]),
         "notify_url": clean["notify_url"] or "",
+        "notify_url_env": clean["notify_url_env"] or "",
         "notify_on": clean["notify_on"],
         "notify_secret_env": clean["notify_secret_env"] or "",
         "notify_timeout": float(clean["notify_timeout"]),
@@ -223,6 +227,7 @@ def config_from_project(project: Project) -> dict[str, Any]:
         "retry_backoff_base": project.retry_backoff_base,
         "retry_backoff_cap": project.retry_backoff_cap,
         "notify_url": _redact_url(project.notify_url) or None,
+        "notify_url_env": project.notify_url_env or None,
         "notify_on": project.notify_on,
         "notify_secret_env": project.notify_secret_env or None,
         "notify_timeout": project.notify_timeout,

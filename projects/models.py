@@ -31,6 +31,9 @@ class Project(models.Model):
     retry_backoff_base = models.FloatField(default=30.0, help_text="seconds before the first automatic retry round")
     retry_backoff_cap = models.FloatField(default=3600.0, help_text="longest wait between automatic retry rounds")
     notify_url = models.CharField(max_length=2000, blank=True, default="")
+    notify_url_env = models.CharField(
+        max_length=200, blank=True, default="", help_text="NAME of the env var holding the notify URL (a secret one)"
+    )
     notify_on = models.CharField(max_length=16, choices=NotifyOn.choices, default=NotifyOn.NEVER)
     notify_secret_env = models.CharField(
         max_length=200, blank=True, default="", help_text="NAME of the env var holding the HMAC secret"

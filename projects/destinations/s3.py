@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
@@ -69,10 +70,10 @@ class S3Destination(Destination):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         if options.get("endpoint_url"):
-            from projects.outbound import check_http_url, redact_url
+            from projects.outbound import check_http_url
 
             check_http_url(options["endpoint_url"], "destination.endpoint_url")
-            if redact_url(options["endpoint_url"]) != options["endpoint_url"]:
+            if urlsplit(options["endpoint_url"]).username is not None:
                 # It would end up in the database and ConfigHistory; credentials come from the AWS chain.
                 raise ConfigError("destination.endpoint_url: must not contain user:password (use aws_profile)")
         if options["multipart_threshold_mb"] < 5 or options["multipart_chunk_mb"] < 5:
