@@ -55,6 +55,14 @@ def check_http_url(url: str, name: str = "url") -> None:
         raise ConfigError(f"{name}: bad port in {redact_url(url)!r}") from exc
 
 
+def check_endpoint(url: str) -> None:
+    """check_http_url for a URL about to be contacted: raises NotifyError."""
+    try:
+        check_http_url(url)
+    except ConfigError as exc:
+        raise NotifyError(exc.message) from exc
+
+
 def redact_url(url: str) -> str:
     """The URL without what may be a secret: user:password, query values, the fragment, and path
     parts that look like tokens (Slack, Discord, Teams webhooks carry theirs in the path)."""
@@ -248,7 +256,8 @@ class Reply:
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Reply:
     """POST `body` to `url`, all of it within `timeout` seconds; no proxy, no redirect followed.
-    Raises NotifyError: permanent when the address is refused, transient otherwise."""
+    Raises NotifyError: permanent when the URL or its address is refused, transient otherwise."""
+    check_endpoint(url)
     parts = urlsplit(url)
     policy = Policy.from_settings()
     with Deadline(timeout) as deadline:

@@ -25,7 +25,7 @@ from projects import outbound
 from projects.destinations import ConfigError
 from projects.errors import NotifyError
 from projects.models import Project
-from projects.outbound import check_http_url, redact_url
+from projects.outbound import redact_url
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,7 @@ def target_url(session: SyncSession, url: str | None) -> str:
     url = (url or project.notify_url or os.environ.get(project.notify_url_env, "")).strip()
     if not url:
         raise NotifyError(f"notify_url_env names {project.notify_url_env}, which is not set in the environment")
-    try:
-        check_http_url(url)
-    except ConfigError as exc:
-        raise NotifyError(str(exc)) from exc
+    outbound.check_endpoint(url)
     return url
 
 
