@@ -38,6 +38,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 EVENT = "session.summary"
 MAX_FAILED_LISTED = 1000
 
+
 # -- the payload ---------------------------------------------------------------------------------
 
 
