@@ -96,6 +96,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         if urlsplit(clean["notify_url"]).password is not None:
             raise ConfigError("notify_url: must not contain a password (it would be stored); "
                               "sign requests with notify_secret_env instead")
+        if clean["notify_url_env"]:
+            raise ConfigError("notify_url_env: give notify_url or notify_url_env, not both")
     if not clean["project"].strip():
         raise ConfigError("project: must not be empty")
     return clean

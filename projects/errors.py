@@ -25,3 +25,8 @@ class DestinationError(UploaderError):
 
     def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None):
         super().__init__(message, permanent, retry_after)
+
+
+class NotifyError(UploaderError):
+    """A notification cannot be sent: no URL, an address the policy refuses (permanent), or the
+    endpoint could not be reached or did not answer in time (transient)."""

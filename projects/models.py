@@ -37,6 +37,7 @@ class Project(models.Model):
     retry_backoff_base = models.FloatField(default=_default("retry_backoff_base"))
     retry_backoff_cap = models.FloatField(default=_default("retry_backoff_cap"))
     notify_url = models.CharField(max_length=2000, blank=True, default="")
+    notify_url_env = models.CharField(max_length=200, blank=True, default="")
     notify_on = models.CharField(max_length=16, choices=NotifyOn.choices, default=_default("notify_on"))
     notify_secret_env = models.CharField(max_length=200, blank=True, default="")
     notify_timeout = models.FloatField(default=_default("notify_timeout"))

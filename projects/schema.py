@@ -91,6 +91,8 @@ KEYS: dict[str, Option] = {
                                 help="longest wait in seconds between automatic retry rounds"),
     "notify_url": Option((str,), group=NOTIFICATIONS,
                          help="endpoint POSTed the session summary (http or https, never with user:password)"),
+    "notify_url_env": Option((str,), group=NOTIFICATIONS,
+                             help="NAME of the environment variable holding the endpoint URL (for URLs with tokens)"),
     "notify_on": Option((str,), default=NotifyOn.NEVER.value, choices=tuple(NotifyOn.values), group=NOTIFICATIONS,
                         help="when a session's end is notified; completed: only without errors"),
     "notify_secret_env": Option((str,), group=NOTIFICATIONS,

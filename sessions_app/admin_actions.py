@@ -158,7 +158,7 @@ class NotifyForm(forms.Form):
     url = forms.CharField(
         required=False, max_length=2000, label="Endpoint URL",
         widget=forms.URLInput(attrs={"size": 80, "placeholder": "https://..."}),
-        help_text="Empty: each session's project notify_url.",
+        help_text="Empty: each session's project notify_url (or notify_url_env).",
     )
 
     def clean_url(self) -> str:
@@ -168,24 +168,28 @@ class NotifyForm(forms.Form):
                 check_http_url(url)
             except ConfigError as exc:
                 raise forms.ValidationError(str(exc)) from exc
+            if redact_url(url) != url:
+                # The URL travels to the worker in the queued task, which is stored and shown.
+                raise forms.ValidationError("this URL carries a credential (user:password, a query or a token); "
+                                            "set it in the project's notify_url_env instead")
         return url
 
 
 @admin.action(description="Notify endpoint", permissions=["notify"])
 def notify_endpoint(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSession]):
-    """An intermediate page to confirm (and optionally type) the URL; then deliver now, so a
-    refused or unreachable endpoint is reported right here."""
+    """An intermediate page to confirm (and optionally type) the URL; then queue one notification
+    task per session: a worker sends it, never this web request."""
     check_action_permission(request, "notify_endpoint")
     queryset = queryset.select_related("project")
     form = NotifyForm(request.POST if "confirm" in request.POST else None)
     if form.is_bound and form.is_valid():
-        _deliver_all(request, queryset, form.cleaned_data["url"] or None)
+        _queue_all(request, queryset, form.cleaned_data["url"])
         return None
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": "Notify an endpoint",
         "opts": modeladmin.model._meta,
-        "sessions": [(s, redact_url(s.project.notify_url)) for s in queryset],
+        "sessions": [(s, notifying.shown_url(s.project)) for s in queryset],
         "queryset": queryset,
         "form": form,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
@@ -195,18 +199,17 @@ def notify_endpoint(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSes
     return TemplateResponse(request, "admin/sessions_app/notify_confirm.html", context)
 
 
-def _deliver_all(request: HttpRequest, queryset: QuerySet[SyncSession], url: str | None) -> None:
-    delivered = []
+def _queue_all(request: HttpRequest, queryset: QuerySet[SyncSession], url: str) -> None:
+    queued = 0
     for session in queryset:
         try:
-            row = notifying.deliver(session, url, Notification.Trigger.ADMIN)
-        except notifying.NotifyError as exc:
+            notifying.check_target(session, url)
+            tasks.enqueue_notify(session.pk, Notification.Trigger.ADMIN, url)
+        except (notifying.NotifyError, tasks.EnqueueError) as exc:
             messages.error(request, f"session {session.pk}: {exc}")
             continue
-        if row.succeeded:
-            delivered.append(row)
-        else:
-            messages.error(request, notifying.outcome_text(row))
-    if delivered:
-        where = ", ".join(sorted({row.url for row in delivered}))
-        messages.success(request, f"Notified {where} of {plural(len(delivered), 'session')}")
+        queued += 1
+    if queued:
+        where = url or "each project's endpoint"
+        messages.success(request, f"Queued the notification of {plural(queued, 'session')} to {where}; a worker "
+                                  f"sends it and lists every attempt under the session")

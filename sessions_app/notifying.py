@@ -18,14 +18,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
 from django.conf import settings
 
+from projects import outbound
 from projects.destinations import ConfigError
+from projects.errors import NotifyError
 from projects.models import Project
-from projects.outbound import check_http_url, redact_url
+from projects.outbound import redact_url
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,6 @@ SIGNATURE_HEADER = "X-Uploader-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 EVENT = "session.summary"
 MAX_FAILED_LISTED = 1000
-EXCERPT_CHARS = 1000
-
-
-class NotifyError(Exception):
-    """The notification cannot be attempted at all: no URL, not http(s)."""
 
 
 # -- the payload ---------------------------------------------------------------------------------
@@ -119,15 +114,31 @@ class Answer:
         return not self.error
 
 
-def target_url(session: SyncSession, url: str | None) -> str:
-    """The URL to notify: the one given, else the project's; raises NotifyError."""
-    url = (url or session.project.notify_url or "").strip()
-    if not url:
+def configured(project: Project) -> bool:
+    return bool(project.notify_url or project.notify_url_env)
+
+
+def shown_url(project: Project) -> str:
+    """The project's endpoint as the admin shows it."""
+    if project.notify_url_env:
+        return f"${project.notify_url_env} (from the environment)"
+    return redact_url(project.notify_url)
+
+
+def check_target(session: SyncSession, url: str | None) -> None:
+    """Raises NotifyError when there is no URL to notify (without reading the environment, which is the workers')."""
+    if not (url or configured(session.project)):
         raise NotifyError(f"project {session.project.name!r} has no notify_url; give a URL")
-    try:
-        check_http_url(url)
-    except ConfigError as exc:
-        raise NotifyError(str(exc)) from exc
+
+
+def target_url(session: SyncSession, url: str | None) -> str:
+    """The URL to notify: the one given, else the project's (itself, or from its environment variable)."""
+    check_target(session, url)
+    project = session.project
+    url = (url or project.notify_url or os.environ.get(project.notify_url_env, "")).strip()
+    if not url:
+        raise NotifyError(f"notify_url_env names {project.notify_url_env}, which is not set in the environment")
+    outbound.check_endpoint(url)
     return url
 
 
@@ -177,20 +188,15 @@ def _sign_into(headers: dict[str, str], body: bytes, project: Project) -> str:
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
     try:
-        resp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except requests.Timeout:
-        return Answer(error=f"no answer within {timeout:g}s (timeout)", retry=True)
-    except requests.ConnectionError as exc:
-        return Answer(error=f"cannot connect to {_host(url)}: {_root_cause(exc)}", retry=True)
-    except requests.RequestException as exc:
-        return Answer(error=f"request failed: {type(exc).__name__}: {_root_cause(exc)}")
-    excerpt = resp.text[:EXCERPT_CHARS]
-    code = resp.status_code
+        reply = outbound.post(url, body, headers, timeout)
+    except NotifyError as exc:
+        return Answer(error=exc.message, retry=not exc.permanent)
+    code, excerpt = reply.status, reply.excerpt
     if 200 <= code < 300:
         return Answer(code, excerpt)
-    what = f"{code} {resp.reason}".strip()
+    what = f"{code} {reply.reason}".strip()
     if 300 <= code < 400:
-        where = redact_url(resp.headers.get("Location", ""))
+        where = redact_url(reply.location)
         return Answer(code, excerpt, f"{what}: the endpoint redirects to {where or '?'}; configure that URL")
     if code < 500:
         return Answer(code, excerpt, f"{what}: the endpoint refused the notification (not retried)")
@@ -216,29 +222,13 @@ def _backoff(attempt: int) -> float:
     return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost cause ("Connection refused"), not urllib3's wrapper text with the whole URL."""
-    inner: BaseException = exc
-    while inner.__cause__ or inner.__context__:
-        inner = inner.__cause__ or inner.__context__
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return str(reason or inner)
-
-
 # -- triggers -----------------------------------------------------------------------------------
 
 
 def wanted(session: SyncSession) -> bool:
     """Does the project ask for a notification at this end of the session?"""
     project = session.project
-    if not project.notify_url or session.params.get("notify") == "command":
+    if not configured(project) or session.params.get("notify") == "command":
         return False
     if project.notify_on == Project.NotifyOn.ALWAYS:
         return True

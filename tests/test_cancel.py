@@ -71,7 +71,7 @@ def test_cancel_before_the_scan_ends_it_at_once(make_project, s3_server, source)
         retrying.queue_retry_round(session)
 
 
-@pytest.mark.usefixtures("sync_tasks")
+@pytest.mark.usefixtures("sync_tasks", "loopback_allowed")
 def test_cancelled_session_notifies_when_the_project_always_wants_to_know(make_project, s3_server, source,
                                                                           receiver):
     project = s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket(), notify_url=receiver.url(),

@@ -181,3 +181,5 @@ else:
 NOTIFY_ATTEMPTS = env.int("NOTIFY_ATTEMPTS", default=4)
 NOTIFY_RETRY_BASE_SECONDS = env.float("NOTIFY_RETRY_BASE_SECONDS", default=1.0)
 NOTIFY_RETRY_CAP_SECONDS = env.float("NOTIFY_RETRY_CAP_SECONDS", default=30.0)
+# Networks (CIDRs) notifications may reach besides public addresses, e.g. "10.0.0.0/8,127.0.0.0/8".
+NOTIFY_ALLOWED_NETWORKS = env.list("NOTIFY_ALLOWED_NETWORKS", default=[])

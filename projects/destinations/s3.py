@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
@@ -59,7 +60,7 @@ class S3Destination(Destination):
         check_no_dot_segments("prefix", options["prefix"])
         if options.get("endpoint_url"):
             check_http_url(options["endpoint_url"], "destination.endpoint_url")
-            if redact_url(options["endpoint_url"]) != options["endpoint_url"]:
+            if urlsplit(options["endpoint_url"]).username is not None:
                 # It would end up in the database and ConfigHistory; credentials come from the AWS chain.
                 raise ConfigError("destination.endpoint_url: must not contain user:password (use aws_profile)")
 

@@ -55,7 +55,7 @@ class Command(BaseCommand):
             sys.exit(code)
 
     def notify(self, session: SyncSession) -> Notification | None:
-        if not session.project.notify_url:
+        if not notifying.configured(session.project):
             return None
         try:
             row = notifying.deliver(session, None, Notification.Trigger.COMMAND)
