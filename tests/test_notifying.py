@@ -286,8 +286,6 @@ def hook_url(receiver, monkeypatch) -> str:
 
 
 def test_url_from_the_environment_is_used_and_never_stored(make_project, source, receiver, hook_url):
-    from projects.config import config_from_project
-
     project = make_project({"type": "local", "path": str(source.parent / "out")}, notify_url_env="TEST_HOOK_URL")
     session = run_session_inline(project)
 
@@ -295,7 +293,7 @@ def test_url_from_the_environment_is_used_and_never_stored(make_project, source,
 
     assert row.succeeded and receiver.requests[0].path == f"/services/T0AAAA1BB/{SLACK_TOKEN}"
     assert row.url == receiver.url("/services/T0AAAA1BB/***")
-    assert config_from_project(project)["notify_url_env"] == "TEST_HOOK_URL"
+    assert project.effective_config()["notify_url_env"] == "TEST_HOOK_URL"
     stored = json.dumps([list(m.objects.values()) for m in (Notification, ConfigHistory, Project)], default=str)
     assert SLACK_TOKEN not in stored and "TEST_HOOK_URL" in stored
 
