@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from django.templatetags.static import static
 from django.utils.timesince import timesince
 
+from projects.errors import ConfigError
 from projects.models import ConfigHistory, Project
 
 
@@ -25,7 +26,10 @@ class ProjectAdmin(admin.ModelAdmin):
 
     @admin.display(description="destination")
     def destination_display(self, obj: Project) -> str:
-        where = obj.destination().describe()
+        try:
+            where = obj.destination().describe()
+        except ConfigError as exc:  # stored before a rule it now breaks (e.g. a refused secret name)
+            return f"{obj.destination_kind}: misconfigured: {exc}"
         detail = " ".join(str(v) for k, v in where.items() if k != "kind" and v)
         return f"{obj.destination_kind}: {detail}"
 

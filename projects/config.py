@@ -17,6 +17,7 @@ from django.db import transaction
 
 from projects.destinations import ConfigError, destination_class
 from projects.models import ConfigHistory, Project
+from projects.secrets import check_secret_options
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key}: must be at least {field.minimum:g}")
         clean[key] = value
     _check_lists(clean)
+    check_secret_options(clean)  # notify_secret_env
     clean["destination"] = _validate_destination(clean["destination"])
     clean["source_dir"] = os.path.abspath(os.path.expanduser(clean["source_dir"]))
     if clean["notify_url"]:

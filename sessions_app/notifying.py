@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -26,6 +25,7 @@ from django.conf import settings
 from projects.destinations import ConfigError
 from projects.models import Project
 from projects.outbound import check_http_url, redact_url
+from projects.secrets import SecretRefused, read_secret
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,10 @@ def _sign_into(headers: dict[str, str], body: bytes, project: Project) -> str:
     name = project.notify_secret_env
     if not name:
         return ""
-    secret = os.environ.get(name, "")
+    try:
+        secret = read_secret(name, "notify_secret_env") or ""
+    except SecretRefused as exc:
+        return f"{exc.message}; not sent unsigned"
     if not secret:
         return f"notify_secret_env names {name}, which is not set in the environment; not sent unsigned"
     headers[SIGNATURE_HEADER] = sign(body, secret)
