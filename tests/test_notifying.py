@@ -92,8 +92,8 @@ def test_failed_file_list_stops_at_1000_with_a_flag(make_project, source, receiv
 
 def test_signature_verifies_with_the_shared_secret(finished, receiver, monkeypatch):
     secret = "s3cr3t-shared-with-the-receiver"
-    monkeypatch.setenv("HOOK_SECRET", secret)
-    _set(finished.project, notify_secret_env="HOOK_SECRET")
+    monkeypatch.setenv("UPLOADER_SECRET_HOOK", secret)
+    _set(finished.project, notify_secret_env="UPLOADER_SECRET_HOOK")
 
     row = notifying.deliver(finished, receiver.url())
 
@@ -116,13 +116,13 @@ def test_unsigned_without_a_secret(finished, receiver):
 
 
 def test_secret_variable_that_is_not_set_is_an_error_and_nothing_is_sent(finished, receiver, monkeypatch):
-    monkeypatch.delenv("HOOK_SECRET_UNSET", raising=False)
-    _set(finished.project, notify_secret_env="HOOK_SECRET_UNSET")
+    monkeypatch.delenv("UPLOADER_SECRET_HOOK_UNSET", raising=False)
+    _set(finished.project, notify_secret_env="UPLOADER_SECRET_HOOK_UNSET")
 
     row = notifying.deliver(finished, receiver.url())
 
     assert not row.succeeded
-    assert "HOOK_SECRET_UNSET, which is not set" in row.error
+    assert "UPLOADER_SECRET_HOOK_UNSET, which is not set" in row.error
     assert receiver.requests == []
 
 
