@@ -26,7 +26,7 @@ from django.conf import settings
 
 from projects.errors import ConfigError, DestinationError
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 REFUSED_NAMES = frozenset({"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_TOKEN", "EMAIL_HOST_PASSWORD",
                            "KEY_FILE_DIRS"})
 # DJANGO_*: Django's own; AWS_*: the process's cloud credentials; NOTIFY_*, SECRET_ENV_*: ours.
@@ -45,7 +45,7 @@ class SecretRefused(ConfigError, DestinationError):
 # -- environment variables -----------------------------------------------------------------------
 def check_env_name(name: Any, option: str, well_known: Iterable[str] = ()) -> str:
     """`name` when a project may name it as a secret variable; SecretRefused otherwise."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SecretRefused(f"{option}: must be the name of an environment variable (letters, digits and _), "
                             f"not {name!r}")
     if _is_own_setting(name):
@@ -58,10 +58,10 @@ def check_env_name(name: Any, option: str, well_known: Iterable[str] = ()) -> st
 
 
 def check_secret_options(options: Mapping[str, Any], prefix: str = "", well_known: Iterable[str] = ()) -> None:
-    """Check the secret references among options that are set: every `*_env` option (each
-    names a variable), `key_file` and `known_hosts`. `prefix` goes before option names in errors."""
+    """Check the secret references among options that are set (not None or ""): every `*_env`
+    option (each names a variable), `key_file` and `known_hosts`. `prefix` goes before option names."""
     for option, value in options.items():
-        if value is None:
+        if value is None or value == "":
             continue
         if option.endswith("_env"):
             check_env_name(value, prefix + option, well_known)

@@ -347,8 +347,9 @@ def test_only_prefixed_names_by_default():
         "destination.password_env: SFTP_PASSWORD is not a secret variable projects may use; use a variable whose "
         "name starts with UPLOADER_SECRET_, or have the operator allow SFTP_PASSWORD in SECRET_ENV_ALLOWED"
     )
-    with pytest.raises(ConfigError, match="must be the name of an environment variable"):
-        check_env_name("MY KEY", "destination.api_key_env")
+    for malformed in ("MY KEY", "UPLOADER_SECRET_X\n", "", 42):
+        with pytest.raises(ConfigError, match="must be the name of an environment variable"):
+            check_env_name(malformed, "destination.api_key_env")
 
 
 def test_operators_widen_the_rule_with_names_and_prefixes(settings):
