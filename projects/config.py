@@ -18,6 +18,7 @@ from projects.errors import ConfigError
 from projects.models import ConfigHistory, Project
 from projects.outbound import check_http_url
 from projects.schema import KEYS, KINDS, env_name, option_types, project_fields, type_name
+from projects.secrets import check_secret_options
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -89,6 +90,7 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key}: required")
         clean[key] = None if value is None else opt.check(key, value)
     _check_lists(clean)
+    check_secret_options(clean)  # notify_secret_env
     clean["destination"] = _validate_destination(clean["destination"])
     clean["source_dir"] = os.path.abspath(os.path.expanduser(clean["source_dir"]))
     if clean["notify_url"]:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -26,6 +25,7 @@ from projects.destinations import ConfigError
 from projects.errors import NotifyError
 from projects.models import Project
 from projects.outbound import redact_url
+from projects.secrets import SecretRefused, read_secret
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,10 @@ def target_url(session: SyncSession, url: str | None) -> str:
     """The URL to notify: the one given, else the project's (itself, or from its environment variable)."""
     check_target(session, url)
     project = session.project
-    url = (url or project.notify_url or os.environ.get(project.notify_url_env, "")).strip()
+    try:
+        url = (url or project.notify_url or read_secret(project.notify_url_env, "notify_url_env") or "").strip()
+    except SecretRefused as exc:
+        raise NotifyError(exc.message) from exc
     if not url:
         raise NotifyError(f"notify_url_env names {project.notify_url_env}, which is not set in the environment")
     outbound.check_endpoint(url)
@@ -179,7 +182,10 @@ def _sign_into(headers: dict[str, str], body: bytes, project: Project) -> str:
     name = project.notify_secret_env
     if not name:
         return ""
-    secret = os.environ.get(name, "")
+    try:
+        secret = read_secret(name, "notify_secret_env") or ""
+    except SecretRefused as exc:
+        return f"{exc.message}; not sent unsigned"
     if not secret:
         return f"notify_secret_env names {name}, which is not set in the environment; not sent unsigned"
     headers[SIGNATURE_HEADER] = sign(body, secret)

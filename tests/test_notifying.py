@@ -98,8 +98,8 @@ def test_failed_file_list_stops_at_1000_with_a_flag(make_project, source, receiv
 
 def test_signature_verifies_with_the_shared_secret(finished, receiver, monkeypatch):
     secret = "s3cr3t-shared-with-the-receiver"
-    monkeypatch.setenv("HOOK_SECRET", secret)
-    _set(finished.project, notify_secret_env="HOOK_SECRET")
+    monkeypatch.setenv("UPLOADER_SECRET_HOOK", secret)
+    _set(finished.project, notify_secret_env="UPLOADER_SECRET_HOOK")
 
     row = notifying.deliver(finished, receiver.url())
 
@@ -122,13 +122,13 @@ def test_unsigned_without_a_secret(finished, receiver):
 
 
 def test_secret_variable_that_is_not_set_is_an_error_and_nothing_is_sent(finished, receiver, monkeypatch):
-    monkeypatch.delenv("HOOK_SECRET_UNSET", raising=False)
-    _set(finished.project, notify_secret_env="HOOK_SECRET_UNSET")
+    monkeypatch.delenv("UPLOADER_SECRET_HOOK_UNSET", raising=False)
+    _set(finished.project, notify_secret_env="UPLOADER_SECRET_HOOK_UNSET")
 
     row = notifying.deliver(finished, receiver.url())
 
     assert not row.succeeded
-    assert "HOOK_SECRET_UNSET, which is not set" in row.error
+    assert "UPLOADER_SECRET_HOOK_UNSET, which is not set" in row.error
     assert receiver.requests == []
 
 
@@ -281,37 +281,37 @@ def test_the_response_excerpt_keeps_1_kib(finished, receiver):
 @pytest.fixture
 def hook_url(receiver, monkeypatch) -> str:
     url = receiver.url(f"/services/T0AAAA1BB/{SLACK_TOKEN}")
-    monkeypatch.setenv("TEST_HOOK_URL", url)
+    monkeypatch.setenv("UPLOADER_SECRET_HOOK_URL", url)
     return url
 
 
 def test_url_from_the_environment_is_used_and_never_stored(make_project, source, receiver, hook_url):
-    project = make_project({"type": "local", "path": str(source.parent / "out")}, notify_url_env="TEST_HOOK_URL")
+    project = make_project({"type": "local", "path": str(source.parent / "out")}, notify_url_env="UPLOADER_SECRET_HOOK_URL")
     session = run_session_inline(project)
 
     row = notifying.deliver(session)
 
     assert row.succeeded and receiver.requests[0].path == f"/services/T0AAAA1BB/{SLACK_TOKEN}"
     assert row.url == receiver.url("/services/T0AAAA1BB/***")
-    assert project.effective_config()["notify_url_env"] == "TEST_HOOK_URL"
+    assert project.effective_config()["notify_url_env"] == "UPLOADER_SECRET_HOOK_URL"
     stored = json.dumps([list(m.objects.values()) for m in (Notification, ConfigHistory, Project)], default=str)
-    assert SLACK_TOKEN not in stored and "TEST_HOOK_URL" in stored
+    assert SLACK_TOKEN not in stored and "UPLOADER_SECRET_HOOK_URL" in stored
 
 
 def test_url_variable_that_is_not_set_is_a_clear_error(make_project, source, monkeypatch):
-    monkeypatch.delenv("TEST_HOOK_URL_UNSET", raising=False)
+    monkeypatch.delenv("UPLOADER_SECRET_HOOK_URL_UNSET", raising=False)
     project = make_project({"type": "local", "path": str(source.parent / "out")},
-                           notify_url_env="TEST_HOOK_URL_UNSET")
+                           notify_url_env="UPLOADER_SECRET_HOOK_URL_UNSET")
     session = run_session_inline(project)
 
-    with pytest.raises(notifying.NotifyError, match="notify_url_env names TEST_HOOK_URL_UNSET, which is not set"):
+    with pytest.raises(notifying.NotifyError, match="notify_url_env names UPLOADER_SECRET_HOOK_URL_UNSET, which is not set"):
         notifying.deliver(session)
 
 
 def test_notify_url_and_notify_url_env_do_not_go_together(make_project, source):
     with pytest.raises(ConfigError, match="notify_url_env: give notify_url or notify_url_env, not both"):
         make_project({"type": "local", "path": str(source.parent / "out")}, notify_url="https://hooks.example.com/",
-                     notify_url_env="TEST_HOOK_URL")
+                     notify_url_env="UPLOADER_SECRET_HOOK_URL")
 
 
 def test_config_history_redacts_the_token_of_a_notify_url(make_project, source):
@@ -384,7 +384,7 @@ def test_automatic_rounds_notify_once_at_the_very_end(make_project, s3_server, f
 
 @pytest.mark.usefixtures("sync_tasks")
 def test_session_end_notifies_the_url_from_the_environment(make_project, s3_server, files, receiver, hook_url):
-    project = s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket(), notify_url_env="TEST_HOOK_URL",
+    project = s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket(), notify_url_env="UPLOADER_SECRET_HOOK_URL",
                          notify_on="always")
 
     session = run_session_inline(project)

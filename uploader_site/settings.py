@@ -183,3 +183,10 @@ NOTIFY_RETRY_BASE_SECONDS = env.float("NOTIFY_RETRY_BASE_SECONDS", default=1.0)
 NOTIFY_RETRY_CAP_SECONDS = env.float("NOTIFY_RETRY_CAP_SECONDS", default=30.0)
 # Networks (CIDRs) notifications may reach besides public addresses, e.g. "10.0.0.0/8,127.0.0.0/8".
 NOTIFY_ALLOWED_NETWORKS = env.list("NOTIFY_ALLOWED_NETWORKS", default=[])
+
+# Secret references (projects/secrets.py, README "Secret references"): the environment variables
+# a project may name as its secrets, and the folders its key_file and known_hosts may be in
+# (`~` is the home of the user running the process: the workers' for uploads).
+SECRET_ENV_PREFIXES = env.list("SECRET_ENV_PREFIXES", default=["UPLOADER_SECRET_"])
+SECRET_ENV_ALLOWED = env.list("SECRET_ENV_ALLOWED", default=[])  # extra names; NAME_* for a prefix
+KEY_FILE_DIRS = env.list("KEY_FILE_DIRS", default=["~/.ssh", str(DATA_DIR / "keys")])

@@ -56,6 +56,7 @@ from projects.destinations.base import (
     local_file_error,
 )
 from projects.schema import KINDS
+from projects.secrets import check_secret_options, read_secret
 
 log = logging.getLogger(__name__)
 sdk_log = logging.getLogger(f"{__name__}.sdk")
@@ -64,7 +65,6 @@ DEFAULT_TIMEOUT: float = KINDS["roboflow"].options["timeout"].default
 # roboflow.check_key() retries while its counter is below 5: starting at 5 means no retries.
 _NO_SDK_RETRIES = 5
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEY_IN_URL = re.compile(r"(api_key=)[^&\s'\"]+")
 _URLLIB3_LOGGERS = (
     "urllib3.connection",
@@ -78,6 +78,7 @@ _URLLIB3_LOGGERS = (
 class RoboflowDestination(Destination):
     kind = "roboflow"
     supports_listing = False  # planning relies on our database
+    well_known_secrets = ("ROBOFLOW_API_KEY",)  # the SDK's own name for the key: allowed as a secret variable
     default_extensions = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".heic")
 
     def __init__(self, options: dict[str, Any]):
@@ -91,8 +92,7 @@ class RoboflowDestination(Destination):
             value = options[name]
             if value is not None and not _SLUG.match(value):
                 raise ConfigError(f"destination.{name}: must be a Roboflow url slug (letters, digits, - _ .)")
-        if not _ENV_NAME.match(options["api_key_env"]):
-            raise ConfigError("destination.api_key_env: must be the name of an environment variable")
+        check_secret_options(options, "destination.", cls.well_known_secrets)
         if options["neither_project"] == options["project"]:
             raise ConfigError("destination.neither_project: must differ from destination.project")
         if not all(isinstance(tag, str) and tag.strip() for tag in options["tags"]):
@@ -201,7 +201,7 @@ class RoboflowDestination(Destination):
 
     def _api_key(self) -> str:
         # Read on every use rather than kept on the instance, which may be pickled or printed.
-        api_key = os.environ.get(self._key_env, "").strip()
+        api_key = (read_secret(self._key_env, "api_key_env", self.well_known_secrets) or "").strip()
         if not api_key:
             raise DestinationError(
                 f"environment variable {self._key_env} is not set: it must hold the Roboflow API key", permanent=True

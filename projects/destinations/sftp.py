@@ -32,6 +32,7 @@ from projects.destinations.base import (
     check_no_dot_segments,
     local_file_error,
 )
+from projects.secrets import check_key_file, check_known_hosts, check_secret_options, read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class SFTPDestination(Destination):
             raise ConfigError("destination.port: must be between 1 and 65535")
         if options["connect_timeout"] <= 0:
             raise ConfigError("destination.connect_timeout: must be positive")
+        check_secret_options(options, "destination.")
 
     # -- what the rest of the product asks ---------------------------------------------------
     @property
@@ -333,7 +335,7 @@ class SFTPDestination(Destination):
 
     def _connect_once(self) -> _Connection:
         o = self.options
-        known_hosts = os.path.expanduser(o["known_hosts"])
+        known_hosts = check_known_hosts(o["known_hosts"])
         client = paramiko.SSHClient()
         try:
             client.get_host_keys().load(known_hosts)
@@ -390,7 +392,7 @@ class SFTPDestination(Destination):
         name = self.options[option]
         if not name:
             return None
-        value = os.environ.get(name)
+        value = read_secret(name, option)
         if value is None:
             raise DestinationError(f"environment variable {name} ({option}) is not set", permanent=True)
         return value
@@ -399,7 +401,7 @@ class SFTPDestination(Destination):
         path = self.options["key_file"]
         if not path:
             return None
-        path = os.path.expanduser(path)
+        path = check_key_file(path)
         passphrase = self._secret("passphrase_env")
         try:
             return paramiko.PKey.from_path(path, password=passphrase.encode() if passphrase is not None else None)
