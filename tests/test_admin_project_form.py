@@ -64,12 +64,12 @@ def test_an_s3_project_is_created_from_the_form_with_defaults_filled_in(staff_cl
 def test_an_sftp_project_keeps_only_the_names_of_its_secrets(staff_client):
     response = post(staff_client, form_data(
         destination_kind="sftp", sftp__host="127.0.0.1", sftp__port="2222", sftp__username="uploader",
-        sftp__remote_dir="/srv/incoming", sftp__password_env="SFTP_PASSWORD", sftp__accept_new_host_key="on"))
+        sftp__remote_dir="/srv/incoming", sftp__password_env="UPLOADER_SECRET_SFTP_PASSWORD", sftp__accept_new_host_key="on"))
 
     assert response.status_code == 302
     options = Project.objects.get().destination_options
     assert options["port"] == 2222
-    assert options["password_env"] == "SFTP_PASSWORD"
+    assert options["password_env"] == "UPLOADER_SECRET_SFTP_PASSWORD"
     assert options["accept_new_host_key"] is True
     assert options["use_agent"] is False
     assert options["known_hosts"] == "~/.ssh/known_hosts"

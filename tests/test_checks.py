@@ -57,14 +57,14 @@ def test_the_checks_run_with_manage_py_check():
 # -- secrets named by projects --------------------------------------------------------------------------
 @pytest.fixture
 def projects_naming_secrets(make_project, tmp_path, monkeypatch):
-    for name in ("WT_SFTP_PASSWORD", "WT_ROBOFLOW_KEY", "WT_HOOK_SECRET", "WT_PASSPHRASE"):
+    for name in ("UPLOADER_SECRET_WT_SFTP_PASSWORD", "UPLOADER_SECRET_WT_ROBOFLOW_KEY", "UPLOADER_SECRET_WT_HOOK_SECRET", "UPLOADER_SECRET_WT_PASSPHRASE"):
         monkeypatch.delenv(name, raising=False)
     make_project({"type": "sftp", "host": "127.0.0.1", "username": "u", "remote_dir": "in",
-                  "password_env": "WT_SFTP_PASSWORD"}, project="sftp-box", notify_url="https://h.example/in",
-                 notify_secret_env="WT_HOOK_SECRET")
+                  "password_env": "UPLOADER_SECRET_WT_SFTP_PASSWORD"}, project="sftp-box", notify_url="https://h.example/in",
+                 notify_secret_env="UPLOADER_SECRET_WT_HOOK_SECRET")
     make_project({"type": "sftp", "host": "127.0.0.1", "username": "u", "remote_dir": "in",
-                  "key_file": str(tmp_path / "id"), "passphrase_env": "WT_PASSPHRASE"}, project="keyed")
-    make_project({"type": "roboflow", "workspace": "acme", "project": "widgets", "api_key_env": "WT_ROBOFLOW_KEY"},
+                  "key_file": str(tmp_path / "id"), "passphrase_env": "UPLOADER_SECRET_WT_PASSPHRASE"}, project="keyed")
+    make_project({"type": "roboflow", "workspace": "acme", "project": "widgets", "api_key_env": "UPLOADER_SECRET_WT_ROBOFLOW_KEY"},
                  project="rf")
     make_project({"type": "local", "path": str(tmp_path / "out")}, project="no-secrets")
 
@@ -75,19 +75,19 @@ def test_every_secret_variable_missing_from_the_environment_is_a_warning(project
     assert set(ids(found)) == {"projects.W001"}
     assert all(isinstance(m, checks.Warning) for m in found)
     assert sorted((m.obj.name, m.msg.split("names the environment variable ")[1].split(",")[0]) for m in found) == [
-        ("keyed", "WT_PASSPHRASE"), ("rf", "WT_ROBOFLOW_KEY"), ("sftp-box", "WT_HOOK_SECRET"),
-        ("sftp-box", "WT_SFTP_PASSWORD")]
-    assert "destination.password_env" in next(m.msg for m in found if "WT_SFTP_PASSWORD" in m.msg)
+        ("keyed", "UPLOADER_SECRET_WT_PASSPHRASE"), ("rf", "UPLOADER_SECRET_WT_ROBOFLOW_KEY"), ("sftp-box", "UPLOADER_SECRET_WT_HOOK_SECRET"),
+        ("sftp-box", "UPLOADER_SECRET_WT_SFTP_PASSWORD")]
+    assert "destination.password_env" in next(m.msg for m in found if "UPLOADER_SECRET_WT_SFTP_PASSWORD" in m.msg)
 
 
 def test_secrets_that_are_set_pass(projects_naming_secrets, monkeypatch):
-    for name in ("WT_SFTP_PASSWORD", "WT_ROBOFLOW_KEY", "WT_HOOK_SECRET"):
+    for name in ("UPLOADER_SECRET_WT_SFTP_PASSWORD", "UPLOADER_SECRET_WT_ROBOFLOW_KEY", "UPLOADER_SECRET_WT_HOOK_SECRET"):
         monkeypatch.setenv(name, "x")
 
     found = check_project_secrets(databases=["default"])
 
     assert [m.msg for m in found] == [
-        "Project 'keyed': destination.passphrase_env names the environment variable WT_PASSPHRASE, which is not set."]
+        "Project 'keyed': destination.passphrase_env names the environment variable UPLOADER_SECRET_WT_PASSPHRASE, which is not set."]
 
 
 def test_projects_are_read_only_when_the_check_may_use_the_database(projects_naming_secrets):
