@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -78,3 +79,11 @@ def test_a_malformed_proxy_header_stops_the_start():
                   "check")
 
     assert done.returncode != 0 and "SECURE_PROXY_SSL_HEADER: expected HEADER,VALUE" in done.stderr
+
+
+def test_every_setting_read_from_the_environment_is_documented():
+    read = set(re.findall(r'env(?:\.\w+)?\("([A-Z][A-Z0-9_]*)"', (ROOT / "uploader_site/settings.py").read_text()))
+    readme, example = (ROOT / "README.md").read_text(), (ROOT / ".env.example").read_text()
+
+    assert read and not [name for name in sorted(read) if f"`{name}`" not in readme]
+    assert not [name for name in sorted(read) if not re.search(rf"^#? ?{name}=", example, re.M)]
