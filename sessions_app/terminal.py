@@ -7,6 +7,7 @@ out of os.fsdecode as lone surrogates that cannot be printed at all. Each is sho
 
 from __future__ import annotations
 
+import logging
 import re
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -27,3 +28,11 @@ def _escape(match: re.Match[str]) -> str:
 def safe(text: object) -> str:
     """`text` as a string with every control character shown as an escape (\\x1b, \\n, \\u202e)."""
     return _UNSAFE.sub(_escape, str(text))
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines that a file name in the message cannot split, fake or fill with escape sequences;
+    a traceback, appended after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return safe(super().formatMessage(record))

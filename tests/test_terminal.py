@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import pytest
 
-from sessions_app.terminal import safe
+from sessions_app.terminal import SafeFormatter, safe
 
 
 @pytest.mark.parametrize("raw, shown", [
@@ -36,3 +38,17 @@ def test_ordinary_names_are_unchanged():
 
 def test_anything_is_turned_into_text():
     assert safe(ValueError("bad\x1b[31m")) == "bad\\x1b[31m"
+
+
+def test_log_lines_show_control_characters_escaped_and_keep_tracebacks():
+    formatter = SafeFormatter("%(levelname)s %(message)s")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.WARNING, __file__, 1, "not queued: %s", ("a\nFAKE\x1b[2J",),
+                                   exc_info=sys.exc_info())
+
+    text = formatter.format(record)
+
+    assert text.startswith("WARNING not queued: a\\nFAKE\\x1b[2J\nTraceback")
+    assert "ValueError: boom" in text

@@ -187,7 +187,9 @@ HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    # Messages carry file names and remote answers: control characters are shown escaped.
+    "formatters": {"plain": {"()": "sessions_app.terminal.SafeFormatter",
+                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
