@@ -21,6 +21,7 @@ from sessions_app import following, importing, tasks
 from sessions_app.management.commands.upload import run_here
 from sessions_app.models import SyncSession
 from sessions_app.pipeline import StartError
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -51,7 +52,7 @@ class Command(BaseCommand):
                                              config_source=ConfigHistory.Source.COMMAND_LINE,
                                              enqueue=not options["sync"])
         except (ConfigError, StartError, tasks.EnqueueError) as exc:
-            raise CommandError(str(exc), returncode=2)
+            raise CommandError(safe(exc), returncode=2)
         if options["sync"]:
             run_here(session)
         self.stdout.write(f"import session {session.pk} started: {session.admin_url()}")

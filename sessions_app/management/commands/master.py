@@ -22,6 +22,7 @@ from projects import config as config_mod
 from sessions_app import following, notifying, retrying
 from sessions_app.management.commands.upload import add_config_arguments, load_project_config, start
 from sessions_app.models import Notification, SyncSession
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -42,9 +43,9 @@ class Command(BaseCommand):
         lines = [following.summary(session), retrying.whole_session_report(session).text()]
         notified = self.notify(session)
         if notified is not None:
-            lines.append(notifying.outcome_text(notified))
+            lines.append(safe(notifying.outcome_text(notified)))
         if session.status == "failed":
-            self.stderr.write(f"error: {session.error}")
+            self.stderr.write(f"error: {safe(session.error)}")
         elif session.failed_count:
             self.stderr.write(following.failure_report(session))
         self.stdout.write("\n".join(lines))
@@ -60,7 +61,7 @@ class Command(BaseCommand):
         try:
             row = notifying.deliver(session, None, Notification.Trigger.COMMAND)
         except notifying.NotifyError as exc:
-            raise CommandError(str(exc), returncode=2)
+            raise CommandError(safe(exc), returncode=2)
         if not row.succeeded:
-            self.stderr.write(f"error: {notifying.outcome_text(row)}")
+            self.stderr.write(f"error: {safe(notifying.outcome_text(row))}")
         return row

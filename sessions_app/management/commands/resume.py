@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sessions_app import pipeline, tasks
 from sessions_app.models import ACTIVE_STATUSES, SyncSession
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -37,9 +38,9 @@ class Command(BaseCommand):
         errors = 0
         for session in sessions:
             try:
-                self.stdout.write(pipeline.resume(session, force=options["force"]))
+                self.stdout.write(safe(pipeline.resume(session, force=options["force"])))
             except (pipeline.ResumeError, tasks.EnqueueError) as exc:
-                self.stderr.write(f"error: {exc}")
+                self.stderr.write(f"error: {safe(exc)}")
                 errors += 1
         if errors:
             raise CommandError(f"{errors} of {len(sessions)} sessions not resumed", returncode=2)

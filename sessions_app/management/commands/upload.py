@@ -20,6 +20,7 @@ from projects.config import ConfigError
 from projects.models import ConfigHistory, Project
 from sessions_app import following, pipeline, planning, scanning, tasks, uploading
 from sessions_app.models import SyncSession
+from sessions_app.terminal import safe
 
 
 def add_config_arguments(parser: CommandParser) -> None:
@@ -72,7 +73,7 @@ def load_project_config(options: dict[str, Any]) -> tuple[dict[str, Any], str]:
         clean = config_mod.load(options.get("config"), overrides_from(options))
         config_mod.check_source_dir(clean["source_dir"])
     except ConfigError as exc:
-        raise CommandError(str(exc), returncode=2)
+        raise CommandError(safe(exc), returncode=2)
     source = ConfigHistory.Source.FILE if options.get("config") else ConfigHistory.Source.COMMAND_LINE
     return clean, source
 
@@ -114,14 +115,14 @@ class Command(BaseCommand):
         try:
             dest = pipeline.preflight(project)
         except pipeline.StartError as exc:
-            raise CommandError(str(exc), returncode=2)
+            raise CommandError(safe(exc), returncode=2)
         existing = Project.objects.filter(name=project.name).values_list("id", flat=True).first() or 0
         remote = planning.remote_cursor(dest)
         entries = scanning.scan(project.source_dir,
                                 scanning.ScanFilter(project.extensions or list(dest.default_extensions),
                                                     project.exclude),
                                 sort=not remote.empty, follow_symlinks=project.follow_symlinks,
-                                on_problem=lambda p, m: self.stderr.write(f"warning: {p}: {m}"))
+                                on_problem=lambda p, m: self.stderr.write(f"warning: {safe(p)}: {safe(m)}"))
         upload = skip = nbytes = 0
         with dest:
             for batch in planning.plan(entries, dest, existing, 0, remote):
@@ -131,7 +132,7 @@ class Command(BaseCommand):
                         continue
                     upload += 1
                     nbytes += d.entry.size
-                    self.stdout.write(f"upload {d.entry.relative_path} -> {d.key} ({d.entry.size} bytes)")
+                    self.stdout.write(f"upload {safe(d.entry.relative_path)} -> {safe(d.key)} ({d.entry.size} bytes)")
         self.stdout.write(f"dry run: {upload} files ({following.human_size(nbytes)}) would be uploaded, "
                           f"{skip} skipped; nothing was changed")
 
@@ -143,7 +144,7 @@ def start(project: Project, config: ConfigHistory, *, sync: bool, created_by: st
     try:
         pipeline.preflight(project).close()
     except pipeline.StartError as exc:
-        raise CommandError(str(exc), returncode=2)
+        raise CommandError(safe(exc), returncode=2)
     session = pipeline.create_session(project, config, created_by=created_by)
     if session_fields:
         SyncSession.objects.filter(pk=session.pk).update(**session_fields)
@@ -155,7 +156,7 @@ def start(project: Project, config: ConfigHistory, *, sync: bool, created_by: st
         tasks.enqueue_scan(session.pk)
     except tasks.EnqueueError as exc:
         session.mark_failed(str(exc))
-        raise CommandError(str(exc), returncode=2)
+        raise CommandError(safe(exc), returncode=2)
     return session
 
 
