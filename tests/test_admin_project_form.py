@@ -45,7 +45,7 @@ def test_an_s3_project_is_created_from_the_form_with_defaults_filled_in(staff_cl
     response = post(staff_client, form_data(
         destination_kind="s3", s3__bucket="recordings", s3__prefix="rec/2026", s3__region="eu-west-1",
         extensions="wav, .JPG\nflac", exclude="**/tmp/**\n*.bak", upload_workers="4", retry_backoff_base="2.5",
-        notify_url="https://hooks.example.com/in", notify_on="always", notify_secret_env="HOOK_SECRET"))
+        notify_url="https://hooks.example.com/in", notify_on="always", notify_secret_env="UPLOADER_SECRET_HOOK"))
 
     assert response.status_code == 302
     project = Project.objects.get(name="field-recordings")
@@ -58,7 +58,7 @@ def test_an_s3_project_is_created_from_the_form_with_defaults_filled_in(staff_cl
     assert project.exclude == ["**/tmp/**", "*.bak"]
     assert (project.upload_workers, project.upload_tasks, project.retry_backoff_base) == (4, 2, 2.5)
     assert (project.notify_url, project.notify_on, project.notify_secret_env) == (
-        "https://hooks.example.com/in", "always", "HOOK_SECRET")
+        "https://hooks.example.com/in", "always", "UPLOADER_SECRET_HOOK")
 
 
 def test_an_sftp_project_keeps_only_the_names_of_its_secrets(staff_client):

@@ -56,7 +56,8 @@ def test_the_checks_run_with_manage_py_check():
 
 # -- secrets named by projects --------------------------------------------------------------------------
 @pytest.fixture
-def projects_naming_secrets(make_project, tmp_path, monkeypatch):
+def projects_naming_secrets(make_project, tmp_path, monkeypatch, settings):
+    settings.KEY_FILE_DIRS = [*settings.KEY_FILE_DIRS, str(tmp_path)]  # the key file below lives there
     for name in ("UPLOADER_SECRET_WT_SFTP_PASSWORD", "UPLOADER_SECRET_WT_ROBOFLOW_KEY", "UPLOADER_SECRET_WT_HOOK_SECRET", "UPLOADER_SECRET_WT_PASSPHRASE"):
         monkeypatch.delenv(name, raising=False)
     make_project({"type": "sftp", "host": "127.0.0.1", "username": "u", "remote_dir": "in",
