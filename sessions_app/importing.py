@@ -4,8 +4,8 @@ An import is a session like any other, of kind "import", the Roboflow workspace 
 params. Its scan step lists the image ids through Roboflow's search API, a page at a time, as one
 FileUpload row per id (relative_path and remote_id: the id; remote_key: `images/<split>/<name>`).
 The row is the checkpoint: a resumed import fetches only what is missing, and failed ids are
-retried like failed uploads. The upload tasks move import rows with `Fetcher` (see
-uploading.transfer_for): the image's details through the SDK, its annotation written as JSON at
+retried like failed uploads. The upload tasks move import rows with `Fetcher` (the import
+kind's transfer, kinds.py): the image's details through the SDK, its annotation written as JSON at
 `annotations/<split>/<stem>.json`, then the original streamed from its URL into the destination
 (Destination.upload_stream), never held whole in memory or on disk.
 """
@@ -30,11 +30,13 @@ from roboflow.core.project import Project as SDKProject
 from projects.destinations import ConfigError, Destination, DestinationError
 from projects.destinations.base import normalize_key
 from projects.destinations.roboflow import RoboflowDestination, retry_after, scrub
-from projects.models import ConfigHistory, Project
-from sessions_app import pipeline
+from projects.models import Project
+from sessions_app import files, planning
+from sessions_app.errors import StartError
+from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload, SyncSession
-from sessions_app.pipeline import ScanStats, StartError
-from sessions_app.uploading import Outcome, with_retries
+from sessions_app.planning import ScanStats
+from sessions_app.transferring import already_there, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,6 @@ PAGE_SIZE = 100  # the SDK's own search page
 SEARCH_FIELDS = ["id", "name", "split"]
 NO_SPLIT = "unassigned"  # images Roboflow has not put in train/valid/test
 SKIP_EARLIER = "imported earlier"
-VERIFIED_NOTE = "verified at destination after restart"
 
 
 # -- starting ---------------------------------------------------------------------------------
@@ -81,30 +82,11 @@ def preflight(project: Project, params: dict[str, Any]) -> Destination:
     return dest
 
 
-def start_import(project: Project, params: dict[str, Any], *, created_by: str,
-                 config_source: str = ConfigHistory.Source.COMMAND_LINE, enqueue: bool = True) -> SyncSession:
-    """Check both ends, create the import session and (enqueue) queue its listing for the cluster.
-    Raises StartError or tasks.EnqueueError."""
-    from sessions_app import tasks
-
-    preflight(project, params).close()
-    config = project.record_config(config_source, created_by)
-    session = SyncSession.objects.create(project=project, config=config, kind=SyncSession.Kind.IMPORT,
-                                         params=params, created_by=created_by)
-    if enqueue:
-        try:
-            tasks.enqueue_scan(session.pk)
-        except tasks.EnqueueError as exc:
-            session.mark_failed(str(exc))
-            raise
-    return session
-
-
 # -- the scan step: listing ids -----------------------------------------------------------------
 def list_into(session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
     source = RoboflowSource.from_params(session.params)
     batches = (rows_for(session, hits) for hits in source.pages(PAGE_SIZE))
-    return pipeline.insert_rows(session, batches, start_uploads)
+    return planning.fill(session, batches, start_uploads)
 
 
 def rows_for(session: SyncSession, hits: list[dict[str, Any]]) -> list[FileUpload]:
@@ -120,17 +102,15 @@ def rows_for(session: SyncSession, hits: list[dict[str, Any]]) -> list[FileUploa
             stem, ext = posixpath.splitext(key)
             key = f"{stem}-{image_id}{ext}"
         taken.add(key)
-        skip = SKIP_EARLIER if image_id in earlier else ""
-        rows.append(FileUpload(session_id=session.pk, project_id=session.project_id, relative_path=image_id,
-                               remote_id=image_id, remote_key=key, skip_reason=skip,
-                               status=FileStatus.SKIPPED if skip else FileStatus.PENDING))
+        rows.append(files.planned_row(session, relative_path=image_id, remote_id=image_id, remote_key=key,
+                                      skip_reason=SKIP_EARLIER if image_id in earlier else ""))
     return rows
 
 
 def _imported_earlier(session: SyncSession, ids: list[str]) -> set[str]:
     rows = FileUpload.objects.filter(
         project_id=session.project_id, relative_path__in=ids, status=FileStatus.UPLOADED,
-        session__kind=SyncSession.Kind.IMPORT, session__params__workspace=session.params["workspace"],
+        session__kind=session.kind, session__params__workspace=session.params["workspace"],
         session__params__project=session.params["project"],
     ).exclude(session_id=session.pk)
     return set(rows.values_list("relative_path", flat=True))
@@ -161,15 +141,16 @@ def annotation_document(details: dict[str, Any], params: dict[str, Any]) -> byte
 
 # -- the transfer: fetching one image -----------------------------------------------------------
 class Fetcher:
-    """The transfer of import rows (uploading.transfer_for): same contract as uploading.transfer,
-    retries and backoff included; never raises."""
+    """The transfer of import rows: same contract as transferring.transfer, retries and backoff
+    included; never raises."""
 
     def __init__(self, session: SyncSession):
         self.params = session.params
         self.source = RoboflowSource.from_params(session.params)
 
     def __call__(self, dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
-        if row.verify_remote and _already_there(dest, row):
+        # The image is written last and atomically: its presence means the row was done.
+        if row.verify_remote and already_there(dest, row):
             return Outcome(row, FileStatus.UPLOADED)
         return with_retries(row, max_tries, lambda: self._fetch_once(dest, row),
                             f"importing Roboflow image {row.remote_id}")
@@ -192,20 +173,6 @@ class Fetcher:
                 raise DestinationError(
                     scrub(f"download of Roboflow image {row.remote_id} broke off: {type(exc).__name__}: {exc}")
                 ) from None
-
-
-def _already_there(dest: Destination, row: FileUpload) -> bool:
-    """For rows a crash cut off: the image is written last and atomically, so its presence at the
-    destination means the row was done."""
-    try:
-        remote = dest.stat(row.remote_key)
-    except DestinationError:
-        return False
-    if remote is None:
-        return False
-    row.size, row.uploaded_at, row.note = remote.size, timezone.now(), VERIFIED_NOTE
-    row.last_error, row.error_permanent = "", False
-    return True
 
 
 def content_length(response: requests.Response) -> int | None:

@@ -13,7 +13,6 @@ import hmac
 import json
 import logging
 import os
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,9 +22,12 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 
+from projects import backoff
 from projects.destinations import ConfigError
+from projects.errors import UploaderError
 from projects.models import Project
 from projects.outbound import check_http_url, redact_url
+from sessions_app import enqueue
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ MAX_FAILED_LISTED = 1000
 EXCERPT_CHARS = 1000
 
 
-class NotifyError(Exception):
+class NotifyError(UploaderError):
     """The notification cannot be attempted at all: no URL, not http(s)."""
 
 
@@ -213,7 +215,7 @@ def _record(row: Notification, answer: Answer, seconds: float) -> Notification:
 def _backoff(attempt: int) -> float:
     base = settings_value("NOTIFY_RETRY_BASE_SECONDS", 1.0)
     cap = settings_value("NOTIFY_RETRY_CAP_SECONDS", 30.0)
-    return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return backoff.delay(attempt, base, cap)
 
 
 def _host(url: str) -> str:
@@ -249,9 +251,7 @@ def queue_automatic(session: SyncSession) -> str | None:
     """At the real end of a session: queue a notification task if the project says so."""
     if not wanted(session):
         return None
-    from sessions_app import tasks
-
-    return tasks.enqueue_notify(session.pk, Notification.Trigger.AUTO)
+    return enqueue.notify(session.pk, Notification.Trigger.AUTO)
 
 
 def outcome_text(row: Notification) -> str:

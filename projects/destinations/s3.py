@@ -17,6 +17,7 @@ import botocore.exceptions as bce
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from projects.outbound import check_http_url, redact_url
 from projects.destinations.base import (
     ConfigError,
     Destination,
@@ -69,8 +70,6 @@ class S3Destination(Destination):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         if options.get("endpoint_url"):
-            from projects.outbound import check_http_url, redact_url
-
             check_http_url(options["endpoint_url"], "destination.endpoint_url")
             if redact_url(options["endpoint_url"]) != options["endpoint_url"]:
                 # It would end up in the database and ConfigHistory; credentials come from the AWS chain.
