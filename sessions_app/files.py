@@ -69,7 +69,6 @@ class Outcome:
 
     row: FileUpload
     status: str
-    bytes_sent: int = 0
 
 
 # -- counters ---------------------------------------------------------------------------------------
@@ -189,8 +188,11 @@ def forget(row: FileUpload) -> None:
 # -- moves ------------------------------------------------------------------------------------------
 
 
-def _move(session_id: int, rows: QuerySet[FileUpload], sources: Iterable[str], target: str, **fields: Any) -> int:
-    """Move the rows of `rows` that are in one of `sources` to `target`, counting per source."""
+def move(session_id: int, rows: QuerySet[FileUpload], sources: Iterable[str], target: str, **fields: Any) -> int:
+    """Move the rows of `rows` that are in one of `sources` to `target`, counting per source;
+    the general form of the verbs below."""
+    if target not in COUNTER:
+        raise TransitionError(f"a file cannot be moved to {target}")
     total = 0
     with transaction.atomic():
         for source in sources:
@@ -214,7 +216,7 @@ def claim(session: SyncSession, n: int) -> list[FileUpload]:
         ids = list(qs.values_list("id", flat=True)[:n])
         if not ids:
             return []
-        _move(session.pk, FileUpload.objects.filter(id__in=ids), (PENDING,), UPLOADING, claim_token=token,
+        move(session.pk, FileUpload.objects.filter(id__in=ids), (PENDING,), UPLOADING, claim_token=token,
               claimed_at=timezone.now())
     return list(FileUpload.objects.filter(claim_token=token, status=UPLOADING).order_by("id"))
 
@@ -239,14 +241,15 @@ def record(session: SyncSession, outcomes: Sequence[Outcome]) -> int:
         changes: Counter[str] = Counter()
         for o in done:
             changes.update(_moved(UPLOADING, o.status, 1))
-            changes["bytes_uploaded"] += o.bytes_sent
+            if o.status == UPLOADED:  # its size as uploaded (or as verified at the destination)
+                changes["bytes_uploaded"] += o.row.size
         _bump(session.pk, changes, heartbeat_at=now)
     return len(done)
 
 
 def release(session: SyncSession, ids: Sequence[int]) -> int:
     """Claimed rows whose transfer never started go back to pending (a worker shutting down)."""
-    return _move(session.pk, FileUpload.objects.filter(id__in=ids), (UPLOADING,), PENDING, claim_token=None,
+    return move(session.pk, FileUpload.objects.filter(id__in=ids), (UPLOADING,), PENDING, claim_token=None,
                  claimed_at=None)
 
 
@@ -255,20 +258,20 @@ def recover_stale(session: SyncSession, claimed_before: Any = None) -> int:
     before any re-upload (resume, sweep)."""
     rows = FileUpload.objects.all() if claimed_before is None else FileUpload.objects.filter(
         claimed_at__lt=claimed_before)
-    return _move(session.pk, rows, (UPLOADING,), PENDING, claim_token=None, verify_remote=True)
+    return move(session.pk, rows, (UPLOADING,), PENDING, claim_token=None, verify_remote=True)
 
 
 def cancel_rest(session: SyncSession, *, claimed_too: bool = False) -> int:
     """Pending rows become cancelled; with claimed_too, also rows whose worker is gone."""
     sources = (PENDING, UPLOADING) if claimed_too else (PENDING,)
-    return _move(session.pk, FileUpload.objects.all(), sources, CANCELLED, claim_token=None)
+    return move(session.pk, FileUpload.objects.all(), sources, CANCELLED, claim_token=None)
 
 
 def requeue(session: SyncSession, failed_rows: QuerySet[FileUpload],
             cancelled_rows: QuerySet[FileUpload]) -> tuple[int, int]:
     """A retry round: failed rows (one more round each) and cancelled rows back to pending."""
     with transaction.atomic():
-        n_failed = _move(session.pk, failed_rows, (FAILED,), PENDING, retries=F("retries") + 1,
+        n_failed = move(session.pk, failed_rows, (FAILED,), PENDING, retries=F("retries") + 1,
                          error_permanent=False, claim_token=None)
-        n_cancelled = _move(session.pk, cancelled_rows, (CANCELLED,), PENDING, claim_token=None)
+        n_cancelled = move(session.pk, cancelled_rows, (CANCELLED,), PENDING, claim_token=None)
     return n_failed, n_cancelled

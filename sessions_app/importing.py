@@ -159,7 +159,7 @@ class Fetcher:
         size = self.fetch(dest, row)
         row.size, row.uploaded_at = size, timezone.now()
         row.last_error, row.error_permanent = "", False
-        return Outcome(row, FileStatus.UPLOADED, size)
+        return Outcome(row, FileStatus.UPLOADED)
 
     def fetch(self, dest: Destination, row: FileUpload) -> int:
         """Annotation, then image: the image at the destination means the row is complete."""

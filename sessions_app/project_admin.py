@@ -17,7 +17,7 @@ from django.urls import reverse
 from projects.admin import ProjectAdmin
 from projects.errors import UploaderError
 from projects.models import ConfigHistory, Project
-from sessions_app import health, importing, starting
+from sessions_app import health, importing, kinds, starting
 from sessions_app.models import SyncSession
 
 # action name -> the has_<name>_permission it needs
@@ -121,7 +121,7 @@ class RoboflowImportForm(forms.Form):
             params = importing.import_params(project, data["workspace"].strip(), data["rf_project"].strip(),
                                              api_key_env=data["api_key_env"].strip(),
                                              concurrency=data["concurrency"])
-            return starting.start(project, kind=SyncSession.Kind.IMPORT, params=params, created_by=username,
+            return starting.start(project, kind=kinds.IMPORT, params=params, created_by=username,
                                   config_source=ConfigHistory.Source.ADMIN)
         except UploaderError as exc:
             self.add_error(None, str(exc))

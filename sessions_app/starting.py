@@ -25,20 +25,21 @@ log = logging.getLogger(__name__)
 
 
 def create_session(project: Project, config: ConfigHistory | None = None, created_by: str = "", *,
-                   kind: str = SyncSession.Kind.SYNC, config_source: str = ConfigHistory.Source.ADMIN,
+                   kind: kinds.Kind = kinds.SYNC, config_source: str = ConfigHistory.Source.ADMIN,
                    **fields: Any) -> SyncSession:
     """A queued session (no checks, nothing queued): the step start() takes after the checks."""
     config = config or project.record_config(config_source, created_by)
-    return SyncSession.objects.create(project=project, config=config, kind=kind, created_by=created_by, **fields)
+    return SyncSession.objects.create(project=project, config=config, kind=kind.name, created_by=created_by,
+                                      **fields)
 
 
-def start(project: Project, *, kind: str = SyncSession.Kind.SYNC, params: dict[str, Any] | None = None,
+def start(project: Project, *, kind: kinds.Kind = kinds.SYNC, params: dict[str, Any] | None = None,
           config: ConfigHistory | None = None, config_source: str = ConfigHistory.Source.ADMIN,
           created_by: str = "", enqueue_scan: bool = True, **fields: Any) -> SyncSession:
     """Check, create and queue a session; raises StartError, leaving no session `queued`.
     enqueue_scan=False: the caller runs it here (pipeline.run_here)."""
     params = params or {}
-    kinds.get(kind).preflight(project, params).close()
+    kind.preflight(project, params).close()
     session = create_session(project, config, created_by, kind=kind, config_source=config_source,
                              params=params, **fields)
     if enqueue_scan:
@@ -62,7 +63,7 @@ def stream_session(project: Project) -> SyncSession:
         session = _open_stream(project)
         if session is None:
             kinds.STREAM.preflight(project).close()
-            session = create_session(project, None, "upload queue", kind=kinds.STREAM.name,
+            session = create_session(project, None, "upload queue", kind=kinds.STREAM,
                                      config_source=ConfigHistory.Source.API)
             # Nothing to scan: it takes files at once, and lives on until cancelled.
             session.mark_scanning()

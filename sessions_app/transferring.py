@@ -90,7 +90,7 @@ def _upload_once(dest: Destination, row: FileUpload, path: str) -> Outcome:
     if result.duplicate:
         row.skip_reason = "duplicate"
         return Outcome(row, FileStatus.SKIPPED)
-    return Outcome(row, FileStatus.UPLOADED, result.size)
+    return Outcome(row, FileStatus.UPLOADED)
 
 
 def _note_changes(row: FileUpload, path: str) -> None:

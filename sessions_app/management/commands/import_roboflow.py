@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects.errors import UploaderError
 from projects.models import ConfigHistory, Project
-from sessions_app import following, importing, pipeline, starting
+from sessions_app import following, importing, kinds, pipeline, starting
 from sessions_app.models import SyncSession
 
 
@@ -45,7 +45,7 @@ class Command(BaseCommand):
         try:
             params = importing.import_params(project, options["workspace"], options["project"],
                                              api_key_env=options["api_key_env"], concurrency=options["concurrency"])
-            session = starting.start(project, kind=SyncSession.Kind.IMPORT, params=params, created_by="command line",
+            session = starting.start(project, kind=kinds.IMPORT, params=params, created_by="command line",
                                      config_source=ConfigHistory.Source.COMMAND_LINE,
                                      enqueue_scan=not options["sync"])
         except UploaderError as exc:
