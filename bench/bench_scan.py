@@ -35,7 +35,7 @@ from common import PYTHON, REPO  # noqa: E402
 SCAN_ONLY = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from sessions_app import scanning
+from projects import scanning
 root, method, sort = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 problems = []

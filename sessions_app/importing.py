@@ -17,20 +17,18 @@ import json
 import logging
 import math
 import posixpath
-import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
 import urllib3
 from django.utils import timezone
-from roboflow.adapters import rfapi
-from roboflow.core.project import Project as SDKProject
 
-from projects.destinations import ConfigError, Destination, DestinationError
+from projects.destinations import ConfigError, Destination
 from projects.destinations.base import normalize_key
-from projects.destinations.roboflow import RoboflowDestination, retry_after, scrub
+from projects.errors import RemoteError, SourceError
 from projects.models import Project
+from projects.roboflow_sdk import scrub
+from projects.sources.roboflow import DEFAULT_API_KEY_ENV, PAGE_SIZE, RoboflowSource
 from sessions_app import files, planning
 from sessions_app.errors import StartError
 from sessions_app.files import Outcome
@@ -40,11 +38,8 @@ from sessions_app.transferring import already_there, with_retries
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_KEY_ENV = "ROBOFLOW_API_KEY"
 DEFAULT_CONCURRENCY = 20
 MAX_CONCURRENCY = 200
-PAGE_SIZE = 100  # the SDK's own search page
-SEARCH_FIELDS = ["id", "name", "split"]
 NO_SPLIT = "unassigned"  # images Roboflow has not put in train/valid/test
 SKIP_EARLIER = "imported earlier"
 
@@ -76,7 +71,7 @@ def preflight(project: Project, params: dict[str, Any]) -> Destination:
     for end, what in ((dest, f"destination {project.destination_kind}"), (source, "Roboflow")):
         try:
             end.check()
-        except DestinationError as exc:
+        except RemoteError as exc:
             dest.close()
             raise StartError(f"{what}: {exc.message}") from None
     return dest
@@ -170,7 +165,7 @@ class Fetcher:
             try:
                 return dest.upload_stream(response.raw, row.remote_key, content_length(response)).size
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                raise DestinationError(
+                raise SourceError(
                     scrub(f"download of Roboflow image {row.remote_id} broke off: {type(exc).__name__}: {exc}")
                 ) from None
 
@@ -183,94 +178,3 @@ def content_length(response: requests.Response) -> int | None:
         return int(response.headers["Content-Length"])
     except (KeyError, ValueError):
         return None
-
-
-# -- the Roboflow end ---------------------------------------------------------------------------
-class RoboflowSource(RoboflowDestination):
-    """The Roboflow project an import reads: the destination's option checks, SDK hooks (timeouts,
-    stdout to logging), key handling and error mapping, used the other way round."""
-
-    def __init__(self, options: dict[str, Any]):
-        super().__init__(options)
-        self._project_info: dict[str, Any] | None = None
-        self._http = threading.local()
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RoboflowSource:
-        options = {name: params[name] for name in ("workspace", "project", "api_key_env") if params.get(name)}
-        try:
-            return cls(options)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).removeprefix("destination.")) from None
-
-    @property
-    def where(self) -> str:
-        return f"{self.options['workspace']}/{self.options['project']}"
-
-    def pages(self, page_size: int) -> Iterator[list[dict[str, Any]]]:
-        """Search hits (id, name, split), a page at a time, by offset."""
-        api_key = self._api_key()
-        project = self._sdk_project(api_key)
-        offset = 0
-        while True:
-            hits = self._sdk(_keyless(project.search), api_key, offset=offset, limit=page_size, fields=SEARCH_FIELDS,
-                             what=f"search of {self.where} at offset {offset}")
-            yield hits
-            if len(hits) < page_size:
-                return
-            offset += page_size
-
-    def details(self, image_id: str) -> dict[str, Any]:
-        api_key = self._api_key()
-        project = self._sdk_project(api_key)
-        return self._sdk(_keyless(project.image), api_key, image_id, what=f"image {image_id}", lookup=True)
-
-    def open_original(self, details: dict[str, Any]) -> requests.Response:
-        """The original image file, streaming: nothing is read before the caller reads."""
-        image_id = details.get("id", "?")
-        url = (details.get("urls") or {}).get("original")
-        if not url:
-            raise DestinationError(f"Roboflow image {image_id} has no original file URL", permanent=True)
-        timeout = float(self.options["timeout"])
-        try:
-            response = self._session().get(url, stream=True, timeout=timeout)
-        except requests.Timeout:
-            raise DestinationError(f"download of Roboflow image {image_id}: no answer within {timeout:g} s") from None
-        except requests.RequestException as exc:
-            raise DestinationError(scrub(f"download of Roboflow image {image_id}: connection failed: {exc}")) from None
-        if response.status_code != 200:
-            response.close()
-            raise _download_error(image_id, response)
-        response.raw.decode_content = True
-        return response
-
-    def _sdk_project(self, api_key: str) -> SDKProject:
-        # The project's info is kept, the key is not: the SDK object is made again for each call.
-        if self._project_info is None:
-            workspace, project = self.options["workspace"], self.options["project"]
-            answer = self._sdk(rfapi.get_project, api_key, workspace, project, what=f"project {self.where}",
-                               lookup=True)
-            self._project_info = answer["project"]
-        return SDKProject(api_key, self._project_info)
-
-    def _session(self) -> requests.Session:
-        # One per thread: connections are kept alive between a worker's downloads.
-        session = getattr(self._http, "session", None)
-        if session is None:
-            session = self._http.session = requests.Session()
-        return session
-
-
-def _keyless(method: Callable[..., Any]) -> Callable[..., Any]:
-    """An SDK object's method for RoboflowDestination._sdk, which passes the API key first."""
-    return lambda _api_key, *args, **kwargs: method(*args, **kwargs)
-
-
-def _download_error(image_id: str, response: requests.Response) -> DestinationError:
-    status = response.status_code
-    what = f"download of Roboflow image {image_id}: HTTP {status}"
-    if status in (408, 429) or status >= 500:
-        return DestinationError(what, permanent=False, retry_after=retry_after(response))
-    if status in (404, 410):
-        return DestinationError(f"{what}: the image file is gone", permanent=True)
-    return DestinationError(what, permanent=True)

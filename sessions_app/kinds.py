@@ -15,10 +15,10 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from projects.config import check_source_dir
 from projects.destinations import ConfigError, Destination, DestinationError
 from projects.models import Project
-from sessions_app import importing, planning, scanning, transferring, waking
+from projects.sources.local import LocalSource
+from sessions_app import importing, planning, transferring, waking
 from sessions_app.errors import StartError
 from sessions_app.models import SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -73,7 +73,7 @@ class SyncKind(Kind):
 
     def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
         try:
-            check_source_dir(project.source_dir)
+            LocalSource.of(project).check()
             dest = project.destination()
         except ConfigError as exc:
             raise StartError(str(exc)) from exc
@@ -83,12 +83,9 @@ class SyncKind(Kind):
         project = session.project
         problems = ProblemLog(session)
         remote = planning.remote_cursor(dest)
-        entries = scanning.scan(
-            project.source_dir,
-            scanning.ScanFilter(project.extensions or list(dest.default_extensions), project.exclude),
+        entries = LocalSource.of(project, dest.default_extensions).entries(
             method=settings.SCAN_METHOD,
             sort=not remote.empty,  # key order only matters when merging with a remote listing
-            follow_symlinks=project.follow_symlinks,
             on_problem=problems.add,
             on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
             progress_every=settings.SCAN_PROGRESS_EVERY,

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from django.utils import timezone
 
 from projects.models import Project
+from projects.sources.local import LocalSource
 from projects.walking import Problem
-from sessions_app import enqueue, files, following, kinds, lifecycle, planning, scanning, uploading
+from sessions_app import enqueue, files, following, kinds, lifecycle, planning, uploading
 from sessions_app.errors import ResumeError, StartError
 from sessions_app.models import ACTIVE_STATUSES, SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -115,9 +116,7 @@ def preview(project: Project, on_problem: Problem | None = None) -> Iterator[pla
     existing = Project.objects.filter(name=project.name).values_list("id", flat=True).first() or 0
     with kinds.SYNC.preflight(project) as dest:
         remote = planning.remote_cursor(dest)
-        entries = scanning.scan(project.source_dir,
-                                scanning.ScanFilter(project.extensions or list(dest.default_extensions),
-                                                    project.exclude),
-                                sort=not remote.empty, follow_symlinks=project.follow_symlinks, on_problem=on_problem)
+        entries = LocalSource.of(project, dest.default_extensions).entries(sort=not remote.empty,
+                                                                            on_problem=on_problem)
         for batch in planning.plan(entries, dest, existing, 0, remote):
             yield from batch

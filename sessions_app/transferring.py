@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from projects import backoff
 from projects.destinations import Destination, DestinationError
+from projects.errors import RemoteError
 from projects.walking import mtime_of
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload
@@ -39,7 +40,7 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
         row.attempts += 1
         try:
             return once()
-        except DestinationError as exc:
+        except RemoteError as exc:  # the destination's or the source's end
             if exc.permanent or tries >= max_tries:
                 return failed(row, exc, tries)
             time.sleep(backoff_seconds(tries, exc.retry_after))
@@ -48,7 +49,7 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
             return failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries)
 
 
-def failed(row: FileUpload, exc: DestinationError, tries: int) -> Outcome:
+def failed(row: FileUpload, exc: RemoteError, tries: int) -> Outcome:
     row.last_error = exc.message[:5000]
     row.error_permanent = exc.permanent
     if not exc.permanent and tries > 1:
