@@ -1,8 +1,9 @@
 """Import a Roboflow project's images, with their annotations, into a project's storage (S3, local).
 
 An import is a session like any other, of kind "import", the Roboflow workspace and project in its
-params. Its scan step lists the image ids through Roboflow's search API, a page at a time, as one
-FileUpload row per id (relative_path and remote_id: the id; remote_key: `images/<split>/<name>`).
+params; its Roboflow project is the source (projects/sources/roboflow.py). Its scan step lists the
+image ids through the search API, a page at a time, as one FileUpload row per id (relative_path and
+remote_id: the id; remote_key: `images/<split>/<name>`).
 The row is the checkpoint: a resumed import fetches only what is missing, and failed ids are
 retried like failed uploads. The upload tasks move import rows with `Fetcher` (the import
 kind's transfer, kinds.py): the image's details through the SDK, its annotation written as JSON at
@@ -25,12 +26,11 @@ from django.utils import timezone
 
 from projects.destinations import ConfigError, Destination
 from projects.destinations.base import normalize_key
-from projects.errors import RemoteError, SourceError
+from projects.errors import SourceError
 from projects.models import Project
 from projects.roboflow_sdk import scrub
 from projects.sources.roboflow import DEFAULT_API_KEY_ENV, PAGE_SIZE, RoboflowSource
 from sessions_app import files, planning
-from sessions_app.errors import StartError
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload, SyncSession
 from sessions_app.planning import ScanStats
@@ -55,26 +55,6 @@ def import_params(project: Project, workspace: str, rf_project: str, *, api_key_
     RoboflowSource.from_params(params)
     workers = math.ceil(concurrency / max(1, project.upload_tasks))
     return {**params, "concurrency": concurrency, "workers": workers}
-
-
-def preflight(project: Project, params: dict[str, Any]) -> Destination:
-    """Both ends answer: the project's destination can take streams, the Roboflow project exists
-    and the key opens it. Returns the destination, open."""
-    try:
-        dest = project.destination()
-        source = RoboflowSource.from_params(params)
-    except ConfigError as exc:
-        raise StartError(str(exc)) from exc
-    if not dest.supports_stream_upload:
-        raise StartError(f"project {project.name}: a {project.destination_kind} destination cannot receive "
-                         f"imports; import into a project with an S3 or local destination")
-    for end, what in ((dest, f"destination {project.destination_kind}"), (source, "Roboflow")):
-        try:
-            end.check()
-        except RemoteError as exc:
-            dest.close()
-            raise StartError(f"{what}: {exc.message}") from None
-    return dest
 
 
 # -- the scan step: listing ids -----------------------------------------------------------------

@@ -15,9 +15,12 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from projects.destinations import ConfigError, Destination, DestinationError
+from projects.destinations import ConfigError, Destination
+from projects.errors import RemoteError
 from projects.models import Project
+from projects.sources import Source
 from projects.sources.local import LocalSource
+from projects.sources.roboflow import RoboflowSource
 from sessions_app import importing, planning, transferring, waking
 from sessions_app.errors import StartError
 from sessions_app.models import SessionStatus, SyncSession
@@ -59,13 +62,12 @@ class Kind:
         raise NotImplementedError
 
 
-def _checked(dest: Destination, what: str) -> Destination:
+def _check(end: Destination | Source, what: str, close_on_failure: Destination) -> None:
     try:
-        dest.check()
-    except DestinationError as exc:
-        dest.close()
-        raise StartError(f"{what}: {exc.message}") from exc
-    return dest
+        end.check()
+    except RemoteError as exc:
+        close_on_failure.close()
+        raise StartError(f"{what}: {exc.message}") from None
 
 
 class SyncKind(Kind):
@@ -77,7 +79,8 @@ class SyncKind(Kind):
             dest = project.destination()
         except ConfigError as exc:
             raise StartError(str(exc)) from exc
-        return _checked(dest, f"destination {project.destination_kind}")
+        _check(dest, f"destination {project.destination_kind}", dest)
+        return dest
 
     def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
         project = session.project
@@ -135,7 +138,18 @@ class ImportKind(Kind):
     name = SyncSession.Kind.IMPORT
 
     def preflight(self, project: Project, params: dict[str, Any]) -> Destination:
-        return importing.preflight(project, params)
+        """The project's destination can take streams, the Roboflow project exists and the key opens it."""
+        try:
+            dest = project.destination()
+            source = RoboflowSource.from_params(params)
+        except ConfigError as exc:
+            raise StartError(str(exc)) from exc
+        if not dest.supports_stream_upload:
+            raise StartError(f"project {project.name}: a {project.destination_kind} destination cannot receive "
+                             f"imports; import into a project with an S3 or local destination")
+        _check(dest, f"destination {project.destination_kind}", dest)
+        _check(source, "Roboflow", dest)
+        return dest
 
     def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
         return importing.list_into(session, dest, start_uploads)
