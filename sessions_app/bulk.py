@@ -68,7 +68,6 @@ def update_fields(model: type[models.Model], rows: Sequence[models.Model], names
         return []
     meta = model._meta
     fields = [meta.get_field(name) for name in names]
-    conditions = [(meta.get_field(name).column, value) for name, value in (where or {}).items()]
     qn = connection.ops.quote_name
     table, pk = qn(meta.db_table), qn(meta.pk.column)
     params = [v + [row.pk] for v, row in zip(_values(rows, fields), rows)]
@@ -78,17 +77,16 @@ def update_fields(model: type[models.Model], rows: Sequence[models.Model], names
             template = "({})".format(", ".join(f"%s::{f.db_type(connection)}" for f in fields + [meta.pk]))
             columns = ", ".join([qn(f.column) for f in fields] + ["pk__"])
             sets = ", ".join(f"{qn(f.column)} = v.{qn(f.column)}" for f in fields)
-            extra = "".join(f" AND {table}.{qn(c)} = {adapt(v).getquoted().decode()}" for c, v in conditions)
+            extra = "".join(f" AND {table}.{qn(meta.get_field(name).column)} = {adapt(v).getquoted().decode()}"
+                            for name, v in (where or {}).items())
             sql = (f"UPDATE {table} SET {sets} FROM (VALUES %s) AS v({columns}) "
                    f"WHERE {table}.{pk} = v.pk__{extra} RETURNING {table}.{pk}")
             return [r[0] for r in execute_values(cursor.cursor, sql, params, template=template, page_size=1000,
                                                  fetch=True)]
+        # No other writer while this transaction runs (IMMEDIATE), so what holds now holds for the UPDATE.
+        still = set(meta.base_manager.filter(pk__in=[p[-1] for p in params], **(where or {}))
+                    .values_list("pk", flat=True)) if where else {p[-1] for p in params}
+        params = [p for p in params if p[-1] in still]
         sets = ", ".join(f"{qn(f.column)} = %s" for f in fields)
-        extra = "".join(f" AND {qn(c)} = %s" for c, _ in conditions)
-        sql, values = f"UPDATE {table} SET {sets} WHERE {pk} = %s{extra}", [v for _, v in conditions]
-        done = []
-        for p in params:
-            cursor.execute(sql, p + values)
-            if cursor.rowcount:
-                done.append(p[-1])
-        return done
+        cursor.executemany(f"UPDATE {table} SET {sets} WHERE {pk} = %s", params)
+        return [p[-1] for p in params]
