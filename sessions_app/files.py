@@ -130,10 +130,6 @@ def in_flight(session: SyncSession) -> bool:
     return session.files.filter(status=UPLOADING).exists()
 
 
-def failed(session: SyncSession) -> QuerySet[FileUpload]:
-    return session.files.filter(status=FAILED)
-
-
 # -- new rows ---------------------------------------------------------------------------------------
 
 

@@ -102,7 +102,7 @@ class SyncKind(Kind):
         return stats
 
     def describe(self, session: SyncSession) -> str:
-        return f"sync of {session.project.source_dir} ({session.project.destination_kind})"
+        return f"sync of {_where(LocalSource.of(session.project))} to {session.project.destination_kind}"
 
 
 class StreamKind(Kind):
@@ -158,7 +158,12 @@ class ImportKind(Kind):
         return importing.Fetcher(session)
 
     def describe(self, session: SyncSession) -> str:
-        return f"import of Roboflow {session.params.get('workspace')}/{session.params.get('project')}"
+        return f"import of {_where(RoboflowSource.from_params(session.params))} into {session.project.name}"
+
+
+def _where(source: Source) -> str:
+    described = source.describe()
+    return f"{described.pop('kind')} " + " ".join(str(v) for v in described.values())
 
 
 SYNC, STREAM, IMPORT = SyncKind(), StreamKind(), ImportKind()
