@@ -163,7 +163,7 @@ class ImportKind(Kind):
 
 def _where(source: Source) -> str:
     described = source.describe()
-    return f"{described.pop('kind')} " + " ".join(str(v) for v in described.values())
+    return f"{described.pop('kind')} " + "/".join(str(v) for v in described.values())
 
 
 SYNC, STREAM, IMPORT = SyncKind(), StreamKind(), ImportKind()

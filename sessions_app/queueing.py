@@ -1,15 +1,17 @@
 """The upload queue: producers hand over files one at a time and return at once; the workers
 upload them in order. A queued file is a pending row of the project's long-lived "stream"
-session, so the queue survives crashes and restarts, and the producer's call does no upload work.
+session (started by starting.stream_session), so the queue survives crashes and restarts, and the
+producer's call does no upload work.
 
 1. `queue_upload()` checks the path (inside the source folder once symlinks are followed, a
-   regular file) and admits the row under a lock on the session row, so the backlog limit holds
-   exactly however many producers call at once.
-2. It wakes a drainer with a conditional update of the session's heartbeat: an upload task is
-   queued only when no drainer has shown life for QUEUE_WAKE_SECONDS, so a busy queue costs a
-   few tasks, never one per file.
-3. A drainer that runs dry lingers a little, then clears the heartbeat and looks once more
-   (`went_idle`): a file queued while it was finishing is never left without a drainer.
+   regular file) and admits the row (files.admit_one) under a lock on the session row, so the
+   backlog limit holds exactly however many producers call at once.
+2. It wakes a drainer (waking.wake) with a conditional update of the session's heartbeat: an
+   upload task is queued only when no drainer has shown life for QUEUE_WAKE_SECONDS, so a busy
+   queue costs a few tasks, never one per file.
+3. A drainer that runs dry lingers a little (the stream kind's more_may_come), then clears the
+   heartbeat and looks once more (waking.went_idle): a file queued while it was finishing is
+   never left without a drainer.
 """
 
 from __future__ import annotations
