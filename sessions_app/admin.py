@@ -7,7 +7,9 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
+from projects.models import Project
 from sessions_app import admin_actions
+from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import FileStatus, FileUpload, Notification, SyncSession
 
 
@@ -153,3 +155,8 @@ class NotificationAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+
+# The Project admin with the session actions (Start sync, ...): projects knows nothing of sessions.
+admin.site.unregister(Project)
+admin.site.register(Project, SessionsProjectAdmin)

@@ -16,7 +16,8 @@ from django.template.response import TemplateResponse
 
 from projects.destinations import ConfigError
 from projects.outbound import check_http_url, redact_url
-from sessions_app import cancelling, notifying, retrying, tasks
+from sessions_app import cancelling, notifying, retrying
+from sessions_app.errors import EnqueueError, RetryError
 from sessions_app.models import FileStatus, Notification, SyncSession
 
 PERMISSIONS = {
@@ -86,7 +87,7 @@ def _retry_sessions(request: HttpRequest, queryset: QuerySet[SyncSession], inclu
             continue
         try:
             done = retrying.queue_retry_round(session, include_permanent=include_permanent)
-        except (retrying.RetryError, tasks.EnqueueError) as exc:
+        except (RetryError, EnqueueError) as exc:
             messages.error(request, str(exc))
             continue
         if not done.total:
@@ -122,7 +123,7 @@ def retry_selected_files(modeladmin, request: HttpRequest, queryset) -> None:
             continue
         try:
             done = retrying.queue_retry_round(session, include_permanent=True, files=mine)
-        except (retrying.RetryError, tasks.EnqueueError) as exc:
+        except (RetryError, EnqueueError) as exc:
             messages.error(request, str(exc))
             continue
         queued += done.total

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,12 +19,13 @@ from typing import Any
 
 from django.conf import settings
 
-from projects import outbound
+from projects import backoff, outbound
 from projects.destinations import ConfigError
 from projects.errors import NotifyError
 from projects.models import Project
 from projects.outbound import redact_url
 from projects.secrets import SecretRefused, read_secret
+from sessions_app import enqueue
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def build_payload(session: SyncSession) -> dict[str, Any]:
 
 def _destination(project: Project) -> dict[str, Any]:
     try:
-        described = project.destination().describe()
+        described = project.describe_destination()
     except ConfigError:
         described = {"kind": project.destination_kind}
     # describe() has no secrets, but a URL option could still carry user:password.
@@ -225,7 +225,7 @@ def _record(row: Notification, answer: Answer, seconds: float) -> Notification:
 def _backoff(attempt: int) -> float:
     base = settings_value("NOTIFY_RETRY_BASE_SECONDS", 1.0)
     cap = settings_value("NOTIFY_RETRY_CAP_SECONDS", 30.0)
-    return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return backoff.delay(attempt, base, cap)
 
 
 # -- triggers -----------------------------------------------------------------------------------
@@ -245,9 +245,7 @@ def queue_automatic(session: SyncSession) -> str | None:
     """At the real end of a session: queue a notification task if the project says so."""
     if not wanted(session):
         return None
-    from sessions_app import tasks
-
-    return tasks.enqueue_notify(session.pk, Notification.Trigger.AUTO)
+    return enqueue.notify(session.pk, Notification.Trigger.AUTO)
 
 
 def outcome_text(row: Notification) -> str:

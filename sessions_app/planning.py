@@ -15,7 +15,8 @@ from django.db.models import Q
 
 from projects.destinations import Destination, RemoteObject
 from projects.walking import Entry
-from sessions_app.models import FileStatus, FileUpload
+from sessions_app import enqueue, files
+from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 SKIP_EARLIER = "uploaded earlier"
 SKIP_REMOTE = "already at destination"
@@ -87,17 +88,38 @@ def _uploaded_earlier(project_id: int, session_id: int, paths: list[str]) -> set
     return set(rows)
 
 
-def rows_for(decisions: list[Decision], session_id: int, project_id: int) -> list[FileUpload]:
+def rows_for(decisions: list[Decision], session: SyncSession) -> list[FileUpload]:
     return [
-        FileUpload(
-            session_id=session_id,
-            project_id=project_id,
-            relative_path=d.entry.relative_path,
-            remote_key=d.key,
-            size=d.entry.size,
-            mtime=d.entry.mtime,
-            status=FileStatus.SKIPPED if d.skip_reason else FileStatus.PENDING,
-            skip_reason=d.skip_reason,
-        )
+        files.planned_row(session, relative_path=d.entry.relative_path, remote_key=d.key, size=d.entry.size,
+                          mtime=d.entry.mtime, skip_reason=d.skip_reason)
         for d in decisions
     ]
+
+
+@dataclass
+class ScanStats:
+    files: int = 0
+    pending: int = 0
+    skipped: int = 0
+
+
+def fill(session: SyncSession, batches: Iterable[list[FileUpload]], start_uploads: bool) -> ScanStats:
+    """Insert planned rows batch by batch; upload tasks start with the first pending rows. Stops
+    early when the session is cancelled."""
+    stats, uploads_started = ScanStats(), False
+    for rows in batches:
+        new = files.add_planned(session, rows)
+        pending = sum(1 for r in new if r.status == FileStatus.PENDING)
+        stats.files += len(new)
+        stats.pending += pending
+        stats.skipped += len(new) - pending
+        if start_uploads and pending and not uploads_started:
+            enqueue.uploads(session.pk, session.project.upload_tasks)
+            uploads_started = True
+        if cancelled(session):
+            break
+    return stats
+
+
+def cancelled(session: SyncSession) -> bool:
+    return SyncSession.objects.filter(pk=session.pk, status=SessionStatus.CANCELLED).exists()

@@ -8,7 +8,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from django_q.models import OrmQ
 
-from sessions_app import pipeline
+from sessions_app import starting
 from sessions_app.models import FileStatus, FileUpload, Notification, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, write_files
 from tests.sessions_helpers import fast_uploads, s3_project, sync_tasks  # noqa: F401
@@ -104,7 +104,7 @@ def test_one_permission_does_not_grant_the_others(client, failed_session):
 @pytest.mark.usefixtures("sync_tasks")
 def test_retry_failed_files_takes_the_transient_ones_and_says_what_it_did(operator, failed_session, make_project,
                                                                           s3_server):
-    running = pipeline.create_session(failed_session.project)
+    running = starting.create_session(failed_session.project)
     completed = SyncSession.objects.create(project=failed_session.project, status=SessionStatus.COMPLETED,
                                            scan_finished_at=failed_session.scan_finished_at)
 
@@ -236,7 +236,7 @@ def test_notify_refuses_a_typed_url_that_is_not_http_or_carries_a_secret(operato
 
 
 def test_cancel_action_cancels_running_sessions_and_ignores_ended_ones(operator, failed_session):
-    running = pipeline.create_session(failed_session.project)
+    running = starting.create_session(failed_session.project)
 
     msgs = _post(operator, SESSIONS, "cancel_sessions", running.pk, failed_session.pk)
 

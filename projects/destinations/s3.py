@@ -18,6 +18,7 @@ import botocore.exceptions as bce
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from projects.outbound import check_http_url, redact_url
 from projects.destinations.base import (
     ConfigError,
     Destination,

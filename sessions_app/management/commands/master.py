@@ -19,8 +19,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects import config as config_mod
-from sessions_app import following, notifying, retrying
-from sessions_app.management.commands.upload import add_config_arguments, load_project_config, start
+from projects.errors import UploaderError
+from sessions_app import following, notifying, retrying, starting
+from sessions_app.commandline import add_config_arguments, load_project_config
 from sessions_app.models import Notification, SyncSession
 from sessions_app.terminal import safe
 
@@ -36,8 +37,11 @@ class Command(BaseCommand):
         clean, source = load_project_config(options)
         project, config = config_mod.apply(clean, source, created_by="master command")
         # The final notification is this command's, not one per intermediate end of the session.
-        session = start(project, config, sync=False, created_by="master command", auto_retry=True,
-                        params={"notify": "command"})
+        try:
+            session = starting.start(project, config=config, created_by="master command", auto_retry=True,
+                                     params={"notify": "command"})
+        except UploaderError as exc:
+            raise CommandError(safe(exc), returncode=2)
         self.stdout.write(f"session {session.pk} started: {session.admin_url()}")
         session = retrying.follow_rounds(session, self.stderr._out, progress=not options["no_progress"])
         lines = [following.summary(session), retrying.whole_session_report(session).text()]

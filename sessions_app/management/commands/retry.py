@@ -16,7 +16,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app import following, retrying, tasks
+from sessions_app import following, retrying
+from sessions_app.errors import EnqueueError, RetryError
 from sessions_app.models import FileStatus, SyncSession
 from sessions_app.terminal import safe
 
@@ -40,7 +41,7 @@ class Command(BaseCommand):
         try:
             queued = retrying.queue_retry_round(session, include_permanent=options["include_permanent"],
                                                 auto=options["auto"])
-        except (retrying.RetryError, tasks.EnqueueError) as exc:
+        except (RetryError, EnqueueError) as exc:
             raise CommandError(safe(exc), returncode=2)
         self.stdout.write(queued.text())
         if not queued.total:
