@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 
 from projects.destinations import ConfigError
 from projects.outbound import check_http_url, redact_url
-from sessions_app import cancelling, notifying, retrying
+from sessions_app import cancelling, enqueue, notifying, retrying
 from sessions_app.errors import EnqueueError, RetryError
 from sessions_app.models import FileStatus, Notification, SyncSession
 
@@ -205,8 +205,8 @@ def _queue_all(request: HttpRequest, queryset: QuerySet[SyncSession], url: str) 
     for session in queryset:
         try:
             notifying.check_target(session, url)
-            tasks.enqueue_notify(session.pk, Notification.Trigger.ADMIN, url)
-        except (notifying.NotifyError, tasks.EnqueueError) as exc:
+            enqueue.notify(session.pk, Notification.Trigger.ADMIN, url)
+        except (notifying.NotifyError, EnqueueError) as exc:
             messages.error(request, f"session {session.pk}: {exc}")
             continue
         queued += 1

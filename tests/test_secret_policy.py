@@ -30,7 +30,8 @@ from projects.destinations.sftp import SFTPDestination
 from projects.errors import ConfigError, DestinationError
 from projects.models import Project
 from projects.secrets import check_env_name
-from sessions_app import health, importing, notifying, pipeline
+from sessions_app import health, importing, kinds, notifying
+from sessions_app.errors import StartError
 from sessions_app.models import SessionStatus, SyncSession
 from tests.conftest import manage, manage_env
 from tests.servers.roboflow_api import API_KEY, API_KEY_ENV, PROJECT, WORKSPACE, RoboflowAPI
@@ -214,8 +215,8 @@ def test_a_stored_passphrase_variable_is_refused_before_connecting(make_project,
     project = make_project(attacker_options(fake_sshd, keys, key_file=str(keys / "id")))
     write_options(project, passphrase_env="DATABASE_URL")
 
-    with pytest.raises(pipeline.StartError, match=f"passphrase_env: DATABASE_URL {OWN_SETTING}"):
-        pipeline.preflight(project)  # what `upload` and *Start sync* run first
+    with pytest.raises(StartError, match=f"passphrase_env: DATABASE_URL {OWN_SETTING}"):
+        kinds.SYNC.preflight(project).close()  # what `upload` and *Start sync* run first
     ok, message = health.check_destination(project)
 
     assert not ok and "passphrase_env: DATABASE_URL" in message
@@ -268,8 +269,8 @@ def test_a_stored_roboflow_key_variable_is_refused_before_any_request(
     write_options(project, api_key_env=name)
 
     ok, message = health.check_destination(project)
-    with pytest.raises(pipeline.StartError, match=f"api_key_env: {name} {OWN_SETTING}"):
-        pipeline.preflight(project)
+    with pytest.raises(StartError, match=f"api_key_env: {name} {OWN_SETTING}"):
+        kinds.SYNC.preflight(project).close()
 
     assert not ok and f"api_key_env: {name} {OWN_SETTING}" in message
     assert roboflow_api.requests == []
@@ -278,7 +279,7 @@ def test_a_stored_roboflow_key_variable_is_refused_before_any_request(
 def test_a_roboflow_key_variable_is_checked_again_when_read(roboflow_api: RoboflowAPI, app_secrets, monkeypatch):
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
     destination = RoboflowDestination({"workspace": WORKSPACE, "project": PROJECT, "api_key_env": API_KEY_ENV})
-    destination.options["api_key_env"] = "AWS_SECRET_ACCESS_KEY"
+    destination.api.key_env = "AWS_SECRET_ACCESS_KEY"  # as if stored before the rule
 
     with pytest.raises(DestinationError, match=f"api_key_env: AWS_SECRET_ACCESS_KEY {OWN_SETTING}") as info:
         destination.check()
@@ -307,8 +308,8 @@ def test_the_import_refuses_the_apps_settings_as_its_key(make_project, roboflow_
     with pytest.raises(ConfigError, match=f"^api_key_env: {name} {OWN_SETTING}"):
         importing.import_params(project, WORKSPACE, PROJECT, api_key_env=name)
     stored = {"workspace": WORKSPACE, "project": PROJECT, "api_key_env": name, "concurrency": 1, "workers": 1}
-    with pytest.raises(pipeline.StartError, match=f"api_key_env: {name} {OWN_SETTING}"):
-        importing.preflight(project, stored)  # params of a session written before the rule
+    with pytest.raises(StartError, match=f"api_key_env: {name} {OWN_SETTING}"):
+        kinds.IMPORT.preflight(project, stored).close()  # params of a session written before the rule
 
     assert roboflow_api.requests == []
 
