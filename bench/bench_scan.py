@@ -7,7 +7,7 @@ Run from the repository root:
 
 Measures (warm page cache; every measurement in a fresh subprocess, whose peak RSS is ru_maxrss):
   (i)   `find DIR -type f | wc -l`
-  (ii)  sessions_app.scanning.scan alone: method find and scandir, sort on and off
+  (ii)  projects.scanning.scan alone: method find and scandir, sort on and off
   (iii) pipeline.scan_session(start_uploads=False) for a new session of a project with an empty local
         destination (so nothing is skipped): scan + plan + insert of every row, into a fresh database
         (a SQLite file by default; a PostgreSQL database, created and dropped, with --database-url).
@@ -38,7 +38,7 @@ from common import PYTHON  # noqa: E402
 SCAN_ONLY = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from sessions_app import scanning
+from projects import scanning
 root, method, sort = sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 problems = []
@@ -63,12 +63,12 @@ import django
 django.setup()
 from django.db import connection
 from projects.models import Project
-from sessions_app import pipeline
+from sessions_app import pipeline, starting
 from sessions_app.models import FileUpload, SyncSession
 root, target = sys.argv[2], sys.argv[3]
 project = Project.objects.create(name="bench-scan", source_dir=root, destination_kind="local",
                                  destination_options={"path": target})
-session = pipeline.create_session(project, created_by="bench")
+session = starting.create_session(project, created_by="bench")
 
 def server_cpu():
     # CPU of the PostgreSQL backend serving this connection (it does the index work)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from django.conf import settings  # noqa: E402
+
 from projects.destinations.sftp import SFTPDestination  # noqa: E402
 from tests.servers.sshd import SSHServer, sftp_options, start_sshd  # noqa: E402
 
@@ -186,6 +188,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sftp-"))
     server = start_sshd()
+    settings.configure(KEY_FILE_DIRS=[str(server.base_dir)])  # where its client key and known_hosts are
     try:
         sets = []
         if not args.skip_small:

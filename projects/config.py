@@ -5,50 +5,20 @@ Precedence: command line > config file > environment (UPLOADER_*) > built-in def
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any
 
 from django.db import transaction
 
-from projects.destinations import ConfigError, destination_class
+from projects.destinations import destination_class
+from projects.errors import ConfigError
 from projects.models import ConfigHistory, Project
-
-
-@dataclass(frozen=True)
-class Field:
-    types: tuple[type, ...]
-    default: Any = None
-    required: bool = False
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-
-
-SCHEMA: dict[str, Field] = {
-    "project": Field((str,), required=True),
-    "source_dir": Field((str,), required=True),
-    "destination": Field((dict,), required=True),
-    "extensions": Field((list,), default=[]),
-    "exclude": Field((list,), default=[]),
-    "follow_symlinks": Field((bool,), default=False),
-    "upload_workers": Field((int,), default=15, minimum=1),
-    "upload_tasks": Field((int,), default=2, minimum=1),
-    "max_retries": Field((int,), default=3, minimum=0),
-    "retry_backoff_base": Field((int, float), default=30.0, minimum=0),
-    "retry_backoff_cap": Field((int, float), default=3600.0, minimum=0),
-    "notify_url": Field((str,), default=None),
-    "notify_on": Field((str,), default="never", choices=tuple(Project.NotifyOn.values)),
-    "notify_secret_env": Field((str,), default=None),
-    "notify_timeout": Field((int, float), default=10.0, minimum=0.1),
-    "queue_limit": Field((int,), default=100, minimum=1),
-    "check_destination_every": Field((int, float), default=None, minimum=0),
-}
-
-_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
+from projects.outbound import check_http_url
+from projects.schema import KEYS, KINDS, env_name, option_types, project_fields, type_name
+from projects.secrets import check_secret_options
 
 
 def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -72,22 +42,21 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """UPLOADER_<KEY> for top-level keys, UPLOADER_DESTINATION_<OPTION> for destination options.
-    Values are parsed as JSON when they parse (numbers, booleans, lists), else taken as strings."""
+    A string setting stays a string (UPLOADER_PROJECT=2024 names project "2024"); other values
+    are parsed as JSON when they parse (numbers, booleans, lists), else taken as strings."""
     environ = dict(os.environ) if environ is None else environ
-    out: dict[str, Any] = {}
-    dest: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith("UPLOADER_"):
-            continue
-        key = name[len("UPLOADER_"):].lower()
-        if key.startswith("destination_"):
-            dest[key[len("destination_"):]] = _parse_env_value(raw)
-        elif key in SCHEMA and key != "destination":
-            # A string setting stays a string (UPLOADER_PROJECT=2024 names project "2024").
-            out[key] = raw if SCHEMA[key].types == (str,) else _parse_env_value(raw)
+    out = {key: _env_value(environ[env_name(key)], opt.types) for key, opt in KEYS.items()
+           if key != "destination" and env_name(key) in environ}
+    names = {"type", *(name for kind in KINDS.values() for name in kind.options)}
+    dest = {name: _env_value(environ[env_name(name, destination=True)], option_types(name)) for name in names
+            if env_name(name, destination=True) in environ}
     if dest:
         out["destination"] = dest
     return out
+
+
+def _env_value(raw: str, types: tuple[type, ...]) -> Any:
+    return raw if types == (str,) else _parse_env_value(raw)
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -110,36 +79,27 @@ def merge(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(raw: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(raw) - set(SCHEMA))
+    """The config with defaults filled in and values normalised; ConfigError names the first wrong key."""
+    unknown = sorted(set(raw) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown config key (known: {', '.join(SCHEMA)})")
+        raise ConfigError(f"{unknown[0]}: unknown config key (known: {', '.join(KEYS)})")
     clean: dict[str, Any] = {}
-    for key, field in SCHEMA.items():
-        value = raw.get(key, copy.deepcopy(field.default))
-        if value is None:
-            if field.required:
-                raise ConfigError(f"{key}: required")
-            clean[key] = None
-            continue
-        if isinstance(value, bool) and bool not in field.types:
-            raise ConfigError(f"{key}: expected {_names(field.types)}, got boolean")
-        if not isinstance(value, field.types):
-            raise ConfigError(f"{key}: expected {_names(field.types)}, got {_json_type(value)}")
-        if field.choices and value not in field.choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(field.choices)}")
-        if field.minimum is not None and value < field.minimum:
-            raise ConfigError(f"{key}: must be at least {field.minimum:g}")
-        clean[key] = value
+    for key, opt in KEYS.items():
+        value = raw.get(key, opt.default_value())
+        if value is None and opt.required:
+            raise ConfigError(f"{key}: required")
+        clean[key] = None if value is None else opt.check(key, value)
     _check_lists(clean)
+    check_secret_options(clean)  # notify_secret_env
     clean["destination"] = _validate_destination(clean["destination"])
     clean["source_dir"] = os.path.abspath(os.path.expanduser(clean["source_dir"]))
     if clean["notify_url"]:
-        from projects.outbound import check_http_url
-
         check_http_url(clean["notify_url"], "notify_url")
         if urlsplit(clean["notify_url"]).password is not None:
             raise ConfigError("notify_url: must not contain a password (it would be stored); "
                               "sign requests with notify_secret_env instead")
+        if clean["notify_url_env"]:
+            raise ConfigError("notify_url_env: give notify_url or notify_url_env, not both")
     if not clean["project"].strip():
         raise ConfigError("project: must not be empty")
     return clean
@@ -156,19 +116,11 @@ def _check_lists(clean: dict[str, Any]) -> None:
 def _validate_destination(dest: dict[str, Any]) -> dict[str, Any]:
     kind = dest.get("type")
     if not kind:
-        raise ConfigError("destination.type: required (one of: s3, local, sftp, roboflow)")
+        raise ConfigError(f"destination.type: required (one of: {', '.join(KINDS)})")
     if not isinstance(kind, str):
-        raise ConfigError(f"destination.type: expected string, got {_json_type(kind)}")
+        raise ConfigError(f"destination.type: expected string, got {type_name(kind)}")
     options = destination_class(kind).validate_options(dest)
     return {"type": kind, **options}
-
-
-def _names(types: tuple[type, ...]) -> str:
-    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-
-
-def _json_type(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def check_source_dir(path: str) -> None:
@@ -183,60 +135,9 @@ def check_source_dir(path: str) -> None:
 @transaction.atomic
 def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Project, ConfigHistory]:
     """Create or update the project from a validated config and record its ConfigHistory."""
-    dest = dict(clean["destination"])
-    kind = dest.pop("type")
-    fields = {
-        "source_dir": clean["source_dir"],
-        "destination_kind": kind,
-        "destination_options": dest,
-        "extensions": clean["extensions"],
-        "exclude": clean["exclude"],
-        "follow_symlinks": clean["follow_symlinks"],
-        "upload_workers": clean["upload_workers"],
-        "upload_tasks": clean["upload_tasks"],
-        "max_retries": clean["max_retries"],
-        "retry_backoff_base": float(clean["retry_backoff_base"]),
-        "retry_backoff_cap": float(clean["retry_backoff_cap"]),
-        "notify_url": clean["notify_url"] or "",
-        "notify_on": clean["notify_on"],
-        "notify_secret_env": clean["notify_secret_env"] or "",
-        "notify_timeout": float(clean["notify_timeout"]),
-        "queue_limit": clean["queue_limit"],
-        "check_destination_every": clean["check_destination_every"],
-    }
-    project, _ = Project.objects.update_or_create(name=clean["project"], defaults=fields)
+    fields = project_fields(clean)
+    project, _ = Project.objects.update_or_create(name=fields.pop("name"), defaults=fields)
     return project, project.record_config(source, created_by)
-
-
-def config_from_project(project: Project) -> dict[str, Any]:
-    """The effective config of a project in config-file form, secrets redacted."""
-    dest_cls = destination_class(project.destination_kind)
-    destination = dest_cls(project.destination_options).redacted_options()
-    return {
-        "project": project.name,
-        "source_dir": project.source_dir,
-        "destination": {"type": project.destination_kind, **destination},
-        "extensions": list(project.extensions),
-        "exclude": list(project.exclude),
-        "follow_symlinks": project.follow_symlinks,
-        "upload_workers": project.upload_workers,
-        "upload_tasks": project.upload_tasks,
-        "max_retries": project.max_retries,
-        "retry_backoff_base": project.retry_backoff_base,
-        "retry_backoff_cap": project.retry_backoff_cap,
-        "notify_url": _redact_url(project.notify_url) or None,
-        "notify_on": project.notify_on,
-        "notify_secret_env": project.notify_secret_env or None,
-        "notify_timeout": project.notify_timeout,
-        "queue_limit": project.queue_limit,
-        "check_destination_every": project.check_destination_every,
-    }
-
-
-def _redact_url(url: str) -> str:
-    from projects.outbound import redact_url
-
-    return redact_url(url)
 
 
 def load(config_file: str | None, overrides: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -246,7 +147,7 @@ def load(config_file: str | None, overrides: dict[str, Any], environ: dict[str, 
         file_layer = load_file(config_file)
     else:
         existing = Project.objects.filter(name=overrides.get("project") or "").first()
-        file_layer = config_from_project(existing) if existing else {}
+        file_layer = existing.effective_config() if existing else {}
         if existing:
             file_layer["notify_url"] = existing.notify_url or None  # the real one, not the redacted
     given = {k: v for k, v in overrides.items() if v is not None}

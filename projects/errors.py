@@ -20,8 +20,21 @@ class ConfigError(UploaderError, ValueError):
     """A config value is wrong; the message names the key."""
 
 
-class DestinationError(UploaderError):
-    """A destination refused or failed; transient unless said otherwise."""
+class RemoteError(UploaderError):
+    """The other end of a transfer refused or failed; transient unless said otherwise."""
 
     def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None):
         super().__init__(message, permanent, retry_after)
+
+
+class DestinationError(RemoteError):
+    """A destination refused or failed."""
+
+
+class SourceError(RemoteError):
+    """A source (the folder, a Roboflow project being imported) refused or failed."""
+
+
+class NotifyError(UploaderError):
+    """A notification cannot be sent: no URL, an address the policy refuses (permanent), or the
+    endpoint could not be reached or did not answer in time (transient)."""

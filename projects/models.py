@@ -9,38 +9,40 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from projects.destinations import Destination, build_destination
+from projects.destinations import KINDS, Destination, build_destination, destination_class
+from projects.outbound import redact_url
+from projects.schema import KEYS, NotifyOn, config_of
+
+
+def _default(key: str) -> Any:
+    return KEYS[key].default
 
 
 class Project(models.Model):
-    class NotifyOn(models.TextChoices):
-        NEVER = "never", "Never"
-        COMPLETED = "completed", "When completed without errors"
-        ALWAYS = "always", "Whenever a session ends"
+    """A project's config as columns; what each key means, its type, default and limits live in
+    projects/schema.py, which validates every value before it gets here."""
+
+    NotifyOn = NotifyOn
 
     name = models.CharField(max_length=200, unique=True)
     source_dir = models.CharField(max_length=1024)
     destination_kind = models.CharField(max_length=32)
     destination_options = models.JSONField(default=dict, blank=True)
-    extensions = models.JSONField(default=list, blank=True, help_text="e.g. [\".wav\", \".jpg\"]; empty: all")
-    exclude = models.JSONField(default=list, blank=True, help_text="glob patterns on the relative path")
-    follow_symlinks = models.BooleanField(default=False)
-    upload_workers = models.PositiveIntegerField(default=15, help_text="concurrent transfers per upload task")
-    upload_tasks = models.PositiveIntegerField(default=2, help_text="parallel upload tasks per session")
-    max_retries = models.PositiveIntegerField(default=3)
-    retry_backoff_base = models.FloatField(default=30.0, help_text="seconds before the first automatic retry round")
-    retry_backoff_cap = models.FloatField(default=3600.0, help_text="longest wait between automatic retry rounds")
+    extensions = models.JSONField(default=list, blank=True)
+    exclude = models.JSONField(default=list, blank=True)
+    follow_symlinks = models.BooleanField(default=_default("follow_symlinks"))
+    upload_workers = models.PositiveIntegerField(default=_default("upload_workers"))
+    upload_tasks = models.PositiveIntegerField(default=_default("upload_tasks"))
+    max_retries = models.PositiveIntegerField(default=_default("max_retries"))
+    retry_backoff_base = models.FloatField(default=_default("retry_backoff_base"))
+    retry_backoff_cap = models.FloatField(default=_default("retry_backoff_cap"))
     notify_url = models.CharField(max_length=2000, blank=True, default="")
-    notify_on = models.CharField(max_length=16, choices=NotifyOn.choices, default=NotifyOn.NEVER)
-    notify_secret_env = models.CharField(
-        max_length=200, blank=True, default="", help_text="NAME of the env var holding the HMAC secret"
-    )
-    notify_timeout = models.FloatField(default=10.0)
-    queue_limit = models.PositiveIntegerField(default=100, help_text="backlog limit of the upload queue")
-    check_destination_every = models.FloatField(
-        null=True, blank=True,
-        help_text="days between full listings of the destination; empty: only the first sync or when asked",
-    )
+    notify_url_env = models.CharField(max_length=200, blank=True, default="")
+    notify_on = models.CharField(max_length=16, choices=NotifyOn.choices, default=_default("notify_on"))
+    notify_secret_env = models.CharField(max_length=200, blank=True, default="")
+    notify_timeout = models.FloatField(default=_default("notify_timeout"))
+    queue_limit = models.PositiveIntegerField(default=_default("queue_limit"))
+    check_destination_every = models.FloatField(null=True, blank=True, default=_default("check_destination_every"))
     api_token_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
     # The last destination health check (sessions_app.health); None: never checked.
     health_ok = models.BooleanField(null=True, editable=False)
@@ -62,11 +64,18 @@ class Project(models.Model):
     def last_session(self):  # -> SyncSession | None
         return self.sessions.order_by("-id").first()
 
+    def describe_destination(self) -> dict[str, Any]:
+        """Where files go, from the stored options alone: no client is built, nothing is patched."""
+        if self.destination_kind not in KINDS or not isinstance(self.destination_options, dict):
+            return {"kind": self.destination_kind}
+        return destination_class(self.destination_kind).describe_options(self.destination_options)
+
     def effective_config(self) -> dict[str, Any]:
         """The config as stored in ConfigHistory: options only name secrets, never hold them."""
-        from projects.config import config_from_project
-
-        return config_from_project(self)
+        options = destination_class(self.destination_kind).redact_options(self.destination_options)
+        config = config_of(self, options)
+        config["notify_url"] = redact_url(config["notify_url"]) if config["notify_url"] else None
+        return config
 
     def record_config(self, source: str, created_by: str = "") -> ConfigHistory:
         """Store the effective config when it differs from the last recorded one; return the current row."""

@@ -10,7 +10,9 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
+from projects.models import Project
 from sessions_app import admin_actions
+from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
 
 
@@ -265,3 +267,8 @@ class CatalogEntryAdmin(ReadOnlyAdmin):
             return "-"
         url = reverse("admin:sessions_app_syncsession_change", args=[obj.session_id])
         return format_html('<a href="{}">session #{}</a>', url, obj.session_id)
+
+
+# The Project admin with the session actions (Start sync, ...): projects knows nothing of sessions.
+admin.site.unregister(Project)
+admin.site.register(Project, SessionsProjectAdmin)

@@ -15,9 +15,11 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from projects.destinations import ConfigError
-from projects.models import Project
+from projects.errors import UploaderError
+from projects.models import ConfigHistory, Project
 from projects.outbound import check_http_url, redact_url
-from sessions_app import cancelling, notifying, retrying, tasks
+from sessions_app import cancelling, enqueue, notifying, retrying, starting
+from sessions_app.errors import EnqueueError, RetryError
 from sessions_app.models import FileStatus, Notification, SyncSession
 
 PERMISSIONS = {
@@ -92,7 +94,7 @@ def _retry_sessions(request: HttpRequest, queryset: QuerySet[SyncSession], inclu
             continue
         try:
             done = retrying.queue_retry_round(session, include_permanent=include_permanent)
-        except (retrying.RetryError, tasks.EnqueueError) as exc:
+        except (RetryError, EnqueueError) as exc:
             messages.error(request, str(exc))
             continue
         if not done.total:
@@ -128,7 +130,7 @@ def retry_selected_files(modeladmin, request: HttpRequest, queryset) -> None:
             continue
         try:
             done = retrying.queue_retry_round(session, include_permanent=True, files=mine)
-        except (retrying.RetryError, tasks.EnqueueError) as exc:
+        except (RetryError, EnqueueError) as exc:
             messages.error(request, str(exc))
             continue
         queued += done.total
@@ -169,18 +171,16 @@ def check_destination(modeladmin, request: HttpRequest, queryset: QuerySet[SyncS
 
 def start_syncs(request: HttpRequest, projects: QuerySet[Project], *, check_destination: bool = False) -> None:
     """Start a sync of each project (checked first) and say what started or why not."""
-    from sessions_app import pipeline
-
     params = {"check_destination": True} if check_destination else {}
     started, refused = [], []
     for project in projects:
         try:
-            pipeline.preflight(project).close()
-            session = pipeline.create_session(project, created_by=request.user.get_username(), params=params)
-            tasks.enqueue_scan(session.pk)
-            started.append(f"{project.name} (session #{session.pk})")
-        except (pipeline.StartError, tasks.EnqueueError) as exc:
+            session = starting.start(project, params=params, created_by=request.user.get_username(),
+                                     config_source=ConfigHistory.Source.ADMIN)
+        except UploaderError as exc:
             refused.append(f"{project.name}: {exc}")
+            continue
+        started.append(f"{project.name} (session #{session.pk})")
     what = "sync session(s) checking the destination" if check_destination else "sync session(s)"
     if started:
         messages.success(request, f"Started {len(started)} {what}: {', '.join(started)}")
@@ -195,7 +195,7 @@ class NotifyForm(forms.Form):
     url = forms.CharField(
         required=False, max_length=2000, label="Endpoint URL",
         widget=forms.URLInput(attrs={"size": 80, "placeholder": "https://..."}),
-        help_text="Empty: each session's project notify_url.",
+        help_text="Empty: each session's project notify_url (or notify_url_env).",
     )
 
     def clean_url(self) -> str:
@@ -205,24 +205,28 @@ class NotifyForm(forms.Form):
                 check_http_url(url)
             except ConfigError as exc:
                 raise forms.ValidationError(str(exc)) from exc
+            if redact_url(url) != url:
+                # The URL travels to the worker in the queued task, which is stored and shown.
+                raise forms.ValidationError("this URL carries a credential (user:password, a query or a token); "
+                                            "set it in the project's notify_url_env instead")
         return url
 
 
 @admin.action(description="Notify endpoint", permissions=["notify"])
 def notify_endpoint(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSession]):
-    """An intermediate page to confirm (and optionally type) the URL; then deliver now, so a
-    refused or unreachable endpoint is reported right here."""
+    """An intermediate page to confirm (and optionally type) the URL; then queue one notification
+    task per session: a worker sends it, never this web request."""
     check_action_permission(request, "notify_endpoint")
     queryset = queryset.select_related("project")
     form = NotifyForm(request.POST if "confirm" in request.POST else None)
     if form.is_bound and form.is_valid():
-        _deliver_all(request, queryset, form.cleaned_data["url"] or None)
+        _queue_all(request, queryset, form.cleaned_data["url"])
         return None
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": "Notify an endpoint",
         "opts": modeladmin.model._meta,
-        "sessions": [(s, redact_url(s.project.notify_url)) for s in queryset],
+        "sessions": [(s, notifying.shown_url(s.project)) for s in queryset],
         "queryset": queryset,
         "form": form,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
@@ -232,18 +236,17 @@ def notify_endpoint(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSes
     return TemplateResponse(request, "admin/sessions_app/notify_confirm.html", context)
 
 
-def _deliver_all(request: HttpRequest, queryset: QuerySet[SyncSession], url: str | None) -> None:
-    delivered = []
+def _queue_all(request: HttpRequest, queryset: QuerySet[SyncSession], url: str) -> None:
+    queued = 0
     for session in queryset:
         try:
-            row = notifying.deliver(session, url, Notification.Trigger.ADMIN)
-        except notifying.NotifyError as exc:
+            notifying.check_target(session, url)
+            enqueue.notify(session.pk, Notification.Trigger.ADMIN, url)
+        except (notifying.NotifyError, EnqueueError) as exc:
             messages.error(request, f"session {session.pk}: {exc}")
             continue
-        if row.succeeded:
-            delivered.append(row)
-        else:
-            messages.error(request, notifying.outcome_text(row))
-    if delivered:
-        where = ", ".join(sorted({row.url for row in delivered}))
-        messages.success(request, f"Notified {where} of {plural(len(delivered), 'session')}")
+        queued += 1
+    if queued:
+        where = url or "each project's endpoint"
+        messages.success(request, f"Queued the notification of {plural(queued, 'session')} to {where}; a worker "
+                                  f"sends it and lists every attempt under the session")

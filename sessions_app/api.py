@@ -17,12 +17,15 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from projects.errors import UploaderError
 from projects.models import Project, hash_token
 from sessions_app import health, queueing
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+# A queue request names one file: a path, a folder, a tag. Bodies past this are not read.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _bearer_token(request: HttpRequest) -> str:
@@ -45,6 +48,37 @@ def _error(status: int, message: str, **headers: str) -> JsonResponse:
     return response
 
 
+class BadBody(UploaderError):
+    """A request body we will not read (413) or cannot use (400): sending it again cannot help."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message, permanent=True)
+        self.status = status
+
+
+def _json_object(request: HttpRequest) -> dict[str, Any]:
+    """The body as a JSON object, read no further than MAX_BODY_BYTES."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadBody(400, "bad Content-Length") from None
+    too_large = BadBody(413, f"request body too large (limit {MAX_BODY_BYTES} bytes)")
+    if declared > MAX_BODY_BYTES:
+        raise too_large
+    raw = request.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise too_large
+    try:
+        body = json.loads(raw)
+    except ValueError:  # also bytes that are not UTF-8
+        raise BadBody(400, "expected a JSON object") from None
+    except RecursionError:
+        raise BadBody(400, "expected a JSON object (this one is nested too deeply)") from None
+    if not isinstance(body, dict):
+        raise BadBody(400, "expected a JSON object")
+    return body
+
+
 def _unauthorized() -> JsonResponse:
     return _error(401, "missing or invalid API token", WWW_Authenticate='Bearer realm="uploader"')
 
@@ -52,18 +86,16 @@ def _unauthorized() -> JsonResponse:
 @csrf_exempt  # token authentication, no cookie: nothing for a forged cross-site form to ride on
 @require_POST
 def queue_upload(request: HttpRequest) -> JsonResponse:
-    """Queue one file; 202 queued, 200 already uploaded, 400 bad path, 409 conflict, 429 queue full."""
+    """Queue one file; 202 queued, 200 already uploaded, 400 bad path or body, 409 conflict, 413 body
+    too large, 429 queue full."""
     try:
         project = _project_of_token(request)
         if project is None:
             return _unauthorized()
-        try:
-            body = json.loads(request.body)
-        except ValueError:
-            return _error(400, "expected a JSON object")
-        if not isinstance(body, dict):
-            return _error(400, "expected a JSON object")
+        body = _json_object(request)
         answer = queueing.submit(project, body.get("path"), body.get("remote_subdir"), body.get("tag"))
+    except BadBody as exc:
+        return _error(exc.status, exc.message)
     except Exception:
         log.exception("queue-upload failed")
         return _error(503, "the upload queue is unavailable; try again")

@@ -7,4 +7,5 @@ class SessionsAppConfig(AppConfig):
     verbose_name = "Sync sessions"
 
     def ready(self) -> None:
-        from sessions_app import retrying, signals  # noqa: F401 (signal receivers)
+        # Django requires it here: receivers connect once the app registry is ready.
+        from sessions_app import followups, signals  # noqa: F401 (signal receivers)

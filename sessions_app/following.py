@@ -10,6 +10,7 @@ from django.db import connection
 from tqdm import tqdm
 
 from sessions_app.models import ENDED_STATUSES, FileStatus, SessionStatus, SyncSession
+from sessions_app.terminal import safe
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_BAD_INPUT = 0, 1, 2
 NO_CLUSTER_HINT_AFTER = 15.0
@@ -68,7 +69,7 @@ def failure_report(session: SyncSession, limit: int = 10) -> str:
     lines = [f"{session.failed_count} files failed; the first {min(limit, session.failed_count)}:"]
     for f in failed[:limit]:
         kind = "permanent" if f.error_permanent else "transient"
-        lines.append(f"  {f.relative_path}: {f.last_error} ({kind})")
+        lines.append(f"  {safe(f.relative_path)}: {safe(f.last_error)} ({kind})")
     lines.append(f"all of them: {session.admin_url()} (or the Files page filtered by status)")
     return "\n".join(lines)
 
@@ -99,7 +100,7 @@ def report(session: SyncSession, stdout, stderr, *, limit: int = 10, retry_hint:
     """Print the summary (stdout) and what went wrong (stderr); return the exit code."""
     stdout.write(summary(session))
     if session.status == SessionStatus.FAILED:
-        stderr.write(f"error: {session.error}")
+        stderr.write(f"error: {safe(session.error)}")
     elif session.failed_count:
         stderr.write(failure_report(session, limit=limit))
         if retry_hint:

@@ -18,6 +18,8 @@ from django_q.status import Stat
 
 from projects.destinations import ConfigError
 from projects.models import Project
+from sessions_app import enqueue
+from sessions_app.errors import EnqueueError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,6 @@ def check_project(project_id: int) -> str:
 
 def enqueue_due_checks() -> list[str]:
     """For the sweep: queue a check of each destination not checked for HEALTH_CHECK_SECONDS."""
-    from sessions_app import tasks
-
     now = timezone.now()
     due = Q(health_checked_at__isnull=True) | Q(
         health_checked_at__lt=now - timedelta(seconds=settings.HEALTH_CHECK_SECONDS)
@@ -64,8 +64,8 @@ def enqueue_due_checks() -> list[str]:
             health_checked_at=now
         ):
             try:
-                tasks.enqueue_health_check(project.pk)
-            except tasks.EnqueueError as exc:
+                enqueue.health_check(project.pk)
+            except EnqueueError as exc:
                 log.warning("%s", exc)
                 continue
             done.append(f"{project.name}: destination check queued")

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q, Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from projects.models import ConfigHistory, Project
@@ -38,10 +37,6 @@ class FileStatus(models.TextChoices):
     FAILED = "failed", "Failed"
     SKIPPED = "skipped", "Skipped"
     CANCELLED = "cancelled", "Cancelled"
-
-
-class TransitionError(Exception):
-    """A status change that the current status does not allow."""
 
 
 class SyncSession(models.Model):
@@ -113,34 +108,25 @@ class SyncSession(models.Model):
             (SessionStatus.SCANNING,), SessionStatus.UPLOADING, scan_finished_at=now, heartbeat_at=now
         )
 
-    def mark_failed(self, error: str) -> bool:
-        won = self._move(ACTIVE_STATUSES, SessionStatus.FAILED, error=error[:10000], finished_at=timezone.now())
-        if won:
-            from sessions_app.signals import session_finished
-
-            session_finished.send(sender=SyncSession, session=self)
-        return won
-
     def mark_cancelled(self) -> bool:
         """Stop a running session; finished_at is set once its last transfer has settled."""
         return self._move(ACTIVE_STATUSES, SessionStatus.CANCELLED, finished_at=None, auto_retry=False,
                           next_retry_at=None)
 
-    def finish(self) -> bool:
-        """End an uploading session whose files are all settled; False if something is still open."""
-        if self.files.filter(status__in=(FileStatus.PENDING, FileStatus.UPLOADING)).exists():
-            return False
-        self.recount()
-        status = SessionStatus.COMPLETED_WITH_ERRORS if self.failed_count else SessionStatus.COMPLETED
-        if self.kind == self.Kind.STREAM:
-            return False  # the stream session never ends by itself
-        if self.status == SessionStatus.CANCELLED:
-            return False
-        won = self._move((SessionStatus.UPLOADING,), status, finished_at=timezone.now())
-        if won:
-            from sessions_app.signals import session_finished
+    # The three below end a session: only sessions_app.lifecycle calls them, and announces the end.
+    def mark_failed(self, error: str) -> bool:
+        return self._move(ACTIVE_STATUSES, SessionStatus.FAILED, error=error[:10000], finished_at=timezone.now())
 
-            session_finished.send(sender=SyncSession, session=self)
+    def mark_completed(self, with_errors: bool) -> bool:
+        status = SessionStatus.COMPLETED_WITH_ERRORS if with_errors else SessionStatus.COMPLETED
+        return self._move((SessionStatus.UPLOADING,), status, finished_at=timezone.now())
+
+    def mark_cancel_settled(self) -> bool:
+        """A cancelled session's last transfer has settled: it ends now (once)."""
+        won = SyncSession.objects.filter(
+            pk=self.pk, status=SessionStatus.CANCELLED, finished_at__isnull=True
+        ).update(finished_at=timezone.now()) == 1
+        self.refresh_from_db()
         return won
 
     def reopen(self) -> bool:
@@ -162,12 +148,13 @@ class SyncSession(models.Model):
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
 
-    def is_stale(self) -> bool:
+    def heartbeat_age(self) -> timedelta:
+        """Time since a worker last showed a sign of life (or since the session was created)."""
+        return timezone.now() - (self.heartbeat_at or self.created_at)
+
+    def heartbeat_lost(self) -> bool:
         """Active, but no worker has shown a sign of life for SESSION_STALE_SECONDS."""
-        if not self.is_active or self.kind == self.Kind.STREAM:
-            return False  # an idle upload queue has no heartbeat, and is not stuck
-        last = self.heartbeat_at or self.created_at
-        return timezone.now() - last > timedelta(seconds=settings.SESSION_STALE_SECONDS)
+        return self.is_active and self.heartbeat_age() > timedelta(seconds=settings.SESSION_STALE_SECONDS)
 
     @property
     def settled_count(self) -> int:
@@ -193,35 +180,6 @@ class SyncSession(models.Model):
             return 0.0
         return self.bytes_uploaded / d.total_seconds()
 
-    def recount(self) -> None:
-        """Recompute the counters from the file rows (the truth) in one query."""
-        agg = self.files.aggregate(
-            found=Count("id"),
-            pending=Count("id", filter=Q(status__in=(FileStatus.PENDING, FileStatus.UPLOADING))),
-            uploaded=Count("id", filter=Q(status=FileStatus.UPLOADED)),
-            failed=Count("id", filter=Q(status=FileStatus.FAILED)),
-            skipped=Count("id", filter=Q(status=FileStatus.SKIPPED)),
-            cancelled=Count("id", filter=Q(status=FileStatus.CANCELLED)),
-            bytes_total=Sum("size"),
-            bytes_uploaded=Sum("size", filter=Q(status=FileStatus.UPLOADED)),
-        )
-        # Fresh: the scan writes them while this instance may be old.
-        self.skips, self.skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=self.pk)
-        unstored = self.unstored_skips()
-        fields = {
-            "found_count": agg["found"] + unstored,
-            "pending_count": agg["pending"],
-            "uploaded_count": agg["uploaded"],
-            "failed_count": agg["failed"],
-            "skipped_count": agg["skipped"] + unstored,
-            "cancelled_count": agg["cancelled"],
-            "bytes_total": (agg["bytes_total"] or 0) + self.skipped_bytes,
-            "bytes_uploaded": agg["bytes_uploaded"] or 0,
-        }
-        SyncSession.objects.filter(pk=self.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(self, name, value)
-
     def unstored_skips(self) -> int:
         """Files skipped without a row (counted in `skips`)."""
         return sum(self.skips.values())
@@ -232,8 +190,6 @@ class SyncSession(models.Model):
         )
 
     def admin_url(self) -> str:
-        from django.urls import reverse
-
         return settings.SITE_URL.rstrip("/") + reverse("admin:sessions_app_syncsession_change", args=[self.pk])
 
 
@@ -277,10 +233,6 @@ class FileUpload(models.Model):
     @property
     def retryable(self) -> bool:
         return self.status == FileStatus.FAILED and not self.error_permanent
-
-
-def new_claim_token() -> uuid.UUID:
-    return uuid.uuid4()
 
 
 class Notification(models.Model):

@@ -12,20 +12,20 @@ import hashlib
 import hmac
 import json
 import logging
-import os
-import random
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
 from django.conf import settings
 
+from projects import backoff, outbound
 from projects.destinations import ConfigError
+from projects.errors import NotifyError
 from projects.models import Project
-from projects.outbound import check_http_url, redact_url
+from projects.outbound import redact_url
+from projects.secrets import SecretRefused, read_secret
+from sessions_app import enqueue
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,6 @@ SIGNATURE_HEADER = "X-Uploader-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 EVENT = "session.summary"
 MAX_FAILED_LISTED = 1000
-EXCERPT_CHARS = 1000
-
-
-class NotifyError(Exception):
-    """The notification cannot be attempted at all: no URL, not http(s)."""
 
 
 # -- the payload ---------------------------------------------------------------------------------
@@ -79,7 +74,7 @@ def build_payload(session: SyncSession) -> dict[str, Any]:
 
 def _destination(project: Project) -> dict[str, Any]:
     try:
-        described = project.destination().describe()
+        described = project.describe_destination()
     except ConfigError:
         described = {"kind": project.destination_kind}
     # describe() has no secrets, but a URL option could still carry user:password.
@@ -119,15 +114,34 @@ class Answer:
         return not self.error
 
 
-def target_url(session: SyncSession, url: str | None) -> str:
-    """The URL to notify: the one given, else the project's; raises NotifyError."""
-    url = (url or session.project.notify_url or "").strip()
-    if not url:
+def configured(project: Project) -> bool:
+    return bool(project.notify_url or project.notify_url_env)
+
+
+def shown_url(project: Project) -> str:
+    """The project's endpoint as the admin shows it."""
+    if project.notify_url_env:
+        return f"${project.notify_url_env} (from the environment)"
+    return redact_url(project.notify_url)
+
+
+def check_target(session: SyncSession, url: str | None) -> None:
+    """Raises NotifyError when there is no URL to notify (without reading the environment, which is the workers')."""
+    if not (url or configured(session.project)):
         raise NotifyError(f"project {session.project.name!r} has no notify_url; give a URL")
+
+
+def target_url(session: SyncSession, url: str | None) -> str:
+    """The URL to notify: the one given, else the project's (itself, or from its environment variable)."""
+    check_target(session, url)
+    project = session.project
     try:
-        check_http_url(url)
-    except ConfigError as exc:
-        raise NotifyError(str(exc)) from exc
+        url = (url or project.notify_url or read_secret(project.notify_url_env, "notify_url_env") or "").strip()
+    except SecretRefused as exc:
+        raise NotifyError(exc.message) from exc
+    if not url:
+        raise NotifyError(f"notify_url_env names {project.notify_url_env}, which is not set in the environment")
+    outbound.check_endpoint(url)
     return url
 
 
@@ -168,7 +182,10 @@ def _sign_into(headers: dict[str, str], body: bytes, project: Project) -> str:
     name = project.notify_secret_env
     if not name:
         return ""
-    secret = os.environ.get(name, "")
+    try:
+        secret = read_secret(name, "notify_secret_env") or ""
+    except SecretRefused as exc:
+        return f"{exc.message}; not sent unsigned"
     if not secret:
         return f"notify_secret_env names {name}, which is not set in the environment; not sent unsigned"
     headers[SIGNATURE_HEADER] = sign(body, secret)
@@ -177,20 +194,15 @@ def _sign_into(headers: dict[str, str], body: bytes, project: Project) -> str:
 
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
     try:
-        resp = requests.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
-    except requests.Timeout:
-        return Answer(error=f"no answer within {timeout:g}s (timeout)", retry=True)
-    except requests.ConnectionError as exc:
-        return Answer(error=f"cannot connect to {_host(url)}: {_root_cause(exc)}", retry=True)
-    except requests.RequestException as exc:
-        return Answer(error=f"request failed: {type(exc).__name__}: {_root_cause(exc)}")
-    excerpt = resp.text[:EXCERPT_CHARS]
-    code = resp.status_code
+        reply = outbound.post(url, body, headers, timeout)
+    except NotifyError as exc:
+        return Answer(error=exc.message, retry=not exc.permanent)
+    code, excerpt = reply.status, reply.excerpt
     if 200 <= code < 300:
         return Answer(code, excerpt)
-    what = f"{code} {resp.reason}".strip()
+    what = f"{code} {reply.reason}".strip()
     if 300 <= code < 400:
-        where = redact_url(resp.headers.get("Location", ""))
+        where = redact_url(reply.location)
         return Answer(code, excerpt, f"{what}: the endpoint redirects to {where or '?'}; configure that URL")
     if code < 500:
         return Answer(code, excerpt, f"{what}: the endpoint refused the notification (not retried)")
@@ -213,23 +225,7 @@ def _record(row: Notification, answer: Answer, seconds: float) -> Notification:
 def _backoff(attempt: int) -> float:
     base = settings_value("NOTIFY_RETRY_BASE_SECONDS", 1.0)
     cap = settings_value("NOTIFY_RETRY_CAP_SECONDS", 30.0)
-    return min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-
-
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost cause ("Connection refused"), not urllib3's wrapper text with the whole URL."""
-    inner: BaseException = exc
-    while inner.__cause__ or inner.__context__:
-        inner = inner.__cause__ or inner.__context__
-    if isinstance(inner, OSError) and inner.strerror:
-        return inner.strerror
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return str(reason or inner)
+    return backoff.delay(attempt, base, cap)
 
 
 # -- triggers -----------------------------------------------------------------------------------
@@ -238,7 +234,7 @@ def _root_cause(exc: BaseException) -> str:
 def wanted(session: SyncSession) -> bool:
     """Does the project ask for a notification at this end of the session?"""
     project = session.project
-    if not project.notify_url or session.params.get("notify") == "command":
+    if not configured(project) or session.params.get("notify") == "command":
         return False
     if project.notify_on == Project.NotifyOn.ALWAYS:
         return True
@@ -249,9 +245,7 @@ def queue_automatic(session: SyncSession) -> str | None:
     """At the real end of a session: queue a notification task if the project says so."""
     if not wanted(session):
         return None
-    from sessions_app import tasks
-
-    return tasks.enqueue_notify(session.pk, Notification.Trigger.AUTO)
+    return enqueue.notify(session.pk, Notification.Trigger.AUTO)
 
 
 def outcome_text(row: Notification) -> str:

@@ -31,20 +31,18 @@ from datetime import timedelta
 from itertools import islice
 
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from projects.destinations import Destination, RemoteObject
 from projects.models import Project
 from projects.walking import Entry
-from sessions_app import bulk, catalog
-from sessions_app.models import Catalog, CatalogEntry, FileUpload, SessionStatus, SyncSession
+from sessions_app import catalog, enqueue, files
+from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
 
 SKIP_UNCHANGED = "unchanged"
 SKIP_REMOTE = "already at destination"
-ROW_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "verify_remote")
 QUEUE_DEPTH = 4  # batches between the walker and the writer
 COUNT_EVERY_SECONDS = 1.0  # how often skip counts alone are written to the session
 
@@ -103,9 +101,9 @@ Scan = Callable[[bool], Iterator[Entry]]  # sort -> the scan's entries
 
 
 def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_size: int,
-                 on_first_rows: Callable[[], None] | None = None) -> ScanStats:
-    """Plan every scanned file of the session and write what needs work; `on_first_rows` runs
-    once the first pending rows are in (to start uploads). Stops early when cancelled."""
+                 start_uploads: bool) -> ScanStats:
+    """Plan every scanned file of the session and write what needs work; upload tasks start with
+    the first pending rows. Stops early when the session is cancelled."""
     project = session.project
     known = catalog.open_for(project, dest)
     mode = mode_for(project, known, dest, check=bool(session.params.get("check_destination")))
@@ -114,13 +112,13 @@ def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_s
         notes += catalog.reconcile(known, dest.list_existing()).lines()
     if notes:
         session.append_log("\n".join(notes))
-    writer = _Writer(session, known.pk, on_first_rows)
+    writer = _Writer(session, known.pk, start_uploads)
     merge = _Merge(dest, known.pk if mode.trusted and known.entries.exists() else None,
                    catalog.in_doubt(project.pk, session.pk))
     complete = True
     for batch in _walk(scan(merge.needs_order), batch_size):
         writer.write(*merge.plan(batch))
-        if writer.cancelled():
+        if cancelled(session):
             complete = False
             break
     writer.finish(known, mode, complete)
@@ -155,58 +153,36 @@ class _Writer:
     skip counts alone at most once a second (a no-op re-sync writes the session row, not a row
     per file)."""
 
-    def __init__(self, session: SyncSession, catalog_id: int, on_first_rows: Callable[[], None] | None):
-        self.session, self.catalog_id, self.on_first_rows = session, catalog_id, on_first_rows
+    def __init__(self, session: SyncSession, catalog_id: int, start_uploads: bool):
+        self.session, self.catalog_id, self.start_uploads = session, catalog_id, start_uploads
         self.stats = ScanStats()
-        self.skips: dict[str, int] = {}
-        self.unwritten = {"found_count": 0, "skipped_count": 0, "skipped_bytes": 0, "bytes_total": 0}
+        self.skips = files.Skips()
         self.written_at = 0.0
-        if session.skips or session.skipped_bytes:  # a re-run scan counts its skips again
-            SyncSession.objects.filter(pk=session.pk).update(skips={}, skipped_bytes=0)
-            session.recount()
+        files.restart_skips(session)  # a re-run scan counts its skips again
 
     def write(self, rows: list[tuple], adopted: list[tuple], skips: dict[str, int], skipped_bytes: int) -> None:
-        skipped = sum(skips.values())
-        for reason, n in skips.items():
-            self.skips[reason] = self.skips.get(reason, 0) + n
-        self._add(found_count=skipped, skipped_count=skipped, skipped_bytes=skipped_bytes, bytes_total=skipped_bytes)
-        self.stats.files += len(rows) + skipped
-        self.stats.skipped += skipped
+        self.skips.add(skips, skipped_bytes)
+        self.stats.files += len(rows) + sum(skips.values())
+        self.stats.skipped += sum(skips.values())
         if rows or adopted:
             with transaction.atomic():
-                inserted = self._insert(rows)
+                inserted = files.add_pending(self.session, [(self.session.pk, self.session.project_id) + row
+                                                            for row in rows])
                 catalog.adopt(self.catalog_id, self.session.pk, adopted)
-                self._save_counts(pending_count=inserted)
+                self._save_skips()
             self.stats.pending += inserted
         elif time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS:
-            self._save_counts()
-        if rows and self.on_first_rows is not None:
-            self.on_first_rows()
-            self.on_first_rows = None
+            self._save_skips()
+        if rows and self.start_uploads:
+            enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
+            self.start_uploads = False
 
-    def _insert(self, rows: list[tuple]) -> int:
-        ids = (self.session.pk, self.session.project_id)
-        inserted = bulk.insert_tuples(FileUpload, ROW_COLUMNS, [ids + row for row in rows])
-        # Rows a crashed run of this scan inserted are not inserted again: the end recounts.
-        self._add(found_count=inserted, bytes_total=sum(row[2] for row in rows))
-        return inserted
-
-    def _add(self, **deltas: int) -> None:
-        for name, n in deltas.items():
-            self.unwritten[name] += n
-
-    def _save_counts(self, **extra: int) -> None:
-        changes = {name: F(name) + n for name, n in {**self.unwritten, **extra}.items() if n}
-        SyncSession.objects.filter(pk=self.session.pk).update(skips=self.skips, heartbeat_at=timezone.now(),
-                                                               **changes)
-        self.unwritten = dict.fromkeys(self.unwritten, 0)
+    def _save_skips(self) -> None:
+        files.count_skips(self.session, self.skips)
         self.written_at = time.monotonic()
 
-    def cancelled(self) -> bool:
-        return SyncSession.objects.filter(pk=self.session.pk, status=SessionStatus.CANCELLED).exists()
-
     def finish(self, known: Catalog, mode: Mode, complete: bool) -> None:
-        self._save_counts()
+        self._save_skips()
         if not complete:
             return
         notes = catalog.extras(known, self.session) if mode.listing else []
@@ -249,6 +225,28 @@ def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
     finally:
         stop.set()
         walker.join()
+
+
+def cancelled(session: SyncSession) -> bool:
+    return SyncSession.objects.filter(pk=session.pk, status=SessionStatus.CANCELLED).exists()
+
+
+def fill(session: SyncSession, batches: Iterable[list[FileUpload]], start_uploads: bool) -> ScanStats:
+    """Insert rows planned elsewhere (an import's listing) batch by batch; upload tasks start with
+    the first pending rows. Stops early when the session is cancelled."""
+    stats, uploads_started = ScanStats(), False
+    for rows in batches:
+        new = files.add_planned(session, rows)
+        pending = sum(1 for r in new if r.status == FileStatus.PENDING)
+        stats.files += len(new)
+        stats.pending += pending
+        stats.skipped += len(new) - pending
+        if start_uploads and pending and not uploads_started:
+            enqueue.uploads(session.pk, session.project.upload_tasks)
+            uploads_started = True
+        if cancelled(session):
+            break
+    return stats
 
 
 # -- a dry run ----------------------------------------------------------------------------------------

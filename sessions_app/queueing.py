@@ -1,15 +1,17 @@
 """The upload queue: producers hand over files one at a time and return at once; the workers
 upload them in order. A queued file is a pending row of the project's long-lived "stream"
-session, so the queue survives crashes and restarts, and the producer's call does no upload work.
+session (started by starting.stream_session), so the queue survives crashes and restarts, and the
+producer's call does no upload work.
 
 1. `queue_upload()` checks the path (inside the source folder once symlinks are followed, a
-   regular file) and admits the row under a lock on the session row, so the backlog limit holds
-   exactly however many producers call at once.
-2. It wakes a drainer with a conditional update of the session's heartbeat: an upload task is
-   queued only when no drainer has shown life for QUEUE_WAKE_SECONDS, so a busy queue costs a
-   few tasks, never one per file.
-3. A drainer that runs dry lingers a little, then clears the heartbeat and looks once more
-   (`went_idle`): a file queued while it was finishing is never left without a drainer.
+   regular file) and admits the row (files.admit_one) under a lock on the session row, so the
+   backlog limit holds exactly however many producers call at once.
+2. It wakes a drainer (waking.wake) with a conditional update of the session's heartbeat: an
+   upload task is queued only when no drainer has shown life for QUEUE_WAKE_SECONDS, so a busy
+   queue costs a few tasks, never one per file.
+3. A drainer that runs dry lingers a little (the stream kind's more_may_come), then clears the
+   heartbeat and looks once more (waking.went_idle): a file queued while it was finishing is
+   never left without a drainer.
 """
 
 from __future__ import annotations
@@ -24,28 +26,21 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, Sum
-from django.db.models.functions import Greatest
+from django.db.models import Sum
 from django.utils import timezone
 
 from projects.destinations import ConfigError
-from projects.models import ConfigHistory, Project
+from projects.models import Project
 from projects.walking import mtime_of
-from sessions_app import catalog
+from sessions_app import catalog, files, kinds, starting, waking
+from sessions_app.errors import Refused, StartError
+from sessions_app.files import OPEN
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
 
-OPEN = (FileStatus.PENDING, FileStatus.UPLOADING)
 MAX_PATH = 4096  # FileUpload.relative_path and remote_key
 MAX_TAG = 200
-# The counter of each settled status, undone when a new request for the file replaces its row.
-SETTLED_COUNTERS = {
-    FileStatus.UPLOADED: "uploaded_count",
-    FileStatus.FAILED: "failed_count",
-    FileStatus.SKIPPED: "skipped_count",
-    FileStatus.CANCELLED: "cancelled_count",
-}
 
 
 @dataclass(frozen=True)
@@ -57,12 +52,6 @@ class Answer:
     message: str
     file_id: int | None = None
     duplicate: bool = False
-
-
-class Refused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class _Closed(Exception):
@@ -93,7 +82,7 @@ def submit(project: Project, path: str, remote_subdir: str | None = None, tag: s
     except Refused as exc:
         log.warning("upload queue of %s: %s not queued: %s", project.name, path, exc.message)
         return Answer(False, exc.status, exc.message)
-    wake(session)
+    waking.wake(session)
     return answer
 
 
@@ -154,34 +143,13 @@ def _clean_tag(tag: str | None) -> str:
 # -- admitting a file -------------------------------------------------------------------------------
 
 
-def stream_session(project: Project) -> SyncSession:
-    """The project's open upload-queue session; created on first use, and anew after a cancel."""
-    session = _open_stream(project)
-    if session is not None:
-        return session
-    with transaction.atomic():
-        # Lock the project row: producers starting at once create one session, not one each.
-        Project.objects.filter(pk=project.pk).update(queue_limit=F("queue_limit"))
-        session = _open_stream(project)
-        if session is None:
-            now = timezone.now()
-            session = SyncSession.objects.create(
-                project=project, kind=SyncSession.Kind.STREAM, status=SessionStatus.UPLOADING,
-                config=project.record_config(ConfigHistory.Source.API, "upload queue"),
-                started_at=now, scan_finished_at=now, created_by="upload queue",
-            )
-    return session
-
-
-def _open_stream(project: Project) -> SyncSession | None:
-    streams = SyncSession.objects.filter(project=project, kind=SyncSession.Kind.STREAM, status=SessionStatus.UPLOADING)
-    return streams.order_by("id").first()
-
-
 def _admit_into_stream(project: Project, relative_path: str, key: str, st: os.stat_result,
                        tag: str) -> tuple[Answer, SyncSession]:
     for _ in range(3):
-        session = stream_session(project)
+        try:
+            session = starting.stream_session(project)
+        except StartError as exc:
+            raise Refused(503, f"the upload queue cannot start: {exc.message}") from None
         try:
             return _admit(session, project, relative_path, key, st, tag), session
         except _Closed:
@@ -193,9 +161,7 @@ def _admit(session: SyncSession, project: Project, relative_path: str, key: str,
            tag: str) -> Answer:
     with transaction.atomic():
         # Lock the session row first: producers take turns from here on, so the limit holds exactly.
-        if not SyncSession.objects.filter(pk=session.pk, status=SessionStatus.UPLOADING).update(
-            found_count=F("found_count")
-        ):
+        if not files.lock(session, SessionStatus.UPLOADING):
             raise _Closed
         old = FileUpload.objects.filter(session=session, relative_path=relative_path).first()
         if old is not None and (answer := _duplicate(old, key, st)) is not None:
@@ -206,15 +172,9 @@ def _admit(session: SyncSession, project: Project, relative_path: str, key: str,
         if backlog >= project.queue_limit:
             raise Refused(429, f"upload queue is full ({backlog} files waiting, limit {project.queue_limit})")
         if old is not None:
-            _forget(old)
-        row = FileUpload.objects.create(
-            session=session, project=project, relative_path=relative_path, remote_key=key,
-            size=st.st_size, mtime=mtime_of(st), tag=tag,
-        )
-        SyncSession.objects.filter(pk=session.pk).update(
-            found_count=F("found_count") + 1, pending_count=F("pending_count") + 1,
-            bytes_total=F("bytes_total") + st.st_size,
-        )
+            files.forget(old)  # the new request joins the end of the queue
+        row = files.admit_one(session, relative_path=relative_path, remote_key=key, size=st.st_size,
+                              mtime=mtime_of(st), tag=tag)
     return Answer(True, 202, "queued", row.pk)
 
 
@@ -235,47 +195,7 @@ def _at_destination(project: Project, key: str, st: os.stat_result) -> bool:
     return catalog.vouches_for(project, project.destination().identity(), key, st.st_size, mtime_of(st))
 
 
-def _forget(old: FileUpload) -> None:
-    """A settled row makes way for a new request for its file, which joins the end of the queue."""
-    FileUpload.objects.filter(pk=old.pk).delete()
-    counter = SETTLED_COUNTERS[old.status]
-    undo: dict[str, Any] = {
-        "found_count": Greatest(F("found_count") - 1, 0),
-        counter: Greatest(F(counter) - 1, 0),
-        "bytes_total": Greatest(F("bytes_total") - old.size, 0),
-    }
-    if old.status == FileStatus.UPLOADED:
-        undo["bytes_uploaded"] = Greatest(F("bytes_uploaded") - old.size, 0)
-    SyncSession.objects.filter(pk=old.session_id).update(**undo)
-
-
 # -- drainers ---------------------------------------------------------------------------------------
-
-
-def wake(session: SyncSession) -> bool:
-    """Queue an upload task for the session, unless a drainer showed life (or was queued) lately."""
-    from sessions_app import tasks
-
-    now = timezone.now()
-    quiet = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=now - timedelta(seconds=settings.QUEUE_WAKE_SECONDS))
-    if not SyncSession.objects.filter(quiet, pk=session.pk, status=SessionStatus.UPLOADING).update(heartbeat_at=now):
-        return False
-    try:
-        tasks.enqueue_uploads(session.pk, 1)
-    except tasks.EnqueueError as exc:
-        # The file is safe in its row; let the next producer (or the sweep) try again at once.
-        SyncSession.objects.filter(pk=session.pk, heartbeat_at=now).update(heartbeat_at=None)
-        log.warning("upload queue of session %s: %s", session.pk, exc)
-        return False
-    return True
-
-
-def went_idle(session: SyncSession) -> None:
-    """Called by a drainer that found nothing left: clear the heartbeat, then look once more, so a
-    file queued meanwhile (whose producer still saw the heartbeat fresh) gets a drainer."""
-    SyncSession.objects.filter(pk=session.pk).update(heartbeat_at=None)
-    if session.files.filter(status=FileStatus.PENDING).exists():
-        wake(session)
 
 
 def sweep() -> list[str]:
@@ -283,14 +203,12 @@ def sweep() -> list[str]:
     the destination before any re-upload); queues with files waiting but no drainer get one."""
     done = []
     stale = timezone.now() - timedelta(seconds=settings.SESSION_STALE_SECONDS)
-    for session in SyncSession.objects.filter(kind=SyncSession.Kind.STREAM, status=SessionStatus.UPLOADING):
+    for session in kinds.STREAM.sessions().filter(status=SessionStatus.UPLOADING):
         if session.heartbeat_at is None or session.heartbeat_at < stale:
-            n = session.files.filter(status=FileStatus.UPLOADING, claimed_at__lt=stale).update(
-                status=FileStatus.PENDING, claim_token=None, verify_remote=True
-            )
+            n = files.recover_stale(session, claimed_before=stale)
             if n:
                 done.append(f"upload queue {session.pk}: {n} interrupted uploads back in the queue")
-        if session.files.filter(status=FileStatus.PENDING).exists() and wake(session):
+        if files.has_pending(session) and waking.wake(session):
             done.append(f"upload queue {session.pk}: drainer woken")
     return done
 
@@ -300,7 +218,7 @@ def sweep() -> list[str]:
 
 def project_stats(project: Project) -> dict[str, Any]:
     """The upload queue of one project in figures, from its stream sessions (all of them)."""
-    streams = SyncSession.objects.filter(project=project, kind=SyncSession.Kind.STREAM)
+    streams = kinds.STREAM.sessions().filter(project=project)
     totals = streams.aggregate(queued=Sum("found_count"), uploaded=Sum("uploaded_count"), failed=Sum("failed_count"))
     ids = list(streams.values_list("id", flat=True))
     files = FileUpload.objects.filter(session_id__in=ids)

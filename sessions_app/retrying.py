@@ -19,21 +19,19 @@ from typing import TextIO
 from django.db import transaction
 from django.db.models import CharField, F, QuerySet, Value
 from django.db.models.functions import Cast, Concat, Left
-from django.dispatch import receiver
 from django.utils import timezone
+from django_q.models import Schedule
 
-from sessions_app import following
+from projects import backoff
+from sessions_app import enqueue, following
+from sessions_app.enqueue import ROUND_TASK
+from sessions_app.errors import RetryError
+from sessions_app.files import requeue
 from sessions_app.models import ENDED_STATUSES, FileStatus, FileUpload, SessionStatus, SyncSession
-from sessions_app.signals import session_finished
 
 log = logging.getLogger(__name__)
 
-ROUND_TASK = "sessions_app.tasks.retry_round"
 LATE_ROUND_HINT_SECONDS = 120.0
-
-
-class RetryError(Exception):
-    """A round cannot be queued for this session (still running, never fully scanned, ...)."""
 
 
 @dataclass(frozen=True)
@@ -109,23 +107,18 @@ def queue_retry_round(session: SyncSession, *, include_permanent: bool = False,
     if not failed.exists() and not cancelled.exists():
         return Queued(session.pk, session.retry_round, 0, 0)
     with transaction.atomic():
-        n_failed = failed.update(status=FileStatus.PENDING, retries=F("retries") + 1, error_permanent=False,
-                                 claim_token=None)
-        n_cancelled = cancelled.update(status=FileStatus.PENDING, claim_token=None)
+        n_failed, n_cancelled = requeue(session, failed, cancelled)
         if not session.reopen():
             raise RetryError(f"session {session.pk} could not be reopened from {session.status}")
         SyncSession.objects.filter(pk=session.pk).update(retry_round=F("retry_round") + 1, auto_retry=auto,
                                                          next_retry_at=None)
         session.refresh_from_db()
-        session.recount()
     drop_scheduled_rounds(session)
     queued = Queued(session.pk, session.retry_round, n_failed, n_cancelled)
     session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} {queued.text()}"
                        f"{' (automatic)' if auto else ''}{' incl. permanent' if include_permanent else ''}")
     if start:
-        from sessions_app import tasks
-
-        tasks.enqueue_uploads(session.pk, session.project.upload_tasks)
+        enqueue.uploads(session.pk, session.project.upload_tasks)
     return queued
 
 
@@ -146,7 +139,7 @@ def _candidates(session: SyncSession, include_permanent: bool,
 def round_delay(session: SyncSession, round_number: int) -> float:
     """Seconds between the end of round k-1 and round k (the upload itself is round 0)."""
     project = session.project
-    return min(project.retry_backoff_cap, project.retry_backoff_base * 2 ** max(0, round_number - 1))
+    return backoff.delay(round_number, project.retry_backoff_base, project.retry_backoff_cap, jitter=False)
 
 
 def schedule_name(session_id: int, round_number: int) -> str:
@@ -156,8 +149,6 @@ def schedule_name(session_id: int, round_number: int) -> str:
 def schedule_next_round(session: SyncSession) -> bool:
     """In automatic mode, store the next round as a one-off django-q2 Schedule; False when
     there is nothing (more) to do automatically."""
-    from django_q.models import Schedule
-
     if not session.auto_retry or session.status != SessionStatus.COMPLETED_WITH_ERRORS:
         return False
     if not retryable(session).exists():
@@ -176,8 +167,6 @@ def schedule_next_round(session: SyncSession) -> bool:
 
 
 def drop_scheduled_rounds(session: SyncSession) -> int:
-    from django_q.models import Schedule
-
     return Schedule.objects.filter(func=ROUND_TASK, name__startswith=schedule_name(session.pk, 0)[:-1]).delete()[0]
 
 
@@ -204,22 +193,6 @@ def awaiting_round(session: SyncSession) -> bool:
     """Ended, but an automatic round is (about to be) scheduled."""
     return (session.status == SessionStatus.COMPLETED_WITH_ERRORS and session.auto_retry
             and retryable(session).exists())
-
-
-@receiver(session_finished, dispatch_uid="sessions_app.retrying.after_session_end")
-def after_session_end(sender, session: SyncSession, **kwargs) -> None:
-    """Every end of a session or round: give up on exhausted files, schedule the next automatic
-    round, or else announce the real end. Never raises: the caller is an upload task."""
-    from sessions_app import notifying
-
-    try:
-        give_up_exhausted(session)
-        if schedule_next_round(session):
-            return
-        notifying.queue_automatic(session)
-    except Exception:
-        log.exception("after the end of session %s", session.pk)
-        SyncSession.objects.filter(pk=session.pk).update(auto_retry=False, next_retry_at=None)
 
 
 # -- following and reporting --------------------------------------------------------------------

@@ -50,11 +50,9 @@ def make_project(db, source: Path) -> Callable[..., Any]:
 
 def run_session_inline(project, **params: Any) -> Any:
     """Scan, plan and upload a session in this process (what `upload --sync` does), to the end."""
-    from sessions_app import pipeline, uploading
+    from sessions_app import pipeline, starting, uploading
 
-    session = pipeline.create_session(project, created_by="test")
-    if params:
-        type(session).objects.filter(pk=session.pk).update(params=params)
+    session = starting.create_session(project, created_by="test", params=params)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
     uploading.drain(session.pk)

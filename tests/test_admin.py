@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django_q.conf import Conf
 
 from projects.models import ConfigHistory
-from sessions_app.models import SyncSession
+from sessions_app.models import SessionStatus, SyncSession
 from tests.conftest import run_session_inline, write_files
 
 
@@ -75,8 +76,49 @@ def test_start_sync_needs_its_permission(client, make_project, tmp_path):
     client.force_login(user)
     page = client.get("/admin/projects/project/").content.decode()
     assert 'value="start_sync"' not in page
-    client.post("/admin/projects/project/", {"action": "start_sync", "_selected_action": [project.pk]})
+    resp = client.post("/admin/projects/project/", {"action": "start_sync", "_selected_action": [project.pk]})
+    assert resp.status_code == 403
     assert not SyncSession.objects.exists()
+
+
+def test_start_sync_with_the_broker_unreachable_says_so_and_leaves_no_session_queued(
+        admin_client, make_project, source, tmp_path, monkeypatch):
+    write_files(source, {"a.wav": "a"})
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    # The Redis broker, on a port nobody listens on (django-q2 reads its settings once, into Conf).
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", "redis://127.0.0.1:1/0")
+    resp = admin_client.post("/admin/projects/project/", {"action": "start_sync", "_selected_action": [project.pk]},
+                             follow=True)
+    session = SyncSession.objects.get()
+    assert session.status == SessionStatus.FAILED and "cannot queue" in session.error
+    page = resp.content.decode()
+    assert f"Not started: test-project: session {session.pk} failed to start: cannot queue" in page
+    assert "Started" not in page
+
+
+def test_check_health_needs_the_change_permission(client, make_project, tmp_path):
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_project"))
+    client.force_login(user)
+    assert 'value="check_health"' not in client.get("/admin/projects/project/").content.decode()
+    resp = client.post("/admin/projects/project/", {"action": "check_health", "_selected_action": [project.pk]})
+    assert resp.status_code == 403
+    project.refresh_from_db()
+    assert project.health_checked_at is None
+
+
+def test_check_health_reports_the_answer_to_a_user_who_may_change_projects(client, make_project, tmp_path):
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    user = User.objects.create_user("editor", password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_project", "change_project"]))
+    client.force_login(user)
+    resp = client.post("/admin/projects/project/", {"action": "check_health", "_selected_action": [project.pk]},
+                       follow=True)
+    assert "Destination of test-project answers" in resp.content.decode()
+    project.refresh_from_db()
+    assert project.health_ok is True
 
 
 def test_django_q_admin_pages_stay_available(admin_client):

@@ -6,8 +6,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django_q.models import OrmQ
 
-from sessions_app import pipeline
+from sessions_app import starting
 from sessions_app.models import FileStatus, FileUpload, Notification, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, write_files
 from tests.sessions_helpers import fast_uploads, s3_project, sync_tasks  # noqa: F401
@@ -103,7 +104,7 @@ def test_one_permission_does_not_grant_the_others(client, failed_session):
 @pytest.mark.usefixtures("sync_tasks")
 def test_retry_failed_files_takes_the_transient_ones_and_says_what_it_did(operator, failed_session, make_project,
                                                                           s3_server):
-    running = pipeline.create_session(failed_session.project)
+    running = starting.create_session(failed_session.project)
     completed = SyncSession.objects.create(project=failed_session.project, status=SessionStatus.COMPLETED,
                                            scan_finished_at=failed_session.scan_finished_at)
 
@@ -138,7 +139,8 @@ def test_retry_selected_files_ignores_those_that_did_not_fail(operator, failed_s
 # -- notify -----------------------------------------------------------------------------------------
 
 
-def test_notify_asks_for_the_url_then_posts_the_summary(operator, failed_session, receiver):
+def test_notify_asks_for_the_url_then_queues_a_task_without_contacting_it(operator, failed_session, receiver,
+                                                                         loopback_allowed):
     failed_session.project.notify_url = "http://user:secret@127.0.0.1:9/project-hook"
     failed_session.project.save()
 
@@ -148,52 +150,93 @@ def test_notify_asks_for_the_url_then_posts_the_summary(operator, failed_session
     assert [t.name for t in page.templates][0] == "admin/sessions_app/notify_confirm.html"
     html = page.content.decode()
     assert "http://127.0.0.1:9/project-hook" in html and "secret" not in html
-    assert receiver.requests == []
 
     msgs = _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url=receiver.url())
 
-    assert msgs == [f"Notified {receiver.url()} of 1 session"]
-    (req,) = receiver.requests
-    assert req.json()["session_id"] == failed_session.pk
-    assert sorted(f["path"] for f in req.json()["failed_files"]) == ["b.wav", "c.wav"]
-    assert Notification.objects.get().trigger == Notification.Trigger.ADMIN
+    assert msgs == [f"Queued the notification of 1 session to {receiver.url()}; a worker sends it and lists every "
+                    f"attempt under the session"]
+    queued = [q.task for q in OrmQ.objects.all()]
+    assert [(t["func"], t["args"]) for t in queued] == [("sessions_app.tasks.notify",
+                                                         (failed_session.pk, "admin", receiver.url()))]
+    assert (receiver.connections, Notification.objects.count()) == (0, 0), "nothing sent inside the request"
 
 
-def test_notify_reports_an_endpoint_that_refuses(operator, failed_session, receiver):
+@pytest.mark.usefixtures("sync_tasks", "loopback_allowed")
+def test_the_queued_task_posts_the_summary_and_records_the_attempt(operator, failed_session, receiver):
     receiver.fail_next(1, 404)
+    _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url=receiver.url())
+    failed_session.project.notify_url = receiver.url("/project-hook")
+    failed_session.project.save()
+
+    _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url="")
+
+    assert [r.path for r in receiver.requests] == ["/hook", "/project-hook"]
+    assert sorted(f["path"] for f in receiver.requests[1].json()["failed_files"]) == ["b.wav", "c.wav"]
+    rows = Notification.objects.order_by("id")
+    assert [(n.trigger, n.succeeded, n.error) for n in rows] == [
+        ("admin", False, "404 Not Found: the endpoint refused the notification (not retried)"), ("admin", True, "")]
+
+
+@pytest.mark.usefixtures("sync_tasks")
+def test_notify_to_an_internal_address_is_refused_on_the_attempt(operator, failed_session, receiver, settings):
+    settings.NOTIFY_ALLOWED_NETWORKS = []
+
+    _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url=receiver.url())
+
+    row = Notification.objects.get()
+    assert row.error.startswith("refused 127.0.0.1: 127.0.0.1 is a loopback address")
+    assert (row.response_excerpt, receiver.requests) == ("", [])
+
+
+def test_notify_says_so_when_the_broker_cannot_take_the_task(operator, failed_session, receiver, refused_url,
+                                                             monkeypatch):
+    """The broker is django-q2's Redis one, pointed at a port nobody listens on."""
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "ORM", None)
+    monkeypatch.setattr(Conf, "REDIS", refused_url.replace("http://", "redis://").replace("/hook", "/0"))
 
     msgs = _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url=receiver.url())
 
-    assert msgs == [f"session {failed_session.pk}: notifying {receiver.url()} failed: "
-                    f"404 Not Found: the endpoint refused the notification (not retried)"]
-
-
-def test_notify_reports_an_unreachable_endpoint(operator, failed_session, refused_url, settings):
-    settings.NOTIFY_ATTEMPTS = 1
-
-    msgs = _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url=refused_url)
-
-    assert len(msgs) == 1 and "Connection refused" in msgs[0]
+    assert len(msgs) == 1
+    assert msgs[0].startswith(f"session {failed_session.pk}: cannot queue session-{failed_session.pk}:notify: "
+                              f"ConnectionError: ")
+    assert (receiver.connections, Notification.objects.count()) == (0, 0)
 
 
 def test_notify_without_any_url_says_so(operator, failed_session):
     msgs = _post(operator, SESSIONS, "notify_endpoint", failed_session.pk, confirm="yes", url="")
     assert msgs == [f"session {failed_session.pk}: project 'test-project' has no notify_url; give a URL"]
+    assert not OrmQ.objects.exists()
 
 
-def test_notify_refuses_a_url_that_is_not_http(operator, failed_session):
+def test_notify_shows_a_url_from_the_environment_by_its_name(operator, failed_session):
+    failed_session.project.notify_url_env = "HOOK_URL"
+    failed_session.project.save()
+
+    page = operator.post(SESSIONS, {"action": "notify_endpoint", "_selected_action": [str(failed_session.pk)]})
+
+    assert "$HOOK_URL (from the environment)" in page.content.decode()
+
+
+@pytest.mark.parametrize("url, error", [
+    ("ftp://example.com/x", "must be an http:// or https:// URL"),
+    ("https://hooks.example.com/in?token=s3cr3t", "this URL carries a credential"),
+    ("https://hooks.slack.com/services/T0AAAA1BB/B0CCCC2DD/abcDEF123ghiJKL456mnoPQR", "this URL carries a credential"),
+])
+def test_notify_refuses_a_typed_url_that_is_not_http_or_carries_a_secret(operator, failed_session, url, error):
     page = operator.post(SESSIONS, {"action": "notify_endpoint", "_selected_action": [str(failed_session.pk)],
-                                    "confirm": "yes", "url": "ftp://example.com/x"})
+                                    "confirm": "yes", "url": url})
     assert page.status_code == 200
-    assert "must be an http:// or https:// URL" in page.content.decode()
-    assert not Notification.objects.exists()
+    assert error in page.content.decode()
+    assert not OrmQ.objects.exists() and not Notification.objects.exists()
 
 
 # -- cancel -----------------------------------------------------------------------------------------
 
 
 def test_cancel_action_cancels_running_sessions_and_ignores_ended_ones(operator, failed_session):
-    running = pipeline.create_session(failed_session.project)
+    running = starting.create_session(failed_session.project)
 
     msgs = _post(operator, SESSIONS, "cancel_sessions", running.pk, failed_session.pk)
 

@@ -147,3 +147,31 @@ def test_conflicting_target_409(api, token, source):
 
 def test_only_post(api, token):
     assert api.get(URL, headers={"Authorization": f"Bearer {token}"}).status_code == 405
+
+
+def tracebacks(caplog) -> list[logging.LogRecord]:
+    """Errors logged beyond Django's one-line warning about any 4xx answer."""
+    return [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_an_oversized_body_413_and_no_traceback(api, token, source, caplog):
+    write_files(source, {"a.jpg": "a"})
+    body = json.dumps({"path": "a.jpg", "tag": "x" * (3 * 1024 * 1024)})
+
+    with caplog.at_level(logging.WARNING):
+        r = post(api, token, body)
+
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+    assert not tracebacks(caplog) and not FileUpload.objects.exists()
+
+
+@pytest.mark.parametrize("body", ["[" * 30_000 + "]" * 30_000, '{"a": ' * 8_000 + "1" + "}" * 8_000,
+                                  b'{"path": "\xff.jpg"}'])
+def test_too_deeply_nested_or_undecodable_json_400_and_no_traceback(api, token, source, caplog, body):
+    write_files(source, {"a.jpg": "a"})
+
+    with caplog.at_level(logging.WARNING):
+        r = api.post(URL, body, content_type="application/json", headers={"Authorization": f"Bearer {token}"})
+
+    assert r.status_code == 400 and r.json()["error"].startswith("expected a JSON object")
+    assert not tracebacks(caplog) and not FileUpload.objects.exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django_q.models import Schedule
 
-from sessions_app import cancelling, pipeline, retrying, uploading
+from sessions_app import cancelling, errors, pipeline, retrying, starting, uploading
 from sessions_app.following import run_in_thread
 from sessions_app.models import FileStatus, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, wait_for, write_files
@@ -26,7 +26,7 @@ def test_cancel_mid_session_lets_transfers_finish_and_cancels_the_rest(
     write_files(source, {f"rec/{i:04d}.wav": b"x" * 200 for i in range(n)})
     bucket = s3_server.make_bucket()
     project = s3_project(make_project, fault_proxy.endpoint_url, bucket, upload_workers=2)
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
     worker = run_in_thread(uploading.drain, session.pk)
@@ -59,7 +59,7 @@ def test_cancel_mid_session_lets_transfers_finish_and_cancels_the_rest(
 
 def test_cancel_before_the_scan_ends_it_at_once(make_project, s3_server, source):
     write_files(source, {"a.wav": "a"})
-    session = pipeline.create_session(s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket()))
+    session = starting.create_session(s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket()))
 
     assert cancelling.cancel(session) == "cancelled"
     stats = pipeline.scan_session(session.pk, start_uploads=False)  # the queued scan task runs later
@@ -67,16 +67,16 @@ def test_cancel_before_the_scan_ends_it_at_once(make_project, s3_server, source)
     session.refresh_from_db()
     assert (session.status, stats.files, session.files.count()) == (SessionStatus.CANCELLED, 0, 0)
     assert session.finished_at is not None
-    with pytest.raises(retrying.RetryError, match="before its scan finished; start a new session"):
+    with pytest.raises(errors.RetryError, match="before its scan finished; start a new session"):
         retrying.queue_retry_round(session)
 
 
-@pytest.mark.usefixtures("sync_tasks")
+@pytest.mark.usefixtures("sync_tasks", "loopback_allowed")
 def test_cancelled_session_notifies_when_the_project_always_wants_to_know(make_project, s3_server, source,
                                                                           receiver):
     project = s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket(), notify_url=receiver.url(),
                          notify_on="always")
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
 
     cancelling.cancel(session)
 

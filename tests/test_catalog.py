@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from sessions_app import cancelling, catalog, pipeline, planning, uploading
+from sessions_app import cancelling, catalog, pipeline, planning, starting, transferring, uploading
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, write_files
 from tests.sessions_helpers import remote_keys
@@ -175,7 +175,7 @@ def test_two_sessions_of_one_project_at_once_upload_each_object_once(transaction
     write_files(source, {f"f{i:03d}.wav": f"{i}" for i in range(60)})
     bucket = s3_server.make_bucket()
     project = make_project(_s3(fault_proxy, bucket), upload_workers=3)
-    sessions = [pipeline.create_session(project) for _ in range(2)]
+    sessions = [starting.create_session(project) for _ in range(2)]
     for s in sessions:
         s.mark_scanning()
         pipeline.scan_session(s.pk, start_uploads=False)  # both planned everything: nothing was there yet
@@ -213,14 +213,14 @@ def test_a_crash_between_upload_and_record_is_settled_by_the_next_syncs_head_che
     project = make_project(_s3(fault_proxy, bucket))
     run_session_inline(project)  # the destination was listed then: it is trusted from now on
     write_files(source, {"a.wav": "aaa", "b.wav": "bbb", "c.wav": "ccc"})
-    crashed = pipeline.create_session(project)
+    crashed = starting.create_session(project)
     crashed.mark_scanning()
     pipeline.scan_session(crashed.pk, start_uploads=False)
     drainer = uploading.Drainer(crashed, deadline=None)
     dest = project.destination()
     drainer.catalog_id = catalog.open_for(project, dest).pk
     for row in drainer.claim(2):  # uploaded, then the worker died before recording it
-        assert uploading.transfer(dest, row, project.source_dir, 1).status == FileStatus.UPLOADED
+        assert transferring.transfer(dest, row, project.source_dir, 1).status == FileStatus.UPLOADED
     SyncSession.objects.filter(pk=crashed.pk).update(heartbeat_at=None, created_at="2020-01-01T00:00:00Z")
     assert cancelling.cancel(crashed) == "cancelled"  # an operator gave up on it
     fault_proxy.reset()
@@ -280,7 +280,7 @@ def test_the_upload_queue_answers_already_uploaded_for_a_file_a_sync_uploaded(ma
 def test_the_migration_builds_the_catalog_from_earlier_uploads(make_project, source, tmp_path):
     write_files(source, {"up.wav": "u", "dup.jpg": "d", "failed.wav": "f"})
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     for path, status, reason in (("up.wav", FileStatus.UPLOADED, ""), ("dup.jpg", FileStatus.SKIPPED, "duplicate"),
                                  ("failed.wav", FileStatus.FAILED, "")):
         FileUpload.objects.create(session=session, project=project, relative_path=path, remote_key=path, size=1,

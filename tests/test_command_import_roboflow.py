@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions_app import importing
+from sessions_app import transferring
 from sessions_app.models import FileStatus, SessionStatus, SyncSession
 from tests.conftest import manage, manage_env, wait_for
 from tests.servers.roboflow_api import API_KEY, API_KEY_ENV, WORKSPACE, RoboflowAPI
@@ -162,7 +162,7 @@ def test_import_killed_halfway_resumes_and_fetches_no_image_twice(api, make_proj
     assert (session.status, session.found_count, session.uploaded_count, session.failed_count) == (
         SessionStatus.COMPLETED, n, n, 0)
     assert api.fetches == {image.id: 1 for image in seeded}  # every image fetched, none twice
-    verified = set(session.files.filter(note=importing.VERIFIED_NOTE).values_list("remote_id", flat=True))
+    verified = set(session.files.filter(note=transferring.VERIFIED_NOTE).values_list("remote_id", flat=True))
     assert verified == set(fetched_before)  # found at S3 after the restart, not fetched again
     assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
     keys = s3_keys(s3_server, bucket)

@@ -12,10 +12,12 @@ from django_q.models import Schedule
 
 from sessions_app.models import FileStatus, FileUpload, Notification, SessionStatus, SyncSession
 from tests.conftest import ROOT, manage, manage_env, wait_for, write_files
+from tests.servers.receiver import LOOPBACK_NETWORKS
 
 pytestmark = pytest.mark.slow
 
 FAST = {"UPLOAD_RETRY_BASE_SECONDS": "0.01", "UPLOAD_RETRY_CAP_SECONDS": "0.02", "UPLOAD_FLUSH_SECONDS": "0.1"}
+LOOPBACK = {"NOTIFY_ALLOWED_NETWORKS": LOOPBACK_NETWORKS}  # the receiver is on loopback, refused by default
 
 
 def _config(tmp_path: Path, source: Path, endpoint: str, bucket: str, **extra) -> str:
@@ -34,7 +36,7 @@ class Master:
         self.out, self.err = tmp_path / "master.out", tmp_path / "master.err"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "master", "--no-progress", *args],
-                                         cwd=ROOT, env=manage_env(**FAST), stdout=out, stderr=err)
+                                         cwd=ROOT, env=manage_env(**FAST, **LOOPBACK), stdout=out, stderr=err)
 
     def wait(self, timeout: float) -> int:
         wait_for(lambda: self.proc.poll() is not None, timeout, interval=0.2, what="master to exit")
@@ -75,7 +77,7 @@ def test_delayed_round_survives_a_cluster_restart_then_master_notifies_once(
     fault_proxy.fail_next(2, "503", path_contains="day/07.wav")  # both tries of the upload round
     config = _config(tmp_path, source, fault_proxy.endpoint_url, bucket, max_retries=1, retry_backoff_base=1,
                      retry_backoff_cap=1, notify_url=receiver.url(), notify_on="always")
-    first = cluster_factory(**FAST)
+    first = cluster_factory(**FAST, **LOOPBACK)
     master = start_master("--config", config)
 
     wait_for(lambda: Schedule.objects.filter(func="sessions_app.tasks.retry_round").exists(), 90,
@@ -86,7 +88,7 @@ def test_delayed_round_survives_a_cluster_restart_then_master_notifies_once(
         "the round ran before the kill: nothing proven"
     assert session.auto_retry and session.next_retry_at is not None
 
-    cluster_factory(**FAST)  # a new cluster finds the round in the database
+    cluster_factory(**FAST, **LOOPBACK)  # a new cluster finds the round in the database
     code = master.wait(150)
 
     assert code == 0, master.stderr
@@ -110,7 +112,7 @@ def test_permanent_failure_exits_1_and_the_notification_lists_it(
     fault_proxy.fail_next(1, "403", path_contains="m/b.wav")
     config = _config(tmp_path, source, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=2,
                      retry_backoff_base=1)
-    cluster_factory(**FAST)
+    cluster_factory(**FAST, **LOOPBACK)
 
     code = start_master("--config", config, "--notify-url", receiver.url()).wait(90)
 

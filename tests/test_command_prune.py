@@ -10,6 +10,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from sessions_app import files
 from sessions_app.models import FileStatus, FileUpload, SyncSession
 from tests.conftest import manage
 
@@ -25,7 +26,7 @@ def old_session(make_project, tmp_path):
     for path, status, reason in rows:
         FileUpload.objects.create(session=session, project=project, relative_path=path, remote_key=path, size=10,
                                   status=status, skip_reason=reason, created_at=long_ago)
-    session.recount()
+    files.recount(session)
     return session
 
 
@@ -44,7 +45,7 @@ def test_prunes_old_skipped_rows_and_keeps_the_sessions_counts(old_session):
     assert list(old_session.files.values_list("relative_path", flat=True)) == ["a.wav"]
     old_session.refresh_from_db()
     assert old_session.skips == {"uploaded earlier": 2, "duplicate": 1} and old_session.skipped_bytes == 30
-    old_session.recount()
+    files.recount(old_session)
     assert (old_session.found_count, old_session.skipped_count, old_session.bytes_total) == before == (4, 3, 40)
 
 

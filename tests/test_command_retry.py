@@ -181,10 +181,10 @@ def test_without_wait_the_round_is_queued_for_the_workers(make_project, s3_serve
 
 
 def test_running_session_cannot_be_retried(make_project, source):
-    from sessions_app import pipeline
+    from sessions_app import starting
 
     project = make_project({"type": "local", "path": str(source.parent / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     with pytest.raises(CommandError, match=f"session {session.pk} is still queued") as exc:
         call_command("retry", str(session.pk))
     assert exc.value.returncode == 2

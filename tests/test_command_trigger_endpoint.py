@@ -8,10 +8,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from sessions_app.models import Notification
-from tests.conftest import manage, run_session_inline, write_files
+from tests.conftest import manage, manage_env, run_session_inline, write_files
 from tests.sessions_helpers import fast_uploads, s3_project  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("fast_uploads")
+pytestmark = pytest.mark.usefixtures("fast_uploads", "loopback_allowed")
 
 
 @pytest.fixture
@@ -85,6 +85,25 @@ def test_unreachable_endpoint_exits_1(session, refused_url, settings):
     assert "attempt 2:" in out
 
 
+def test_an_internal_address_is_refused_with_exit_1_and_nothing_sent(session, receiver, settings):
+    settings.NOTIFY_ALLOWED_NETWORKS = []
+
+    code, out, err = _trigger(str(session.pk), "--url", receiver.url())
+
+    assert code == 1
+    assert "refused 127.0.0.1: 127.0.0.1 is a loopback address" in err
+    assert out.count("attempt ") == 1, "a refused address is not retried"
+    assert receiver.requests == []
+
+
+def test_tokens_in_the_url_are_not_printed(session, receiver):
+    code, out, err = _trigger(str(session.pk), "--url", receiver.url("/hook/abcDEF123ghiJKL456mnoPQR?token=s3cr3t"))
+
+    assert code == 0
+    assert f"notified {receiver.url('/hook/***?token=***')}: 200" in out
+    assert "abcDEF123ghiJKL456mnoPQR" not in out + err and "s3cr3t" not in out + err
+
+
 def test_no_url_anywhere_exits_2(session):
     with pytest.raises(CommandError, match="has no notify_url; give a URL") as exc:
         call_command("trigger_endpoint", str(session.pk))
@@ -98,13 +117,18 @@ def test_a_url_that_is_not_http_exits_2(session):
     assert not Notification.objects.exists()
 
 
-def test_from_the_shell_exit_codes_and_streams(transactional_db, session, receiver):
-    ok = manage("trigger_endpoint", str(session.pk), "--url", receiver.url())
+def test_from_the_shell_exit_codes_and_streams(transactional_db, session, receiver, loopback_allowed):
+    env = manage_env(NOTIFY_ALLOWED_NETWORKS=loopback_allowed)
+    ok = manage("trigger_endpoint", str(session.pk), "--url", receiver.url(), env=env)
     receiver.fail_next(1, 403)
-    refused = manage("trigger_endpoint", str(session.pk), "--url", receiver.url())
-    unknown = manage("trigger_endpoint", "999999", "--url", receiver.url())
+    refused = manage("trigger_endpoint", str(session.pk), "--url", receiver.url(), env=env)
+    unknown = manage("trigger_endpoint", "999999", "--url", receiver.url(), env=env)
+    internal = manage("trigger_endpoint", str(session.pk), "--url", receiver.url(),
+                      env=manage_env(NOTIFY_ALLOWED_NETWORKS=""))
 
-    assert (ok.returncode, refused.returncode, unknown.returncode) == (0, 1, 2)
+    assert (ok.returncode, refused.returncode, unknown.returncode, internal.returncode) == (0, 1, 2, 1)
     assert "notified" in ok.stdout
     assert "403 Forbidden" in refused.stderr
     assert "no session with id 999999" in unknown.stderr
+    assert "is a loopback address" in internal.stderr
+    assert len(receiver.requests) == 2

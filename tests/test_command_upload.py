@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 
 from projects.models import ConfigHistory, Project
 from sessions_app.models import FileStatus, FileUpload, SyncSession
@@ -114,6 +116,35 @@ def test_dry_run_lists_files_and_changes_nothing(transactional_db, tmp_path, sou
     assert "dry run: 2 files (3.00B) would be uploaded, 0 skipped; nothing was changed" in result.stdout
     assert not Project.objects.exists() and not FileUpload.objects.exists()
     assert not (tmp_path / "archive").exists()
+
+
+HOSTILE = "evil\x1b]0;pwned\x07\x1b[2J\nfake line\r.wav"
+HOSTILE_SHOWN = "evil\\x1b]0;pwned\\x07\\x1b[2J\\nfake line\\r.wav"
+
+
+def test_dry_run_shows_control_characters_in_file_names_escaped(transactional_db, tmp_path, source):
+    write_files(source, {HOSTILE: "x"})
+    out, err = io.StringIO(), io.StringIO()
+
+    call_command("upload", "--config", _local_config(tmp_path, source), "--dry-run", stdout=out, stderr=err)
+
+    assert f"upload {HOSTILE_SHOWN} -> {HOSTILE_SHOWN} (1 bytes)" in out.getvalue()
+    assert "\x1b" not in out.getvalue() + err.getvalue() and "\r" not in out.getvalue()
+
+
+def test_failure_report_shows_control_characters_in_file_names_escaped(transactional_db, tmp_path, source,
+                                                                       s3_server, fault_proxy):
+    write_files(source, {HOSTILE: "nope"})
+    fault_proxy.fail_next(1, "403", method="PUT", path_contains="evil")
+    cfg = _write_config(tmp_path, project="s3-hostile", source_dir=str(source),
+                        destination={"type": "s3", "bucket": s3_server.make_bucket(),
+                                     "endpoint_url": fault_proxy.endpoint_url})
+
+    result = _upload("--config", cfg, "--sync")
+
+    assert result.returncode == 1
+    assert f"  {HOSTILE_SHOWN}: " in result.stderr and "(permanent)" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
 
 
 def test_failed_files_exit_1_and_name_the_first_paths(transactional_db, tmp_path, source, s3_server, fault_proxy):

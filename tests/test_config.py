@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from projects import config
-from projects.destinations import ConfigError
+from projects import config, schema
+from projects.destinations import KINDS, ConfigError, destination_class
+from projects.destinations.local import LocalDestination
 from projects.models import ConfigHistory, Project
 
 
@@ -310,3 +311,30 @@ def test_effective_config_round_trips_through_validate(db, base):
 
     assert config.validate(history.config) == config.validate(project.effective_config())
     assert config.validate(history.config)["source_dir"] == os.path.abspath(base["source_dir"])
+
+
+@pytest.mark.parametrize(("destination", "expected"), [
+    ({"type": "s3", "bucket": "b", "prefix": "photos/../../other"}, "destination.prefix: must not contain . or .."),
+    ({"type": "local", "path": "/srv/out", "prefix": "../etc"}, "destination.prefix: must not contain . or .."),
+    ({"type": "local", "path": "/srv/out", "prefix": "a\\..\\..\\etc"}, "destination.prefix: must not contain"),
+    ({"type": "local", "path": "/srv/../etc"}, "destination.path: must not contain . or .."),
+    ({"type": "sftp", "host": "h", "username": "u", "remote_dir": "./in", "use_agent": True},
+     "destination.remote_dir: must not contain . or .."),
+    ({"type": "roboflow", "workspace": "acme", "project": "widgets", "split": "../train"},
+     "destination.split: must be one of train, valid, test"),
+])
+def test_remote_folders_with_dot_segments_are_refused(base, destination, expected):
+    assert error_of(config.validate, {**base, "destination": destination}).startswith(expected)
+
+
+def test_a_local_prefix_that_looks_absolute_still_stays_inside_the_path(base, out_dir):
+    clean = config.validate({**base, "destination": {"type": "local", "path": out_dir, "prefix": "/etc"}})
+    options = {k: v for k, v in clean["destination"].items() if k != "type"}
+
+    assert LocalDestination(options).root == os.path.join(out_dir, "etc")
+
+
+def test_every_registered_destination_kind_is_declared_in_the_schema():
+    assert set(KINDS) == set(schema.KINDS)
+    for kind in KINDS:
+        assert destination_class(kind).options_schema is schema.KINDS[kind].options

@@ -21,7 +21,8 @@ import roboflow
 
 from projects.destinations import build_destination, destination_class
 from projects.destinations.base import ConfigError, DestinationError, UploadResult
-from projects.destinations.roboflow import RoboflowDestination, retry_after
+from projects.destinations.roboflow import RoboflowDestination
+from projects.roboflow_sdk import retry_after
 from tests.servers.roboflow_api import (
     API_KEY,
     API_KEY_ENV,
@@ -526,7 +527,7 @@ def test_sdk_prints_go_to_logging_while_other_threads_print_normally(
 
     def chatty_sdk_call() -> None:  # Roboflow().workspace() prints "loading Roboflow workspace..."
         try:
-            roboflow_destination._sdk(
+            roboflow_destination.api.call(
                 lambda key: roboflow.Roboflow(api_key=key).workspace(WORKSPACE), API_KEY, what="workspace"
             )
         except DestinationError as exc:

@@ -15,10 +15,16 @@ from projects.destinations import build_destination
 from projects.destinations.base import ConfigError, DestinationError, RemoteObject
 from projects.destinations.sftp import SFTPDestination
 from projects.walking import walk_sorted
-from tests.servers.sshd import SSHServer, generate_key, known_hosts_line, sftp_options, start_sshd
+from tests.servers.sshd import SSHServer, generate_key, key_folder, known_hosts_line, sftp_options, start_sshd
 
-PASSWORD_VAR = "SFTP_TEST_PASSWORD"
-PASSPHRASE_VAR = "SFTP_TEST_PASSPHRASE"
+PASSWORD_VAR = "UPLOADER_SECRET_SFTP_TEST_PASSWORD"
+PASSPHRASE_VAR = "UPLOADER_SECRET_SFTP_TEST_PASSPHRASE"
+
+
+@pytest.fixture(autouse=True)
+def tmp_path_holds_keys(settings, tmp_path: Path) -> None:
+    """The known_hosts and key files these tests write live in their own folder: a key folder."""
+    settings.KEY_FILE_DIRS = [*settings.KEY_FILE_DIRS, str(tmp_path)]
 
 
 @pytest.fixture
@@ -299,7 +305,8 @@ def full_disk_server() -> Iterator[SSHServer]:
     """An sshd whose writes fail past 100 KB: a disk that fills up during an upload."""
     server = start_sshd(max_file_size=100_000)
     try:
-        yield server
+        with key_folder(server.base_dir):
+            yield server
     finally:
         server.close()
 

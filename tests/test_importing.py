@@ -19,7 +19,7 @@ from PIL import Image
 from projects.destinations import ConfigError
 from projects.destinations.local import LocalDestination
 from projects.destinations.s3 import S3Destination
-from sessions_app import importing, pipeline, retrying, uploading
+from sessions_app import errors, importing, kinds, pipeline, retrying, starting, transferring, uploading
 from sessions_app.models import FileStatus, SessionStatus, SyncSession
 from tests.servers.roboflow_api import API_KEY, API_KEY_ENV, WORKSPACE, RoboflowAPI, StoredImage, make_image
 
@@ -45,7 +45,7 @@ def local_project(make_project, tmp_path: Path):
 def run_import(project, **params: Any) -> SyncSession:
     """What `import_roboflow --sync` does, to the end."""
     params = importing.import_params(project, WORKSPACE, RF_PROJECT, api_key_env=API_KEY_ENV, **params)
-    session = importing.start_import(project, params, created_by="test", enqueue=False)
+    session = starting.start(project, kind=kinds.IMPORT, params=params, created_by="test", enqueue_scan=False)
     return run_session(session)
 
 
@@ -200,7 +200,7 @@ def test_interrupted_rows_are_checked_at_the_destination_before_any_fetch(api, l
     assert (session.status, session.uploaded_count) == (SessionStatus.COMPLETED, 4)
     assert api.fetches == {image.id: 2 if image is seeded[2] else 1 for image in seeded}
     notes = dict(session.files.values_list("relative_path", "note"))
-    assert notes == {image.id: "" if image is seeded[2] else importing.VERIFIED_NOTE for image in seeded}
+    assert notes == {image.id: "" if image is seeded[2] else transferring.VERIFIED_NOTE for image in seeded}
     assert session.files.get(relative_path=seeded[0].id).size == len(seeded[0].data)
 
 
@@ -260,8 +260,8 @@ def test_a_project_whose_destination_cannot_take_streams_is_refused(api, make_pr
     project = make_project({"type": "roboflow", "workspace": WORKSPACE, "project": "widgets",
                             "api_key_env": API_KEY_ENV}, project="rf-upload")
     params = importing.import_params(project, WORKSPACE, RF_PROJECT, api_key_env=API_KEY_ENV)
-    with pytest.raises(pipeline.StartError, match="a roboflow destination cannot receive imports"):
-        importing.start_import(project, params, created_by="test", enqueue=False)
+    with pytest.raises(errors.StartError, match="a roboflow destination cannot receive imports"):
+        starting.start(project, kind=kinds.IMPORT, params=params, created_by="test", enqueue_scan=False)
     assert not SyncSession.objects.exists()
 
 
@@ -275,15 +275,15 @@ def test_the_roboflow_end_is_checked_before_a_session_exists(api, local_project,
                                                               rf_project, env, message):
     monkeypatch.setenv(API_KEY_ENV, env)
     params = importing.import_params(local_project, workspace, rf_project, api_key_env=API_KEY_ENV)
-    with pytest.raises(pipeline.StartError, match=re.escape(message)) as info:
-        importing.start_import(local_project, params, created_by="test", enqueue=False)
+    with pytest.raises(errors.StartError, match=re.escape(message)) as info:
+        starting.start(local_project, kind=kinds.IMPORT, params=params, created_by="test", enqueue_scan=False)
     assert "wrongKey123abc" not in str(info.value)
     assert not SyncSession.objects.exists()
 
 
 def test_start_queues_the_listing_for_the_cluster(api, local_project):
     params = importing.import_params(local_project, WORKSPACE, RF_PROJECT, api_key_env=API_KEY_ENV)
-    session = importing.start_import(local_project, params, created_by="test")
+    session = starting.start(local_project, kind=kinds.IMPORT, params=params, created_by="test")
     assert session.status == SessionStatus.QUEUED
     assert [task.name() for task in OrmQ.objects.all()] == [f"session-{session.pk}:scan"]
 
@@ -367,7 +367,7 @@ def test_a_large_image_is_streamed_into_s3_without_being_held_whole(api, make_pr
     noise.save(out, format="PNG")
     big = api.add_image(WORKSPACE, RF_PROJECT, "noise.png", out.getvalue())
     params = importing.import_params(project, WORKSPACE, RF_PROJECT, api_key_env=API_KEY_ENV)
-    session = importing.start_import(project, params, created_by="test", enqueue=False)
+    session = starting.start(project, kind=kinds.IMPORT, params=params, created_by="test", enqueue_scan=False)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
     # The upload task's transfer of each row, as the Drainer calls it; the first one pays for
@@ -377,7 +377,7 @@ def test_a_large_image_is_streamed_into_s3_without_being_held_whole(api, make_pr
     peak = peak_memory(lambda: outcomes.append(fetch(dest, session.files.get(remote_id=big.id), "", 1)))
     dest.close()
 
-    assert [o.status for o in outcomes] == [FileStatus.UPLOADED] * 2 and outcomes[1].bytes_sent == len(big.data)
+    assert [o.status for o in outcomes] == [FileStatus.UPLOADED] * 2 and outcomes[1].row.size == len(big.data)
     body = s3_server.client.get_object(Bucket=bucket, Key="images/train/noise.png")["Body"].read()
     assert body == big.data and len(big.data) > 6 * MiB
     assert peak < len(big.data) / 4, f"{peak} bytes held at once while importing a {len(big.data)}-byte image"

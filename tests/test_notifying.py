@@ -1,5 +1,6 @@
-"""Notifications: the JSON body, its signature, retries, the record of every attempt, and the
-automatic notification at the end of a session; against a real HTTP receiver on loopback."""
+"""Notifications: the JSON body, its signature, retries, the record of every attempt, the outbound
+policy and URL secrets as the rows see them, and the automatic notification at the end of a
+session; against a real HTTP receiver on loopback (allowed explicitly: loopback_allowed)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
+from projects.errors import ConfigError
+from projects.models import ConfigHistory, Project
 from sessions_app import notifying
 from sessions_app.models import FileStatus, FileUpload, Notification, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, write_files
 from tests.sessions_helpers import fast_uploads, s3_project, sync_tasks  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("fast_uploads")
+pytestmark = pytest.mark.usefixtures("fast_uploads", "loopback_allowed")
 
 
 @pytest.fixture
@@ -33,6 +36,9 @@ def finished(make_project, s3_server, fault_proxy, files):
     session = run_session_inline(project)
     assert session.status == SessionStatus.COMPLETED_WITH_ERRORS
     return session
+
+
+SLACK_TOKEN = "abcDEF123ghiJKL456mnoPQR"
 
 
 def _set(project, **fields) -> None:
@@ -92,8 +98,8 @@ def test_failed_file_list_stops_at_1000_with_a_flag(make_project, source, receiv
 
 def test_signature_verifies_with_the_shared_secret(finished, receiver, monkeypatch):
     secret = "s3cr3t-shared-with-the-receiver"
-    monkeypatch.setenv("HOOK_SECRET", secret)
-    _set(finished.project, notify_secret_env="HOOK_SECRET")
+    monkeypatch.setenv("UPLOADER_SECRET_HOOK", secret)
+    _set(finished.project, notify_secret_env="UPLOADER_SECRET_HOOK")
 
     row = notifying.deliver(finished, receiver.url())
 
@@ -116,13 +122,13 @@ def test_unsigned_without_a_secret(finished, receiver):
 
 
 def test_secret_variable_that_is_not_set_is_an_error_and_nothing_is_sent(finished, receiver, monkeypatch):
-    monkeypatch.delenv("HOOK_SECRET_UNSET", raising=False)
-    _set(finished.project, notify_secret_env="HOOK_SECRET_UNSET")
+    monkeypatch.delenv("UPLOADER_SECRET_HOOK_UNSET", raising=False)
+    _set(finished.project, notify_secret_env="UPLOADER_SECRET_HOOK_UNSET")
 
     row = notifying.deliver(finished, receiver.url())
 
     assert not row.succeeded
-    assert "HOOK_SECRET_UNSET, which is not set" in row.error
+    assert "UPLOADER_SECRET_HOOK_UNSET, which is not set" in row.error
     assert receiver.requests == []
 
 
@@ -191,8 +197,18 @@ def test_password_in_the_url_is_never_recorded(finished, receiver):
 
     assert row.succeeded
     assert row.url == receiver.url()
-    assert receiver.requests[0].headers["authorization"].startswith("Basic ")
+    assert receiver.requests[0].headers["authorization"] == "Basic aG9vay11c2VyOmh1bnRlcjI="  # hook-user:hunter2
     assert "hunter2" not in json.dumps(list(Notification.objects.values()), default=str)
+
+
+def test_tokens_in_the_path_or_query_are_sent_but_never_recorded(finished, receiver):
+    row = notifying.deliver(finished, receiver.url(f"/services/T0AAAA1BB/{SLACK_TOKEN}?key=k3y-s3cret"))
+
+    assert receiver.requests[0].path == f"/services/T0AAAA1BB/{SLACK_TOKEN}?key=k3y-s3cret"
+    assert row.url == receiver.url("/services/T0AAAA1BB/***?key=***")
+    assert row.url in notifying.outcome_text(row)
+    stored = json.dumps(list(Notification.objects.values()), default=str)
+    assert SLACK_TOKEN not in stored and "k3y-s3cret" not in stored
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/hook", "file:///etc/passwd", "example.com/hook"])
@@ -218,6 +234,94 @@ def test_each_attempt_row_is_saved_before_the_request_and_updated_after(finished
 
     assert row.succeeded
     assert seen == [(True, 0), (False, 1)], "created with nothing sent yet, updated once the answer came"
+
+
+# -- the outbound policy, as the rows record it ------------------------------------------------------
+
+
+def test_internal_address_is_refused_and_recorded_without_contacting_it(finished, receiver, settings):
+    """The SSRF: an internal service (here the receiver stands for 127.0.0.1:6379) answered, and its
+    reply was kept on the row for the admin to read. Now refused, permanently, on the row."""
+    reproduced = notifying.deliver(finished, receiver.url("/internal"))
+    assert '"ok": true' in reproduced.response_excerpt
+
+    settings.NOTIFY_ALLOWED_NETWORKS = []
+    row = notifying.deliver(finished, receiver.url("/internal"))
+
+    assert (row.succeeded, row.attempt, row.status_code, row.response_excerpt) == (False, 1, None, "")
+    assert row.error.startswith("refused 127.0.0.1: 127.0.0.1 is a loopback address; ")
+    settings.NOTIFY_ALLOWED_NETWORKS = ["127.0.0.0/8"]
+    notifying.deliver(finished, receiver.url("/internal"))
+    assert receiver.connections == 2, "the refused notification opened no connection (accepts are in order)"
+
+
+def test_a_slow_answer_ends_at_the_deadline_and_is_retried(finished, receiver, settings):
+    settings.NOTIFY_ATTEMPTS = 2
+    _set(finished.project, notify_timeout=0.3)
+    receiver.trickle_next(1)
+
+    row = notifying.deliver(finished, receiver.url())
+
+    assert (row.succeeded, row.attempt) == (True, 2)
+    assert finished.notifications.get(attempt=1).error == "no answer within 0.3s (timeout)"
+    assert receiver.wait_for_hang_up() > 0
+
+
+def test_the_response_excerpt_keeps_1_kib(finished, receiver):
+    receiver.huge_next(1, 64 * 1024 * 1024)
+
+    row = notifying.deliver(finished, receiver.url())
+
+    assert row.succeeded and row.response_excerpt == "x" * 1024
+
+
+# -- the URL from the environment (notify_url_env) -------------------------------------------------
+
+
+@pytest.fixture
+def hook_url(receiver, monkeypatch) -> str:
+    url = receiver.url(f"/services/T0AAAA1BB/{SLACK_TOKEN}")
+    monkeypatch.setenv("UPLOADER_SECRET_HOOK_URL", url)
+    return url
+
+
+def test_url_from_the_environment_is_used_and_never_stored(make_project, source, receiver, hook_url):
+    project = make_project({"type": "local", "path": str(source.parent / "out")}, notify_url_env="UPLOADER_SECRET_HOOK_URL")
+    session = run_session_inline(project)
+
+    row = notifying.deliver(session)
+
+    assert row.succeeded and receiver.requests[0].path == f"/services/T0AAAA1BB/{SLACK_TOKEN}"
+    assert row.url == receiver.url("/services/T0AAAA1BB/***")
+    assert project.effective_config()["notify_url_env"] == "UPLOADER_SECRET_HOOK_URL"
+    stored = json.dumps([list(m.objects.values()) for m in (Notification, ConfigHistory, Project)], default=str)
+    assert SLACK_TOKEN not in stored and "UPLOADER_SECRET_HOOK_URL" in stored
+
+
+def test_url_variable_that_is_not_set_is_a_clear_error(make_project, source, monkeypatch):
+    monkeypatch.delenv("UPLOADER_SECRET_HOOK_URL_UNSET", raising=False)
+    project = make_project({"type": "local", "path": str(source.parent / "out")},
+                           notify_url_env="UPLOADER_SECRET_HOOK_URL_UNSET")
+    session = run_session_inline(project)
+
+    with pytest.raises(notifying.NotifyError, match="notify_url_env names UPLOADER_SECRET_HOOK_URL_UNSET, which is not set"):
+        notifying.deliver(session)
+
+
+def test_notify_url_and_notify_url_env_do_not_go_together(make_project, source):
+    with pytest.raises(ConfigError, match="notify_url_env: give notify_url or notify_url_env, not both"):
+        make_project({"type": "local", "path": str(source.parent / "out")}, notify_url="https://hooks.example.com/",
+                     notify_url_env="UPLOADER_SECRET_HOOK_URL")
+
+
+def test_config_history_redacts_the_token_of_a_notify_url(make_project, source):
+    project = make_project({"type": "local", "path": str(source.parent / "out")},
+                           notify_url=f"https://hooks.slack.com/services/T0AAAA1BB/B0CCCC2DD/{SLACK_TOKEN}?x=1")
+
+    (history,) = ConfigHistory.objects.filter(project=project)
+
+    assert history.config["notify_url"] == "https://hooks.slack.com/services/T0AAAA1BB/B0CCCC2DD/***?x=***"
+    assert SLACK_TOKEN not in history.diff_from_previous()
 
 
 # -- automatic notification at the end of a session ---------------------------------------------------
@@ -276,3 +380,13 @@ def test_automatic_rounds_notify_once_at_the_very_end(make_project, s3_server, f
     assert len(receiver.requests) == 2, "round 1 ended with a round 2 scheduled: no notification then"
     assert receiver.requests[1].json()["status"] == "completed"
     assert receiver.requests[1].json()["retry_rounds"] == 2
+
+
+@pytest.mark.usefixtures("sync_tasks")
+def test_session_end_notifies_the_url_from_the_environment(make_project, s3_server, files, receiver, hook_url):
+    project = s3_project(make_project, s3_server.endpoint_url, s3_server.make_bucket(), notify_url_env="UPLOADER_SECRET_HOOK_URL",
+                         notify_on="always")
+
+    session = run_session_inline(project)
+
+    assert [r.json()["session_id"] for r in receiver.requests] == [session.pk]

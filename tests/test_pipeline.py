@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from sessions_app import pipeline, planning, uploading
+from sessions_app import errors, pipeline, planning, starting, uploading
 from sessions_app.models import CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, wait_for, write_files
 
@@ -75,7 +75,7 @@ def test_access_denied_is_permanent_and_not_retried(make_project, source, s3_ser
 def test_file_deleted_between_scan_and_upload_fails_permanently_as_not_found(make_project, source, tmp_path):
     write_files(source, {"keep.wav": "k", "gone.wav": "g"})
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
     (source / "gone.wav").unlink()
@@ -94,7 +94,7 @@ def test_file_that_grew_after_the_scan_is_recorded_with_its_new_size(make_projec
     write_files(source, {"grow.wav": "short"})
     bucket = s3_server.make_bucket()
     project = make_project(_s3(s3_server.endpoint_url, bucket))
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
     (source / "grow.wav").write_text("much longer than before")
@@ -168,7 +168,7 @@ def test_hundred_thousand_files_in_one_folder_are_planned_in_full(make_project, 
     for i in range(0, 100_000, 2):  # half of them are already at the destination
         (out / f"{i:06d}.wav").touch()
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
 
     stats = pipeline.scan_session(session.pk, start_uploads=False)
@@ -201,7 +201,7 @@ def test_scan_problems_are_logged_not_fatal(make_project, source, tmp_path):
 def test_missing_source_folder_fails_the_session_with_a_clear_error(make_project, source, tmp_path):
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
     source.rmdir()
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
 
     pipeline.scan_session(session.pk)
 
@@ -213,7 +213,7 @@ def test_missing_source_folder_fails_the_session_with_a_clear_error(make_project
 def test_uploads_start_while_the_scan_is_still_running(transactional_db, make_project, source, tmp_path):
     write_files(source, {"first.wav": "1"})
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     FileUpload.objects.create(session=session, project=project, relative_path="first.wav", remote_key="first.wav",
                               size=1)
@@ -237,7 +237,7 @@ def test_uploads_start_while_the_scan_is_still_running(transactional_db, make_pr
 def test_a_claimed_row_is_not_claimed_twice(make_project, source, tmp_path):
     write_files(source, {f"{i}.wav": "x" for i in range(10)})
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
 
@@ -251,7 +251,7 @@ def test_a_claimed_row_is_not_claimed_twice(make_project, source, tmp_path):
 def test_stale_session_is_resumed_by_the_sweep_and_checks_interrupted_rows(make_project, source, tmp_path, settings):
     write_files(source, {"a.wav": "a", "b.wav": "b"})
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     pipeline.scan_session(session.pk, start_uploads=False)
     uploading.Drainer(session, deadline=None).claim(2)  # then the worker "dies"
@@ -268,9 +268,9 @@ def test_stale_session_is_resumed_by_the_sweep_and_checks_interrupted_rows(make_
 
 def test_resume_refuses_a_session_that_is_alive(make_project, source, tmp_path):
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
-    with pytest.raises(pipeline.ResumeError, match="is alive"):
+    with pytest.raises(errors.ResumeError, match="is alive"):
         pipeline.resume(session)
 
 
@@ -280,7 +280,7 @@ def test_interrupted_upload_already_at_the_destination_is_not_sent_again(make_pr
     bucket = s3_server.make_bucket()
     s3_server.client.put_object(Bucket=bucket, Key="data/done.wav", Body=b"12345")
     project = make_project(_s3(fault_proxy.endpoint_url, bucket))
-    session = pipeline.create_session(project)
+    session = starting.create_session(project)
     session.mark_scanning()
     session.mark_scan_finished()
     FileUpload.objects.create(session=session, project=project, relative_path="done.wav", remote_key="done.wav",

@@ -13,7 +13,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ
 
-from sessions_app import queueing, uploading
+from sessions_app import queueing, uploading, waking
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 from sessions_app.queueing import queue_upload
 from tests.conftest import wait_for, write_files
@@ -175,7 +175,7 @@ def test_a_file_queued_while_the_drainer_finishes_is_not_stranded(project, sourc
     queue_upload(project, "b.jpg")
     assert upload_tasks() == 1
 
-    queueing.went_idle(stream(project))  # the drainer ran dry just before b arrived
+    waking.went_idle(stream(project))  # the drainer ran dry just before b arrived
 
     assert upload_tasks() == 2
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sessions_app.scanning import ScanFilter, glob_to_regex, scan
+from projects.scanning import ScanFilter, glob_to_regex, scan
 from tests.conftest import write_files
 
 TREE = {

@@ -3,8 +3,10 @@
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,8 +19,37 @@ if DEBUG:
 else:
     SECRET_KEY = env("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
+
+# Deployment security (SECURITY.md). An https SITE_URL means the site is served only over TLS:
+# secure cookies, the redirect to https and HSTS follow, each overridable. Over http (the
+# embedded demo on 127.0.0.1) they stay off, or browsers would drop the session cookie.
+_site = urlsplit(SITE_URL)
+_https = _site.scheme == "https"
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_https)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_https)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _https else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=_https)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=_https)
+# Behind a proxy that terminates TLS: the header it sets and the value meaning https, e.g.
+# HTTP_X_FORWARDED_PROTO,https. Without it such a proxy's requests look like http and
+# SECURE_SSL_REDIRECT would redirect them forever.
+SECURE_PROXY_SSL_HEADER = tuple(env.list("SECURE_PROXY_SSL_HEADER", default=[])) or None
+if SECURE_PROXY_SSL_HEADER is not None and len(SECURE_PROXY_SSL_HEADER) != 2:
+    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER: expected HEADER,VALUE, e.g. HTTP_X_FORWARDED_PROTO,https")
+# Our own origin is always trusted, so forms work behind a proxy that calls us by another name.
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[f"{_site.scheme}://{_site.netloc}"])
+# Admin login throttling: after LOGIN_FAILURE_LIMIT failures for one username from one address
+# within LOGIN_FAILURE_WINDOW_SECONDS, that pair is refused for LOGIN_COOLOFF_SECONDS.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=900)
+LOGIN_COOLOFF_SECONDS = env.int("LOGIN_COOLOFF_SECONDS", default=900)
+if LOGIN_FAILURE_LIMIT < 1:
+    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT: at least 1")
+# The request header (META name) holding the client's address when a proxy sits in front,
+# e.g. HTTP_X_FORWARDED_FOR (its last entry, the one the proxy added); empty: REMOTE_ADDR.
+LOGIN_CLIENT_IP_HEADER = env("LOGIN_CLIENT_IP_HEADER", default="")
 
 DATA_DIR = Path(env("DATA_DIR", default=str(BASE_DIR / "data")))
 
@@ -156,7 +187,9 @@ HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    # Messages carry file names and remote answers: control characters are shown escaped.
+    "formatters": {"plain": {"()": "sessions_app.terminal.SafeFormatter",
+                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
@@ -181,3 +214,12 @@ else:
 NOTIFY_ATTEMPTS = env.int("NOTIFY_ATTEMPTS", default=4)
 NOTIFY_RETRY_BASE_SECONDS = env.float("NOTIFY_RETRY_BASE_SECONDS", default=1.0)
 NOTIFY_RETRY_CAP_SECONDS = env.float("NOTIFY_RETRY_CAP_SECONDS", default=30.0)
+# Networks (CIDRs) notifications may reach besides public addresses, e.g. "10.0.0.0/8,127.0.0.0/8".
+NOTIFY_ALLOWED_NETWORKS = env.list("NOTIFY_ALLOWED_NETWORKS", default=[])
+
+# Secret references (projects/secrets.py, README "Secret references"): the environment variables
+# a project may name as its secrets, and the folders its key_file and known_hosts may be in
+# (`~` is the home of the user running the process: the workers' for uploads).
+SECRET_ENV_PREFIXES = env.list("SECRET_ENV_PREFIXES", default=["UPLOADER_SECRET_"])
+SECRET_ENV_ALLOWED = env.list("SECRET_ENV_ALLOWED", default=[])  # extra names; NAME_* for a prefix
+KEY_FILE_DIRS = env.list("KEY_FILE_DIRS", default=["~/.ssh", str(DATA_DIR / "keys")])

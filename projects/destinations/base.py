@@ -8,14 +8,15 @@ capability), handed files one by one (`upload`, called from many threads at once
 
 from __future__ import annotations
 
-import copy
+import re
 import threading
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
 from projects.errors import ConfigError, DestinationError
+from projects.schema import KINDS, Option
 
 
 @dataclass(frozen=True)
@@ -33,25 +34,21 @@ class UploadResult:
     note: str = ""  # a warning worth keeping on the row (e.g. "no annotation")
 
 
-@dataclass(frozen=True)
-class Option:
-    """One destination option: its type(s), default, and whether it is required."""
-
-    types: tuple[type, ...]
-    default: Any = None
-    required: bool = False
-    help: str = ""
-    choices: tuple[Any, ...] = field(default_factory=tuple)
-
-
 def normalize_key(*parts: str) -> str:
     """Join key parts with "/" (no doubled or edge slashes), NFC-normalised."""
     joined = "/".join(seg for p in parts if p for seg in p.split("/") if seg)
     return unicodedata.normalize("NFC", joined)
 
 
+def check_no_dot_segments(name: str, value: str | None) -> None:
+    """Refuse a remote folder or prefix with "." or ".." segments: keys must stay where they are put."""
+    if value and any(seg in (".", "..") for seg in re.split(r"[/\\]", value)):
+        raise ConfigError(f"destination.{name}: must not contain . or .. segments")
+
+
 class Destination:
     kind: ClassVar[str] = ""
+    # Both from the kind's declaration in projects/schema.py.
     label: ClassVar[str] = ""
     options_schema: ClassVar[dict[str, Option]] = {}
     # Whether list_existing() is available; the planner skips the remote check otherwise.
@@ -60,6 +57,10 @@ class Destination:
     default_extensions: ClassVar[tuple[str, ...]] = ()
     # Whether upload_stream() is available; imports write only into such destinations.
     supports_stream_upload: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.label, cls.options_schema = KINDS[cls.kind].label, KINDS[cls.kind].options
 
     def __init__(self, options: dict[str, Any]):
         self.options = self.validate_options(options)
@@ -78,21 +79,10 @@ class Destination:
             raise ConfigError(f"destination.{unknown[0]}: unknown option for type {cls.kind!r}")
         clean: dict[str, Any] = {}
         for name, opt in cls.options_schema.items():
-            value = options.get(name, copy.deepcopy(opt.default))
-            if value is None:
-                if opt.required:
-                    raise ConfigError(f"destination.{name}: required for type {cls.kind!r}")
-                clean[name] = None
-                continue
-            if isinstance(value, bool) and bool not in opt.types:
-                raise ConfigError(f"destination.{name}: expected {_type_names(opt.types)}, got bool")
-            if not isinstance(value, opt.types):
-                raise ConfigError(
-                    f"destination.{name}: expected {_type_names(opt.types)}, got {type(value).__name__}"
-                )
-            if opt.choices and value not in opt.choices:
-                raise ConfigError(f"destination.{name}: must be one of {', '.join(map(str, opt.choices))}")
-            clean[name] = value
+            value = options.get(name, opt.default_value())
+            if value is None and opt.required:
+                raise ConfigError(f"destination.{name}: required for type {cls.kind!r}")
+            clean[name] = None if value is None else opt.check(f"destination.{name}", value)
         cls.check_options(clean)
         return clean
 
@@ -113,8 +103,13 @@ class Destination:
         return normalize_key(relative_path)
 
     def describe(self) -> dict[str, Any]:
-        """Where files go, for summaries and notifications (no secrets)."""
-        return {"kind": self.kind}
+        return self.describe_options(self.options)
+
+    @classmethod
+    def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Where files go, for pages, summaries and notifications (no secrets), from stored
+        options alone: describing builds no client and may meet options of an older version."""
+        return {"kind": cls.kind}
 
     def identity(self) -> str:
         """Which place this is, as one string (`s3://bucket/prefix`): what the catalog of objects
@@ -123,9 +118,13 @@ class Destination:
         return f"{self.kind}://{self.prefix}"
 
     def redacted_options(self) -> dict[str, Any]:
+        return self.redact_options(self.options)
+
+    @classmethod
+    def redact_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Options as stored in ConfigHistory. Options only ever *name* secrets, so this is
         the options themselves; kinds that could carry more override it."""
-        return dict(self.options)
+        return dict(options)
 
     # -- the contract ----------------------------------------------------------------------
     def bind(self, *, project: str, session_id: int, source_dir: str) -> None:
@@ -176,11 +175,6 @@ class Destination:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _type_names(types: tuple[type, ...]) -> str:
-    names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
 
 
 def local_file_error(exc: OSError, path: str) -> DestinationError:

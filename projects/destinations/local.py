@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from projects.destinations.base import (
+    ConfigError,
     Destination,
     DestinationError,
-    Option,
     RemoteObject,
     UploadResult,
+    check_no_dot_segments,
     local_file_error,
     normalize_key,
 )
@@ -24,17 +25,20 @@ CHUNK = 1024 * 1024
 
 class LocalDestination(Destination):
     kind = "local"
-    label = "Local folder"
     supports_stream_upload = True
-    options_schema = {
-        "path": Option((str,), required=True, help="target folder"),
-        "prefix": Option((str,), default="", help="sub-folder under path"),
-        "create": Option((bool,), default=True, help="create the target folder when missing"),
-    }
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        check_no_dot_segments("path", options["path"])
+        check_no_dot_segments("prefix", options["prefix"])
+        base = _folder(options["path"])
+        root = os.path.normpath(os.path.join(base, normalize_key(options["prefix"] or "")))
+        if os.path.commonpath([base, root]) != base:
+            raise ConfigError("destination.prefix: must stay inside destination.path")
 
     @property
     def root(self) -> str:
-        return os.path.join(os.path.abspath(os.path.expanduser(self.options["path"])), self.prefix)
+        return os.path.join(_folder(self.options["path"]), self.prefix)
 
     @property
     def prefix(self) -> str:
@@ -43,13 +47,14 @@ class LocalDestination(Destination):
     def identity(self) -> str:
         return "file://" + os.path.normpath(self.root)
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.options["path"], "prefix": self.prefix}
+    @classmethod
+    def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": cls.kind, "path": options.get("path"), "prefix": normalize_key(options.get("prefix") or "")}
 
     def check(self) -> None:
         """The folder exists and is writable, or (with `create`) could be created: checking
         changes nothing, so a dry run leaves no folder behind."""
-        base = os.path.abspath(os.path.expanduser(self.options["path"]))
+        base = _folder(self.options["path"])
         target = base
         if not os.path.isdir(base):
             if not self.options["create"]:
@@ -109,6 +114,10 @@ class LocalDestination(Destination):
         if not (target + os.sep).startswith(os.path.normpath(self.root) + os.sep):
             raise DestinationError(f"key escapes the destination folder: {key}", permanent=True)
         return target
+
+
+def _folder(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _remove_quietly(path: str) -> None:

@@ -11,22 +11,25 @@ import os
 import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from projects.outbound import check_http_url, redact_url
 from projects.destinations.base import (
     ConfigError,
     Destination,
     DestinationError,
-    Option,
     RemoteObject,
     UploadResult,
+    check_no_dot_segments,
     local_file_error,
     normalize_key,
 )
+from projects.outbound import check_http_url, redact_url
 
 MiB = 1024 * 1024
 MAX_PUT_SIZE = 5 * 1024 * MiB  # S3's limit for one PUT
@@ -45,20 +48,7 @@ TRANSIENT_CODES = {
 
 class S3Destination(Destination):
     kind = "s3"
-    label = "Amazon S3 / S3-compatible"
     supports_stream_upload = True
-    options_schema = {
-        "bucket": Option((str,), required=True),
-        "prefix": Option((str,), default=""),
-        "region": Option((str,), default=None),
-        "endpoint_url": Option((str,), default=None, help="for S3-compatible servers"),
-        "aws_profile": Option((str,), default=None, help="a profile of ~/.aws/credentials"),
-        "storage_class": Option((str,), default=None),
-        "addressing_style": Option((str,), default="auto", choices=("auto", "path", "virtual")),
-        "multipart_threshold_mb": Option((int,), default=64),
-        "multipart_chunk_mb": Option((int,), default=16),
-        "max_pool_connections": Option((int,), default=64),
-    }
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
@@ -68,15 +58,12 @@ class S3Destination(Destination):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
+        check_no_dot_segments("prefix", options["prefix"])
         if options.get("endpoint_url"):
-            from projects.outbound import check_http_url, redact_url
-
             check_http_url(options["endpoint_url"], "destination.endpoint_url")
-            if redact_url(options["endpoint_url"]) != options["endpoint_url"]:
+            if urlsplit(options["endpoint_url"]).username is not None:
                 # It would end up in the database and ConfigHistory; credentials come from the AWS chain.
                 raise ConfigError("destination.endpoint_url: must not contain user:password (use aws_profile)")
-        if options["multipart_threshold_mb"] < 5 or options["multipart_chunk_mb"] < 5:
-            raise ConfigError("destination.multipart_threshold_mb/multipart_chunk_mb: S3 parts are at least 5 MiB")
 
     @property
     def prefix(self) -> str:
@@ -93,9 +80,10 @@ class S3Destination(Destination):
         where = f"s3://{self.bucket}/{self.prefix}"
         return f"{where} at {self.options['endpoint_url']}" if self.options["endpoint_url"] else where
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "bucket": self.bucket, "prefix": self.prefix,
-                "endpoint_url": self.options["endpoint_url"]}
+    @classmethod
+    def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": cls.kind, "bucket": options.get("bucket"), "prefix": normalize_key(options.get("prefix") or ""),
+                "endpoint_url": options.get("endpoint_url")}
 
     # -- connection ------------------------------------------------------------------------
     @property

@@ -27,11 +27,12 @@ from projects.destinations.base import (
     ConfigError,
     Destination,
     DestinationError,
-    Option,
     RemoteObject,
     UploadResult,
+    check_no_dot_segments,
     local_file_error,
 )
+from projects.secrets import check_key_file, check_known_hosts, check_secret_options, read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -55,22 +56,6 @@ _known_hosts_lock = threading.Lock()
 
 class SFTPDestination(Destination):
     kind = "sftp"
-    label = "SFTP server"
-    options_schema = {
-        "host": Option((str,), required=True, help="server name or address"),
-        "port": Option((int,), default=22),
-        "username": Option((str,), required=True),
-        "remote_dir": Option((str,), required=True, help="remote folder everything goes under"),
-        "key_file": Option((str,), help="path of a private key file"),
-        "passphrase_env": Option((str,), help="name of the environment variable holding the key's passphrase"),
-        "password_env": Option((str,), help="name of the environment variable holding the password"),
-        "use_agent": Option((bool,), default=False, help="authenticate with the keys of a running ssh-agent"),
-        "known_hosts": Option((str,), default="~/.ssh/known_hosts"),
-        "accept_new_host_key": Option(
-            (bool,), default=False, help="trust and record an unknown host key (a changed one is always refused)"
-        ),
-        "connect_timeout": Option((int, float), default=15),
-    }
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
@@ -79,6 +64,7 @@ class SFTPDestination(Destination):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
+        check_no_dot_segments("remote_dir", options["remote_dir"])
         if not (options["key_file"] or options["password_env"] or options["use_agent"]):
             raise ConfigError("destination.key_file: set key_file, password_env or use_agent (no way to log in)")
         if options["passphrase_env"] and not options["key_file"]:
@@ -87,6 +73,7 @@ class SFTPDestination(Destination):
             raise ConfigError("destination.port: must be between 1 and 65535")
         if options["connect_timeout"] <= 0:
             raise ConfigError("destination.connect_timeout: must be positive")
+        check_secret_options(options, "destination.")
 
     # -- what the rest of the product asks ---------------------------------------------------
     @property
@@ -106,9 +93,10 @@ class SFTPDestination(Destination):
         o = self.options
         return f"sftp://{o['username']}@{o['host']}:{o['port']}/{self._root}"
 
-    def describe(self) -> dict[str, Any]:
-        o = self.options
-        return {"kind": self.kind, "host": o["host"], "port": o["port"], "remote_dir": o["remote_dir"]}
+    @classmethod
+    def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        o = options
+        return {"kind": cls.kind, "host": o.get("host"), "port": o.get("port"), "remote_dir": o.get("remote_dir")}
 
     # -- the contract ----------------------------------------------------------------------
     def check(self) -> None:
@@ -351,7 +339,7 @@ class SFTPDestination(Destination):
 
     def _connect_once(self) -> _Connection:
         o = self.options
-        known_hosts = os.path.expanduser(o["known_hosts"])
+        known_hosts = check_known_hosts(o["known_hosts"])
         client = paramiko.SSHClient()
         try:
             client.get_host_keys().load(known_hosts)
@@ -408,7 +396,7 @@ class SFTPDestination(Destination):
         name = self.options[option]
         if not name:
             return None
-        value = os.environ.get(name)
+        value = read_secret(name, option)
         if value is None:
             raise DestinationError(f"environment variable {name} ({option}) is not set", permanent=True)
         return value
@@ -417,7 +405,7 @@ class SFTPDestination(Destination):
         path = self.options["key_file"]
         if not path:
             return None
-        path = os.path.expanduser(path)
+        path = check_key_file(path)
         passphrase = self._secret("passphrase_env")
         try:
             return paramiko.PKey.from_path(path, password=passphrase.encode() if passphrase is not None else None)

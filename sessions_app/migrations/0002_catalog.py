@@ -79,7 +79,7 @@ def _upsert(CatalogEntry, batch, fields):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('projects', '0004_project_check_destination_every'),
+        ('projects', '0006_project_check_destination_every'),
         ('sessions_app', '0001_initial'),
     ]
 

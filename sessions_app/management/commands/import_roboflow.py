@@ -15,12 +15,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from projects.destinations import ConfigError
+from projects.errors import UploaderError
 from projects.models import ConfigHistory, Project
-from sessions_app import following, importing, tasks
-from sessions_app.management.commands.upload import run_here
+from sessions_app import following, importing, kinds, pipeline, starting
 from sessions_app.models import SyncSession
-from sessions_app.pipeline import StartError
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -47,13 +46,13 @@ class Command(BaseCommand):
         try:
             params = importing.import_params(project, options["workspace"], options["project"],
                                              api_key_env=options["api_key_env"], concurrency=options["concurrency"])
-            session = importing.start_import(project, params, created_by="command line",
-                                             config_source=ConfigHistory.Source.COMMAND_LINE,
-                                             enqueue=not options["sync"])
-        except (ConfigError, StartError, tasks.EnqueueError) as exc:
-            raise CommandError(str(exc), returncode=2)
+            session = starting.start(project, kind=kinds.IMPORT, params=params, created_by="command line",
+                                     config_source=ConfigHistory.Source.COMMAND_LINE,
+                                     enqueue_scan=not options["sync"])
+        except UploaderError as exc:
+            raise CommandError(safe(exc), returncode=2)
         if options["sync"]:
-            run_here(session)
+            pipeline.run_here(session)
         self.stdout.write(f"import session {session.pk} started: {session.admin_url()}")
         if options["no_wait"]:
             return

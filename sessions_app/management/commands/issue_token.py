@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from projects.models import Project
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -27,4 +28,4 @@ class Command(BaseCommand):
         token = project.issue_api_token()
         self.stdout.write(token)
         note = "; the previous token no longer works" if replaced else ""
-        self.stderr.write(f"API token for {project.name}: shown once, keep it safe{note}.")
+        self.stderr.write(f"API token for {safe(project.name)}: shown once, keep it safe{note}.")

@@ -19,9 +19,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects import config as config_mod
-from sessions_app import following, notifying, retrying
-from sessions_app.management.commands.upload import add_config_arguments, load_project_config, start
+from projects.errors import UploaderError
+from sessions_app import following, notifying, retrying, starting
+from sessions_app.commandline import add_config_arguments, load_project_config
 from sessions_app.models import Notification, SyncSession
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -35,16 +37,19 @@ class Command(BaseCommand):
         clean, source = load_project_config(options)
         project, config = config_mod.apply(clean, source, created_by="master command")
         # The final notification is this command's, not one per intermediate end of the session.
-        session = start(project, config, sync=False, created_by="master command", auto_retry=True,
-                        params={"notify": "command"})
+        try:
+            session = starting.start(project, config=config, created_by="master command", auto_retry=True,
+                                     params={"notify": "command"})
+        except UploaderError as exc:
+            raise CommandError(safe(exc), returncode=2)
         self.stdout.write(f"session {session.pk} started: {session.admin_url()}")
         session = retrying.follow_rounds(session, self.stderr._out, progress=not options["no_progress"])
         lines = [following.summary(session), retrying.whole_session_report(session).text()]
         notified = self.notify(session)
         if notified is not None:
-            lines.append(notifying.outcome_text(notified))
+            lines.append(safe(notifying.outcome_text(notified)))
         if session.status == "failed":
-            self.stderr.write(f"error: {session.error}")
+            self.stderr.write(f"error: {safe(session.error)}")
         elif session.failed_count:
             self.stderr.write(following.failure_report(session))
         self.stdout.write("\n".join(lines))
@@ -55,12 +60,12 @@ class Command(BaseCommand):
             sys.exit(code)
 
     def notify(self, session: SyncSession) -> Notification | None:
-        if not session.project.notify_url:
+        if not notifying.configured(session.project):
             return None
         try:
             row = notifying.deliver(session, None, Notification.Trigger.COMMAND)
         except notifying.NotifyError as exc:
-            raise CommandError(str(exc), returncode=2)
+            raise CommandError(safe(exc), returncode=2)
         if not row.succeeded:
-            self.stderr.write(f"error: {notifying.outcome_text(row)}")
+            self.stderr.write(f"error: {safe(notifying.outcome_text(row))}")
         return row

@@ -15,7 +15,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from sessions_app import pruning
+from sessions_app import files
 
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -39,13 +39,14 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["skipped"]:
             raise CommandError("say what to prune: --skipped", returncode=2)
-        age = parse_age(options["older_than"])
-        cut_off = timezone.now() - age
+        cut_off = timezone.now() - parse_age(options["older_than"])
+        age = options["older_than"]
         if options["dry_run"]:
-            found = pruning.count_skipped(cut_off)
-            self.stdout.write(f"dry run: {found.rows:,} skipped rows of {found.sessions:,} sessions are older than "
-                              f"{options['older_than']}; nothing was deleted")
+            old = files.skipped_before(cut_off)
+            sessions = old.order_by().values("session_id").distinct().count()
+            self.stdout.write(f"dry run: {old.count():,} skipped rows of {sessions:,} sessions are older than {age}; "
+                              f"nothing was deleted")
             return
-        done = pruning.prune_skipped(cut_off)
-        self.stdout.write(f"pruned {done.rows:,} skipped rows of {done.sessions:,} sessions (older than "
-                          f"{options['older_than']}); their counts stay on the sessions")
+        rows, sessions = files.prune_skipped(cut_off)
+        self.stdout.write(f"pruned {rows:,} skipped rows of {sessions:,} sessions (older than {age}); their counts "
+                          f"stay on the sessions")

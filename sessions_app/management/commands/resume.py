@@ -12,8 +12,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app import pipeline, tasks
-from sessions_app.models import ACTIVE_STATUSES, SyncSession
+from sessions_app import pipeline
+from sessions_app.errors import EnqueueError, ResumeError
+from sessions_app.models import SyncSession
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -26,7 +28,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["all"]:
-            sessions = list(SyncSession.objects.filter(status__in=ACTIVE_STATUSES).exclude(kind="stream"))
+            sessions = pipeline.resumable()
         elif options["session_ids"]:
             sessions = list(SyncSession.objects.filter(pk__in=options["session_ids"]))
             missing = set(options["session_ids"]) - {s.pk for s in sessions}
@@ -37,9 +39,9 @@ class Command(BaseCommand):
         errors = 0
         for session in sessions:
             try:
-                self.stdout.write(pipeline.resume(session, force=options["force"]))
-            except (pipeline.ResumeError, tasks.EnqueueError) as exc:
-                self.stderr.write(f"error: {exc}")
+                self.stdout.write(safe(pipeline.resume(session, force=options["force"])))
+            except (ResumeError, EnqueueError) as exc:
+                self.stderr.write(f"error: {safe(exc)}")
                 errors += 1
         if errors:
             raise CommandError(f"{errors} of {len(sessions)} sessions not resumed", returncode=2)

@@ -16,8 +16,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sessions_app import following, retrying, tasks
+from sessions_app import following, retrying
+from sessions_app.errors import EnqueueError, RetryError
 from sessions_app.models import FileStatus, SyncSession
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -39,8 +41,8 @@ class Command(BaseCommand):
         try:
             queued = retrying.queue_retry_round(session, include_permanent=options["include_permanent"],
                                                 auto=options["auto"])
-        except (retrying.RetryError, tasks.EnqueueError) as exc:
-            raise CommandError(str(exc), returncode=2)
+        except (RetryError, EnqueueError) as exc:
+            raise CommandError(safe(exc), returncode=2)
         self.stdout.write(queued.text())
         if not queued.total:
             return self.nothing_to_retry(session)

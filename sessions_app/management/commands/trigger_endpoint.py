@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sessions_app import notifying
 from sessions_app.models import Notification, SyncSession
+from sessions_app.terminal import safe
 
 
 class Command(BaseCommand):
@@ -32,16 +33,16 @@ class Command(BaseCommand):
         try:
             row = notifying.deliver(session, options["url"], Notification.Trigger.COMMAND)
         except notifying.NotifyError as exc:
-            raise CommandError(str(exc), returncode=2)
+            raise CommandError(safe(exc), returncode=2)
         for attempt in session.notifications.filter(idempotency_key=row.idempotency_key).order_by("attempt"):
             self.stdout.write(attempt_line(attempt))
         if row.succeeded:
-            self.stdout.write(notifying.outcome_text(row))
+            self.stdout.write(safe(notifying.outcome_text(row)))
             return
-        self.stderr.write(f"error: {notifying.outcome_text(row)}")
+        self.stderr.write(f"error: {safe(notifying.outcome_text(row))}")
         sys.exit(1)
 
 
 def attempt_line(row: Notification) -> str:
     answer = str(row.status_code) if row.status_code else row.error
-    return f"attempt {row.attempt}: {answer} ({row.duration_ms} ms)"
+    return f"attempt {row.attempt}: {safe(answer)} ({row.duration_ms} ms)"

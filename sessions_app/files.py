@@ -1,0 +1,375 @@
+"""File states and the session counters beside them: the one writer of both.
+
+    (new) -> pending | skipped                 add_pending (sync plan), add_planned (import),
+                                               admit_one (upload queue)
+    (new) -> counted, no row                   count_skips (the plan found the file done)
+    pending -> uploading                       claim
+    uploading -> uploaded|failed|skipped|cancelled   record (outcomes, in batches)
+    uploading -> pending                       release (shutdown), recover_stale (resume, sweep)
+    pending (, uploading) -> cancelled         cancel_rest
+    failed | cancelled -> pending              requeue (retry round)
+    uploaded|failed|skipped|cancelled -> (gone)      forget (the queue takes the file again)
+    skipped -> counted, no row                 prune_skipped (old rows of skipped files)
+
+Each verb is a conditional update naming the states it leaves from, so racing workers cannot
+move a row twice, and adjusts the session's counters by what it actually moved, in the same
+transaction. A move the graph does not allow raises TransitionError. `recount()` recomputes
+the counters from the rows (the truth) and the skips counted without rows (`SyncSession.skips`).
+An object that arrives (`record`) gets its catalog entry in the same transaction as its status.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from sessions_app import bulk, catalog
+from sessions_app.errors import TransitionError
+from sessions_app.models import FileStatus, FileUpload, SyncSession
+
+PENDING, UPLOADING, UPLOADED = FileStatus.PENDING, FileStatus.UPLOADING, FileStatus.UPLOADED
+FAILED, SKIPPED, CANCELLED = FileStatus.FAILED, FileStatus.SKIPPED, FileStatus.CANCELLED
+NEW = "new"  # not a row yet
+GONE = "gone"  # a row no more
+OPEN = (PENDING, UPLOADING)
+SETTLED = (UPLOADED, FAILED, SKIPPED, CANCELLED)
+
+ALLOWED: dict[str, frozenset[str]] = {
+    NEW: frozenset({PENDING, SKIPPED}),
+    PENDING: frozenset({UPLOADING, CANCELLED}),
+    UPLOADING: frozenset({UPLOADED, FAILED, SKIPPED, CANCELLED, PENDING}),
+    UPLOADED: frozenset({GONE}),
+    FAILED: frozenset({PENDING, GONE}),
+    SKIPPED: frozenset({GONE}),
+    CANCELLED: frozenset({PENDING, GONE}),
+}
+# Open rows share one counter: "pending" counts what is still to do.
+COUNTER = {PENDING: "pending_count", UPLOADING: "pending_count", UPLOADED: "uploaded_count",
+           FAILED: "failed_count", SKIPPED: "skipped_count", CANCELLED: "cancelled_count"}
+COUNTERS = ("found_count", "pending_count", "uploaded_count", "failed_count", "skipped_count", "cancelled_count",
+            "bytes_total", "bytes_uploaded")
+OUTCOME_FIELDS = [
+    "status", "attempts", "uploaded_at", "checksum", "remote_id", "size", "mtime", "note",
+    "last_error", "error_permanent", "skip_reason", "claim_token", "verify_remote",
+]
+
+
+def check(source: str, target: str) -> None:
+    if target not in ALLOWED.get(source, ()):
+        raise TransitionError(f"a file cannot go from {source} to {target}")
+
+
+@dataclass
+class Outcome:
+    """What became of one claimed row's transfer."""
+
+    row: FileUpload
+    status: str
+
+
+# -- counters ---------------------------------------------------------------------------------------
+
+
+def _less(name: str, n: int) -> Any:
+    # Never below zero: rows written outside these verbs (tests, old data) are reconciled by recount().
+    return Greatest(F(name) - n, 0)
+
+
+def _bump(session_id: int, changes: dict[str, int], **fields: Any) -> None:
+    updates = {name: (F(name) + n if n > 0 else _less(name, -n)) for name, n in changes.items() if n}
+    if updates or fields:
+        SyncSession.objects.filter(pk=session_id).update(**updates, **fields)
+
+
+def _moved(source: str, target: str, n: int) -> dict[str, int]:
+    changes: Counter[str] = Counter()
+    changes[COUNTER[source]] -= n
+    changes[COUNTER[target]] += n
+    return changes
+
+
+def counts(session: SyncSession) -> dict[str, int]:
+    """The counters as the rows say, plus the files skipped without a row."""
+    agg = session.files.aggregate(
+        found_count=Count("id"),
+        pending_count=Count("id", filter=Q(status__in=OPEN)),
+        uploaded_count=Count("id", filter=Q(status=UPLOADED)),
+        failed_count=Count("id", filter=Q(status=FAILED)),
+        skipped_count=Count("id", filter=Q(status=SKIPPED)),
+        cancelled_count=Count("id", filter=Q(status=CANCELLED)),
+        bytes_total=Sum("size"),
+        bytes_uploaded=Sum("size", filter=Q(status=UPLOADED)),
+    )
+    out = {name: agg[name] or 0 for name in COUNTERS}
+    skips, skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
+    unstored = sum(skips.values())
+    out["found_count"] += unstored
+    out["skipped_count"] += unstored
+    out["bytes_total"] += skipped_bytes
+    return out
+
+
+def recount(session: SyncSession) -> None:
+    """Set the counters to what the rows say (and on the instance)."""
+    fields = counts(session)
+    SyncSession.objects.filter(pk=session.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(session, name, value)
+
+
+# -- questions --------------------------------------------------------------------------------------
+
+
+def has_open(session: SyncSession) -> bool:
+    return session.files.filter(status__in=OPEN).exists()
+
+
+def has_pending(session: SyncSession) -> bool:
+    return session.files.filter(status=PENDING).exists()
+
+
+def in_flight(session: SyncSession) -> bool:
+    return session.files.filter(status=UPLOADING).exists()
+
+
+# -- new rows ---------------------------------------------------------------------------------------
+
+
+def planned_row(session: SyncSession, *, relative_path: str, remote_key: str, size: int = 0, mtime: float = 0,
+                skip_reason: str = "", remote_id: str = "") -> FileUpload:
+    """A row for the plan: pending, or skipped with its reason. Not saved: add_planned() inserts it."""
+    return FileUpload(session_id=session.pk, project_id=session.project_id, relative_path=relative_path,
+                      remote_key=remote_key, size=size, mtime=mtime, skip_reason=skip_reason, remote_id=remote_id,
+                      status=SKIPPED if skip_reason else PENDING)
+
+
+def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUpload]:
+    """Insert a batch of planned rows (those already there are left alone: a re-run scan) and
+    count them; also the session's heartbeat. Returns the rows inserted."""
+    for row in rows:
+        check(NEW, row.status)
+    with transaction.atomic():
+        new = bulk.insert_new(FileUpload, rows, ("session_id", "relative_path"))
+        pending = sum(1 for r in new if r.status == PENDING)
+        _bump(session.pk, {"found_count": len(new), "pending_count": pending, "skipped_count": len(new) - pending,
+                           "bytes_total": sum(r.size for r in new)}, heartbeat_at=timezone.now())
+    return new
+
+
+PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "verify_remote")
+
+
+def add_pending(session: SyncSession, rows: Sequence[tuple]) -> int:
+    """Insert a batch of pending rows given as plain tuples of PLANNED_COLUMNS (no model instances:
+    COPY on PostgreSQL) and count them. Rows a crashed run of the same scan inserted are left
+    alone; the scan's end recounts. Call inside the batch's transaction. Returns how many went in."""
+    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows)
+    _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)})
+    return inserted
+
+
+@dataclass
+class Skips:
+    """Files a scan found already done, counted without rows: by reason, and their bytes."""
+
+    by_reason: dict[str, int] = field(default_factory=dict)
+    files: int = 0
+    size: int = 0
+    saved: tuple[int, int] = (0, 0)  # files and bytes already added to the counters
+
+    def add(self, by_reason: dict[str, int], size: int) -> None:
+        for reason, n in by_reason.items():
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+            self.files += n
+        self.size += size
+
+
+def count_skips(session: SyncSession, skips: Skips) -> None:
+    """Write a scan's skip counts so far (and what they add to the counters); the heartbeat too."""
+    files, size = skips.files - skips.saved[0], skips.size - skips.saved[1]
+    _bump(session.pk, {"found_count": files, "skipped_count": files, "bytes_total": size, "skipped_bytes": size},
+          skips=skips.by_reason, heartbeat_at=timezone.now())
+    skips.saved = (skips.files, skips.size)
+
+
+def restart_skips(session: SyncSession) -> None:
+    """A scan that runs again (resumed) counts its skips again: the earlier run's go."""
+    if session.skips or session.skipped_bytes:
+        SyncSession.objects.filter(pk=session.pk).update(skips={}, skipped_bytes=0)
+        recount(session)
+
+
+def admit_one(session: SyncSession, **fields: Any) -> FileUpload:
+    """A new pending row for one file of the upload queue. Call inside the transaction that
+    took lock() and made the checks the lock protects (the queue's limit)."""
+    row = FileUpload(session=session, project_id=session.project_id, status=PENDING, **fields)
+    row.save(force_insert=True)
+    _bump(session.pk, {"found_count": 1, "pending_count": 1, "bytes_total": row.size})
+    return row
+
+
+def lock(session: SyncSession, status: str) -> bool:
+    """Lock the session row while it has `status`; False if it has another one."""
+    return bool(SyncSession.objects.select_for_update().filter(pk=session.pk, status=status)
+                .values_list("pk", flat=True))
+
+
+def forget(row: FileUpload) -> None:
+    """A settled row makes way for a new request for its file."""
+    check(row.status, GONE)
+    with transaction.atomic():
+        if not FileUpload.objects.filter(pk=row.pk, status=row.status).delete()[0]:
+            return
+        changes = {"found_count": -1, COUNTER[row.status]: -1, "bytes_total": -row.size}
+        if row.status == UPLOADED:
+            changes["bytes_uploaded"] = -row.size
+        _bump(row.session_id, changes)
+
+
+# -- moves ------------------------------------------------------------------------------------------
+
+
+def move(session_id: int, rows: QuerySet[FileUpload], sources: Iterable[str], target: str, **fields: Any) -> int:
+    """Move the rows of `rows` that are in one of `sources` to `target`, counting per source;
+    the general form of the verbs below."""
+    if target not in COUNTER:
+        raise TransitionError(f"a file cannot be moved to {target}")
+    total = 0
+    with transaction.atomic():
+        for source in sources:
+            check(source, target)
+            n = rows.filter(session_id=session_id, status=source).update(status=target, **fields)
+            _bump(session_id, _moved(source, target, n))
+            total += n
+    return total
+
+
+def claim(session: SyncSession, n: int, catalog_id: int | None = None) -> list[FileUpload]:
+    """Up to n pending rows, in id order, now uploading under one claim token; racing claimers
+    never get the same row. While another session of the project runs (or ran since this one
+    began), a file it is uploading waits for that upload's outcome, and a claimed file the
+    catalog (`catalog_id`) says arrived meanwhile is recorded as skipped, not returned: no
+    object is sent twice."""
+    if n <= 0:
+        return []
+    token = uuid.uuid4()
+    with transaction.atomic():
+        others = catalog.lock_project(session)
+        qs = FileUpload.objects.filter(session_id=session.pk, status=PENDING).order_by("id")
+        if others:
+            qs = qs.exclude(remote_key__in=catalog.busy_keys(others))
+        if connection.features.has_select_for_update_skip_locked:
+            qs = qs.select_for_update(skip_locked=True)
+        ids = list(qs.values_list("id", flat=True)[:n])
+        if not ids:
+            return []
+        move(session.pk, FileUpload.objects.filter(id__in=ids), (PENDING,), UPLOADING, claim_token=token,
+              claimed_at=timezone.now())
+    rows = list(FileUpload.objects.filter(claim_token=token, status=UPLOADING).order_by("id"))
+    if not others or catalog_id is None:
+        return rows
+    done = catalog.arrived(catalog_id, rows)
+    for row in rows:
+        if row.pk in done:
+            row.skip_reason, row.note = catalog.SKIP_ARRIVED, f"uploaded by session {done[row.pk]}"
+    record(session, [Outcome(row, SKIPPED) for row in rows if row.pk in done])
+    return [row for row in rows if row.pk not in done]
+
+
+def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | None = None) -> int:
+    """Write a batch of transfer outcomes (one statement per batch on PostgreSQL) and the counters
+    they change, with the session's heartbeat, in one transaction; with `catalog_id`, the catalog
+    entries of the objects that arrived too. Only rows still uploading are written (a resume may
+    have taken one back). Returns how many were."""
+    for o in outcomes:
+        check(o.row.status, o.status)
+    now = timezone.now()
+    if not outcomes:
+        SyncSession.objects.filter(pk=session.pk).update(heartbeat_at=now)
+        return 0
+    by_pk = {o.row.pk: o for o in outcomes}
+    rows = []
+    for o in outcomes:
+        o.row.status, o.row.claim_token, o.row.verify_remote = o.status, None, False
+        rows.append(o.row)
+    with transaction.atomic():
+        done = [by_pk[pk] for pk in bulk.update_fields(FileUpload, rows, OUTCOME_FIELDS, where={"status": UPLOADING})]
+        changes: Counter[str] = Counter()
+        for o in done:
+            changes.update(_moved(UPLOADING, o.status, 1))
+            if o.status == UPLOADED:  # its size as uploaded (or as verified at the destination)
+                changes["bytes_uploaded"] += o.row.size
+        _bump(session.pk, changes, heartbeat_at=now)
+        if catalog_id is not None:
+            catalog.record(catalog_id, session.pk, [o.row for o in done])
+    return len(done)
+
+
+def release(session: SyncSession, ids: Sequence[int]) -> int:
+    """Claimed rows whose transfer never started go back to pending (a worker shutting down)."""
+    return move(session.pk, FileUpload.objects.filter(id__in=ids), (UPLOADING,), PENDING, claim_token=None,
+                 claimed_at=None)
+
+
+def recover_stale(session: SyncSession, claimed_before: Any = None) -> int:
+    """Rows a vanished worker left uploading go back to pending, to be checked at the destination
+    before any re-upload (resume, sweep)."""
+    rows = FileUpload.objects.all() if claimed_before is None else FileUpload.objects.filter(
+        claimed_at__lt=claimed_before)
+    return move(session.pk, rows, (UPLOADING,), PENDING, claim_token=None, verify_remote=True)
+
+
+def cancel_rest(session: SyncSession, *, claimed_too: bool = False) -> int:
+    """Pending rows become cancelled; with claimed_too, also rows whose worker is gone."""
+    sources = (PENDING, UPLOADING) if claimed_too else (PENDING,)
+    return move(session.pk, FileUpload.objects.all(), sources, CANCELLED, claim_token=None)
+
+
+def requeue(session: SyncSession, failed_rows: QuerySet[FileUpload],
+            cancelled_rows: QuerySet[FileUpload]) -> tuple[int, int]:
+    """A retry round: failed rows (one more round each) and cancelled rows back to pending."""
+    with transaction.atomic():
+        n_failed = move(session.pk, failed_rows, (FAILED,), PENDING, retries=F("retries") + 1,
+                         error_permanent=False, claim_token=None)
+        n_cancelled = move(session.pk, cancelled_rows, (CANCELLED,), PENDING, claim_token=None)
+    return n_failed, n_cancelled
+
+
+# -- pruning ----------------------------------------------------------------------------------------
+
+PRUNE_BATCH = 10_000
+
+
+def skipped_before(cut_off: Any) -> QuerySet[FileUpload]:
+    return FileUpload.objects.filter(status=SKIPPED, created_at__lt=cut_off)
+
+
+def prune_skipped(cut_off: Any) -> tuple[int, int]:
+    """Delete rows of files skipped before cut_off, a batch per transaction; their sessions count
+    them on (in `skips`), so no session's figures change. Returns (rows, sessions)."""
+    check(SKIPPED, GONE)
+    rows, sessions = 0, set()
+    while ids := list(skipped_before(cut_off).order_by("id").values_list("id", flat=True)[:PRUNE_BATCH]):
+        with transaction.atomic():
+            batch = FileUpload.objects.filter(id__in=ids, status=SKIPPED)
+            groups = batch.order_by().values_list("session_id", "skip_reason").annotate(n=Count("id"), size=Sum("size"))
+            for session_id, reason, n, size in groups:
+                _fold(session_id, reason or "skipped", n, size or 0)
+                sessions.add(session_id)
+            rows += batch.delete()[0]
+    return rows, len(sessions)
+
+
+def _fold(session_id: int, reason: str, n: int, size: int) -> None:
+    # Under the session row's lock: its skips are read, added to and written back.
+    skips = SyncSession.objects.select_for_update().values_list("skips", flat=True).get(pk=session_id)
+    skips[reason] = skips.get(reason, 0) + n
+    SyncSession.objects.filter(pk=session_id).update(skips=skips, skipped_bytes=F("skipped_bytes") + size)

@@ -1,0 +1,204 @@
+"""Session kinds, one class each: how a session of the kind checks both ends, fills its rows,
+moves one row, whether more work may come, whether it ends by itself and can go stale, and how
+it describes itself. Nothing else looks at `SyncSession.kind`.
+
+- sync: scan the project's source folder, plan against the destination, upload local files.
+- stream: the upload queue; rows come one by one from producers; it never ends by itself.
+- import: list a Roboflow project's image ids, fetch each image into the destination.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from projects.destinations import ConfigError, Destination
+from projects.errors import RemoteError
+from projects.models import Project
+from projects.sources import Source
+from projects.sources.local import LocalSource
+from projects.sources.roboflow import RoboflowSource
+from sessions_app import files, importing, planning, transferring, waking
+from sessions_app.errors import StartError
+from sessions_app.models import SessionStatus, SyncSession
+from sessions_app.planning import ScanStats
+from sessions_app.transferring import Transfer
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED_PROBLEMS = 1000
+
+
+class Kind:
+    name: str
+    ends_by_itself = True  # completes once its rows are settled
+    can_go_stale = True  # a missing heartbeat means its workers vanished
+
+    def sessions(self) -> QuerySet[SyncSession]:
+        return SyncSession.objects.filter(kind=self.name)
+
+    def preflight(self, project: Project, params: dict[str, Any]) -> Destination:
+        """Check both ends before a session exists or starts; the destination, open. StartError."""
+        raise NotImplementedError
+
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+        """Fill the session's rows (the scan step)."""
+        raise NotImplementedError
+
+    def transfer(self, session: SyncSession) -> Transfer:
+        return transferring.transfer
+
+    def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
+        """Should a drainer with nothing to claim wait for more rows? While the scan inserts them,
+        and while pending rows wait for another session's upload of the same files (files.claim)."""
+        return SyncSession.objects.filter(pk=session.pk, status=SessionStatus.SCANNING).exists() or (
+            files.has_pending(session))
+
+    def ran_dry(self, session: SyncSession) -> None:
+        """A drainer found nothing left and the session did not end."""
+
+    def describe(self, session: SyncSession) -> str:
+        raise NotImplementedError
+
+
+def _check(end: Destination | Source, what: str, close_on_failure: Destination) -> None:
+    try:
+        end.check()
+    except RemoteError as exc:
+        close_on_failure.close()
+        raise StartError(f"{what}: {exc.message}") from None
+
+
+class SyncKind(Kind):
+    name = SyncSession.Kind.SYNC
+
+    def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
+        try:
+            LocalSource.of(project).check()
+            dest = project.destination()
+        except ConfigError as exc:
+            raise StartError(str(exc)) from exc
+        _check(dest, f"destination {project.destination_kind}", dest)
+        return dest
+
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+        project = session.project
+        problems = ProblemLog(session)
+        source = LocalSource.of(project, dest.default_extensions)
+
+        def scan(sort: bool):  # key order only matters when merging with the catalog
+            return source.entries(method=settings.SCAN_METHOD, sort=sort, on_problem=problems.add,
+                                  on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
+                                  progress_every=settings.SCAN_PROGRESS_EVERY)
+
+        stats = planning.plan_session(session, dest, scan, batch_size=settings.SCAN_BATCH_SIZE,
+                                      start_uploads=start_uploads)
+        problems.save()
+        return stats
+
+    def describe(self, session: SyncSession) -> str:
+        return f"sync of {_where(LocalSource.of(session.project))} to {session.project.destination_kind}"
+
+
+class StreamKind(Kind):
+    """The upload queue: producers add rows one at a time (queueing.py)."""
+
+    name = SyncSession.Kind.STREAM
+    ends_by_itself = False
+    can_go_stale = False  # an idle upload queue has no heartbeat, and is not stuck
+
+    def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
+        # No network check: a producer's call must return at once; the uploads report a refusal.
+        try:
+            return project.destination()
+        except ConfigError as exc:
+            raise StartError(str(exc)) from exc
+
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+        return ScanStats()  # nothing to scan: rows arrive one by one
+
+    def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
+        # Linger: a producer queueing file after file is served by this task, not a task per file.
+        return idle_seconds < settings.QUEUE_LINGER_SECONDS
+
+    def ran_dry(self, session: SyncSession) -> None:
+        if session.status == SessionStatus.UPLOADING:
+            waking.went_idle(session)
+
+    def describe(self, session: SyncSession) -> str:
+        return f"upload queue of {session.project.name}"
+
+
+class ImportKind(Kind):
+    name = SyncSession.Kind.IMPORT
+
+    def preflight(self, project: Project, params: dict[str, Any]) -> Destination:
+        """The project's destination can take streams, the Roboflow project exists and the key opens it."""
+        try:
+            dest = project.destination()
+            source = RoboflowSource.from_params(params)
+        except ConfigError as exc:
+            raise StartError(str(exc)) from exc
+        if not dest.supports_stream_upload:
+            raise StartError(f"project {project.name}: a {project.destination_kind} destination cannot receive "
+                             f"imports; import into a project with an S3 or local destination")
+        _check(dest, f"destination {project.destination_kind}", dest)
+        _check(source, "Roboflow", dest)
+        return dest
+
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+        return importing.list_into(session, dest, start_uploads)
+
+    def transfer(self, session: SyncSession) -> Transfer:
+        return importing.Fetcher(session)
+
+    def describe(self, session: SyncSession) -> str:
+        return f"import of {_where(RoboflowSource.from_params(session.params))} into {session.project.name}"
+
+
+def _where(source: Source) -> str:
+    described = source.describe()
+    return f"{described.pop('kind')} " + "/".join(str(v) for v in described.values())
+
+
+SYNC, STREAM, IMPORT = SyncKind(), StreamKind(), ImportKind()
+REGISTRY: dict[str, Kind] = {k.name: k for k in (SYNC, STREAM, IMPORT)}
+
+
+def of(session: SyncSession) -> Kind:
+    return REGISTRY[session.kind]
+
+
+def get(name: str) -> Kind:
+    return REGISTRY[name]
+
+
+def that_can_go_stale() -> list[str]:
+    """Names of the kinds whose sessions the sweep and `resume --all` look after."""
+    return [name for name, kind in REGISTRY.items() if kind.can_go_stale]
+
+
+class ProblemLog:
+    """Scan problems (broken links, unreadable folders): counted, the first ones kept."""
+
+    def __init__(self, session: SyncSession):
+        self.session = session
+        self.lines: list[str] = []
+        self.count = 0
+
+    def add(self, path: str, message: str) -> None:
+        self.count += 1
+        if len(self.lines) < MAX_LOGGED_PROBLEMS:
+            self.lines.append(f"{path}: {message}")
+        log.warning("session %s: %s: %s", self.session.pk, path, message)
+
+    def save(self) -> None:
+        if not self.count:
+            return
+        if self.count > len(self.lines):
+            self.lines.append(f"... and {self.count - len(self.lines)} more scan problems")
+        SyncSession.objects.filter(pk=self.session.pk).update(scan_problems=self.count)
+        self.session.append_log("\n".join(self.lines))

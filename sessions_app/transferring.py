@@ -1,0 +1,105 @@
+"""Moving one claimed row to the destination, retrying transient errors with backoff; never
+raises. A session kind picks the transfer of its rows (kinds.py): uploading a local file (here),
+or fetching a Roboflow image (importing.Fetcher), both through `with_retries` and `already_there`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.utils import timezone
+
+from projects import backoff
+from projects.destinations import Destination, DestinationError
+from projects.errors import RemoteError
+from projects.walking import mtime_of
+from sessions_app.files import Outcome
+from sessions_app.models import FileStatus, FileUpload
+
+log = logging.getLogger(__name__)
+
+VERIFIED_NOTE = "verified at destination after restart"
+
+Transfer = Callable[[Destination, FileUpload, str, int], Outcome]
+
+
+def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
+    """Between two tries of one file within a task."""
+    return backoff.delay(attempt, settings.UPLOAD_RETRY_BASE_SECONDS, settings.UPLOAD_RETRY_CAP_SECONDS,
+                         at_least=retry_after)
+
+
+def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], what: str) -> Outcome:
+    """Run once() until it returns, retrying transient errors with backoff; never raises."""
+    tries = 0
+    while True:
+        tries += 1
+        row.attempts += 1
+        try:
+            return once()
+        except RemoteError as exc:  # the destination's or the source's end
+            if exc.permanent or tries >= max_tries:
+                return failed(row, exc, tries)
+            time.sleep(backoff_seconds(tries, exc.retry_after))
+        except Exception as exc:  # a bug in a backend must not take the whole chunk down
+            log.exception("unexpected error: %s", what)
+            return failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries)
+
+
+def failed(row: FileUpload, exc: RemoteError, tries: int) -> Outcome:
+    row.last_error = exc.message[:5000]
+    row.error_permanent = exc.permanent
+    if not exc.permanent and tries > 1:
+        row.last_error = f"gave up after {tries} attempts: {row.last_error}"
+    return Outcome(row, FileStatus.FAILED)
+
+
+def already_there(dest: Destination, row: FileUpload, local_path: str | None = None) -> bool:
+    """For rows a crash cut off mid-transfer: is the object at the destination already (of the
+    local file's size, when there is a local file)? Then the row is done without a transfer."""
+    try:
+        remote = dest.stat(row.remote_key)
+        size = os.path.getsize(local_path) if local_path else None
+    except (DestinationError, OSError):
+        return False
+    if remote is None or (size is not None and remote.size != size):
+        return False
+    row.size, row.uploaded_at, row.note = remote.size, timezone.now(), VERIFIED_NOTE
+    row.last_error, row.error_permanent = "", False
+    return True
+
+
+def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
+    """Upload one local file."""
+    path = os.path.join(source_dir, row.relative_path)
+    if row.verify_remote and already_there(dest, row, path):
+        return Outcome(row, FileStatus.UPLOADED)
+    return with_retries(row, max_tries, lambda: _upload_once(dest, row, path), f"uploading {row.relative_path}")
+
+
+def _upload_once(dest: Destination, row: FileUpload, path: str) -> Outcome:
+    _note_changes(row, path)
+    result = dest.upload(path, row.remote_key)
+    row.size = result.size
+    row.checksum, row.remote_id = result.checksum[:200], result.remote_id[:200]
+    row.note = (row.note + " " + result.note).strip()[:500]
+    row.last_error, row.error_permanent = "", False
+    row.uploaded_at = timezone.now()
+    if result.duplicate:
+        row.skip_reason = "duplicate"
+        return Outcome(row, FileStatus.SKIPPED)
+    return Outcome(row, FileStatus.UPLOADED)
+
+
+def _note_changes(row: FileUpload, path: str) -> None:
+    """Record a size/mtime that changed since the scan, so no row keeps a stale size."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # the upload itself reports the missing file
+    if st.st_size != row.size:
+        row.note = f"size changed since scan: {row.size} -> {st.st_size}"
+    row.size, row.mtime = st.st_size, mtime_of(st)
