@@ -88,7 +88,7 @@ class Product:
         self.db, self.work = db, work
         self.config = work / f"{name}.json"
         self.config.write_text(json.dumps({"project": name, "source_dir": str(tree), "destination": destination,
-                                           "upload_workers": 16, "exclude": [".complete"]}))
+                                           "upload_workers": WORKERS, "exclude": [".complete"]}))
         self.log = work / f"{name}.log"
 
     def sync(self) -> tuple[float, float]:
@@ -207,10 +207,11 @@ def report(dest: str, ours: Side, peer: Side, files: int, rsync_noop: tuple[floa
 
 
 QUIET_WAIT = 30.0
+WORKERS = 16
 
 
 def main() -> None:
-    global QUIET_WAIT
+    global QUIET_WAIT, WORKERS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--size", type=int, default=256, help="bytes per file")
@@ -220,7 +221,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="no-op re-syncs per side")
     parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT)
     parser.add_argument("--product", help="measure the code of this checkout (default: this one)")
+    parser.add_argument("--workers", type=int, default=WORKERS, help="the product's upload_workers")
     args = parser.parse_args()
+    WORKERS = args.workers
     common.install_cleanup()
     common.use_product(args.product)
     QUIET_WAIT = args.quiet_wait

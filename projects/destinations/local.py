@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from projects.destinations.base import (
@@ -21,11 +21,17 @@ from projects.destinations.base import (
 from projects.walking import walk_sorted
 
 CHUNK = 1024 * 1024
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_temp_names = itertools.count()  # with the process id, a temporary name no other writer uses
 
 
 class LocalDestination(Destination):
     kind = "local"
     supports_stream_upload = True
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        self._folders: set[str] = set()  # made or found already
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -81,24 +87,48 @@ class LocalDestination(Destination):
             return None
 
     def upload(self, local_path: str, key: str) -> UploadResult:
+        # File descriptors and sendfile, not open() and copyfileobj: for a small file that halves
+        # the system calls (no isatty probe, no seek, no 1 MiB buffer per read).
         try:
-            src = open(local_path, "rb")
+            src = os.open(local_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise local_file_error(exc, local_path) from exc
-        with src:
-            return self.upload_stream(src, key)
+        def copy(dst: int) -> int:
+            try:
+                return _send(src, dst)
+            except OSError as exc:
+                if os.path.isdir(local_path):  # os.open takes a folder; reading it is what fails
+                    raise local_file_error(IsADirectoryError(exc.errno, exc.strerror), local_path) from exc
+                raise
+
+        try:
+            return UploadResult(size=self._write(key, copy))
+        finally:
+            os.close(src)
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
-        target = self._target(key)
-        tmp = f"{target}.uploading-{uuid.uuid4().hex[:8]}"
-        try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(tmp, "wb") as dst:
-                shutil.copyfileobj(fileobj, dst, CHUNK)
-                written = dst.tell()
+        def copy(dst: int) -> int:
+            with open(dst, "wb", closefd=False) as out:
+                shutil.copyfileobj(fileobj, out, CHUNK)
+                written = out.tell()
             if size is not None and written != size:
                 raise DestinationError(f"{key}: the stream ended after {written} of {size} bytes", permanent=False)
-            os.replace(tmp, target)  # readers never see a half-written file
+            return written
+
+        return UploadResult(size=self._write(key, copy))
+
+    def _write(self, key: str, copy: Callable[[int], int]) -> int:
+        """copy() fills a temporary file beside the target, which then takes the target's name:
+        readers never see a half-written file. Returns the bytes written."""
+        target = self._target(key)
+        tmp = f"{target}.uploading-{os.getpid():x}-{next(_temp_names):x}"
+        try:
+            dst = self._create(tmp)
+            try:
+                written = copy(dst)
+            finally:
+                os.close(dst)
+            os.replace(tmp, target)
         except OSError as exc:
             _remove_quietly(tmp)
             # FileExistsError: a file stands where a folder of the key should be (makedirs).
@@ -107,7 +137,18 @@ class LocalDestination(Destination):
         except BaseException:
             _remove_quietly(tmp)
             raise
-        return UploadResult(size=written)
+        return written
+
+    def _create(self, tmp: str) -> int:
+        folder = os.path.dirname(tmp)
+        if folder not in self._folders:  # made (or found) once per folder, not once per file
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        try:
+            return os.open(tmp, _CREATE, 0o666)
+        except FileNotFoundError:  # the folder went away since: make it again
+            os.makedirs(folder, exist_ok=True)
+            return os.open(tmp, _CREATE, 0o666)
 
     def _target(self, key: str) -> str:
         target = os.path.normpath(os.path.join(self.root, key))
@@ -118,6 +159,13 @@ class LocalDestination(Destination):
 
 def _folder(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _send(src: int, dst: int) -> int:
+    sent = 0
+    while n := os.sendfile(dst, src, sent, CHUNK):
+        sent += n
+    return sent
 
 
 def _remove_quietly(path: str) -> None:
