@@ -85,14 +85,9 @@ def open_under(root: str, relative_path: str, *, follow_symlinks: bool) -> Local
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise local_file_error(exc, path) from exc
-    try:
-        for i, folder in enumerate(folders):
-            fd = _step(fd, folder, _DIR_FLAGS, path, "folder " + "/".join(folders[: i + 1]))
-        fd = _step(fd, name, _FILE_FLAGS, path, "the file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return LocalFile.of_fd(fd, path)
+    for i, folder in enumerate(folders):
+        fd = _step(fd, folder, _DIR_FLAGS, path, "folder " + "/".join(folders[: i + 1]))
+    return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path)
 
 
 def _step(dir_fd: int, name: str, flags: int, path: str, what: str) -> int:

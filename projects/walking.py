@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,8 +18,9 @@ class Entry:
     relative_path: str
     size: int
     mtime: float  # rounded to microseconds: find's text and os.stat's float agree to that
-    device: int | None = None  # identity_of(): what the upload checks it opens
-    inode: int | None = None
+    # identity_of(): what the upload checks it opens. Carried, not compared: entries are paths.
+    device: int | None = field(default=None, compare=False)
+    inode: int | None = field(default=None, compare=False)
 
 
 def mtime_of(st: os.stat_result) -> float:
