@@ -194,6 +194,9 @@ class FileUpload(models.Model):
     remote_key = models.CharField(max_length=4096, blank=True, default="")
     size = models.BigIntegerField(default=0)
     mtime = models.FloatField(default=0)
+    # The file's identity when scanned or queued (walking.identity_of); the upload opens only that file.
+    device = models.BigIntegerField(null=True, blank=True)
+    inode = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=FileStatus.choices, default=FileStatus.PENDING)
     skip_reason = models.CharField(max_length=100, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0, help_text="transfer attempts, all rounds")

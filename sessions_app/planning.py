@@ -91,7 +91,8 @@ def _uploaded_earlier(project_id: int, session_id: int, paths: list[str]) -> set
 def rows_for(decisions: list[Decision], session: SyncSession) -> list[FileUpload]:
     return [
         files.planned_row(session, relative_path=d.entry.relative_path, remote_key=d.key, size=d.entry.size,
-                          mtime=d.entry.mtime, skip_reason=d.skip_reason)
+                          mtime=d.entry.mtime, skip_reason=d.skip_reason, device=d.entry.device,
+                          inode=d.entry.inode)
         for d in decisions
     ]
 

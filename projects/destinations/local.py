@@ -18,6 +18,7 @@ from projects.destinations.base import (
     local_file_error,
     normalize_key,
 )
+from projects.localfile import LocalFile
 from projects.walking import walk_sorted
 
 CHUNK = 1024 * 1024
@@ -77,13 +78,11 @@ class LocalDestination(Destination):
         except OSError:
             return None
 
-    def upload(self, local_path: str, key: str) -> UploadResult:
+    def put_file(self, local: LocalFile, key: str) -> UploadResult:
         try:
-            src = open(local_path, "rb")
+            return self.upload_stream(local.file, key)
         except OSError as exc:
-            raise local_file_error(exc, local_path) from exc
-        with src:
-            return self.upload_stream(src, key)
+            raise local_file_error(exc, local.path) from exc
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         target = self._target(key)
