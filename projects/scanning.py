@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from projects.walking import Entry, Problem, walk_sorted
+from projects.walking import Entry, Problem, signed64, walk_sorted
 
 
 @dataclass
@@ -39,6 +39,16 @@ class ScanFilter:
         if self._ext and os.path.splitext(relative_path)[1].lower() not in self._ext:
             return False
         return not (self._exclude_re and self._exclude_re.fullmatch(relative_path))
+
+    def refusal(self, relative_path: str) -> str:
+        """Why accepts() refuses a path, naming the rule; "" when it accepts it."""
+        ext = os.path.splitext(relative_path)[1].lower()
+        if self._ext and ext not in self._ext:
+            return f"excluded by the project's extensions: {ext or '(no extension)'}"
+        for pattern in self.exclude:
+            if re.fullmatch(glob_to_regex(pattern), relative_path):
+                return f"excluded by pattern {pattern}"
+        return ""
 
 
 def glob_to_regex(pattern: str) -> str:
@@ -110,9 +120,10 @@ def scan(
         on_progress(seen)
 
 
-# %y: type; %Y: type of the link target ("N" when it does not exist); tab-separated, NUL-ended.
+# %D, %i: device and inode; %y: type; %Y: type of the link target ("N" when it does not exist);
+# tab-separated, NUL-ended.
 # The path comes first so that sorting whole records sorts by path (tab sorts below any name char).
-_FIND_FORMAT = "%P\t%s\t%T@\t%y%Y\\0"
+_FIND_FORMAT = "%P\t%s\t%T@\t%D\t%i\t%y%Y\\0"
 
 
 def find_walk(root: str, sort: bool = True, on_problem: Problem | None = None) -> Iterator[Entry]:
@@ -159,10 +170,10 @@ def _parse_find(stream, report: Problem) -> Iterator[Entry]:
 
 
 def _parse_record(rec: bytes, report: Problem) -> Entry | None:
-    path_b, size, mtime, kinds = rec.rsplit(b"\t", 3)
+    path_b, size, mtime, device, inode, kinds = rec.rsplit(b"\t", 5)
     path = os.fsdecode(path_b)
     if kinds[:1] == b"f":
-        return Entry(path, int(size), round(float(mtime), 6))
+        return Entry(path, int(size), round(float(mtime), 6), signed64(int(device)), signed64(int(inode)))
     if kinds[1:2] == b"N":
         report(path, "broken symlink")
     return None  # symlinks are not followed on this path

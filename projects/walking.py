@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +18,22 @@ class Entry:
     relative_path: str
     size: int
     mtime: float  # rounded to microseconds: find's text and os.stat's float agree to that
+    # identity_of(): what the upload checks it opens. Carried, not compared: entries are paths.
+    device: int | None = field(default=None, compare=False)
+    inode: int | None = field(default=None, compare=False)
 
 
 def mtime_of(st: os.stat_result) -> float:
     return round(st.st_mtime, 6)
+
+
+def identity_of(st: os.stat_result) -> tuple[int, int]:
+    """(device, inode), each folded into a signed 64-bit integer (a database bigint)."""
+    return signed64(st.st_dev), signed64(st.st_ino)
+
+
+def signed64(n: int) -> int:
+    return n - (1 << 64) if n >= 1 << 63 else n
 
 
 Problem = Callable[[str, str], None]  # (relative path, message)
@@ -63,7 +75,7 @@ def _walk(top: str, rel: str, follow: bool, report: Problem, seen: set[tuple[int
             continue
         st = _stat(entry, follow, child_rel, report)
         if st is not None and stat_mod.S_ISREG(st.st_mode):
-            yield Entry(child_rel, st.st_size, mtime_of(st))
+            yield Entry(child_rel, st.st_size, mtime_of(st), *identity_of(st))
 
 
 def _is_dir(entry: os.DirEntry, follow: bool) -> bool:

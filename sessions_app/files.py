@@ -144,11 +144,12 @@ def in_flight(session: SyncSession) -> bool:
 
 
 def planned_row(session: SyncSession, *, relative_path: str, remote_key: str, size: int = 0, mtime: float = 0,
-                skip_reason: str = "", remote_id: str = "") -> FileUpload:
+                skip_reason: str = "", remote_id: str = "", device: int | None = None,
+                inode: int | None = None) -> FileUpload:
     """A row for the plan: pending, or skipped with its reason. Not saved: add_planned() inserts it."""
     return FileUpload(session_id=session.pk, project_id=session.project_id, relative_path=relative_path,
                       remote_key=remote_key, size=size, mtime=mtime, skip_reason=skip_reason, remote_id=remote_id,
-                      status=SKIPPED if skip_reason else PENDING)
+                      device=device, inode=inode, status=SKIPPED if skip_reason else PENDING)
 
 
 def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUpload]:
@@ -164,7 +165,8 @@ def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUp
     return new
 
 
-PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "verify_remote")
+PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "device", "inode",
+                   "verify_remote")
 
 
 def add_pending(session: SyncSession, rows: Sequence[tuple]) -> int:

@@ -49,7 +49,7 @@ class Kind:
         raise NotImplementedError
 
     def transfer(self, session: SyncSession) -> Transfer:
-        return transferring.transfer
+        return transferring.local_transfer(session.project.follow_symlinks)
 
     def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
         """Should a drainer with nothing to claim wait for more rows? While the scan inserts them,

@@ -200,6 +200,9 @@ class FileUpload(models.Model):
     remote_key = models.CharField(max_length=4096, blank=True, default="")
     size = models.BigIntegerField(default=0)
     mtime = models.FloatField(default=0)
+    # The file's identity when scanned or queued (walking.identity_of); the upload opens only that file.
+    device = models.BigIntegerField(null=True, blank=True)
+    inode = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=FileStatus.choices, default=FileStatus.PENDING)
     skip_reason = models.CharField(max_length=100, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0, help_text="transfer attempts, all rounds")
@@ -290,7 +293,7 @@ class CatalogEntry(models.Model):
 
     # No index of its own: the unique (catalog, key) index serves every lookup by catalog.
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="entries", db_index=False)
-    # On PostgreSQL the column sorts bytewise (COLLATE "C", see migration 0002): the order the scan
+    # On PostgreSQL the column sorts bytewise (COLLATE "C", see migration 0003): the order the scan
     # and every listing yield keys in, which the plan's merge relies on.
     key = models.CharField(max_length=4096)
     relative_path = models.CharField(max_length=4096, blank=True, default="",

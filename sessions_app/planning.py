@@ -139,7 +139,7 @@ class _Merge:
         for e, key, known in zip(batch, keys, self.cursor.match(keys)):
             reason = decide(e.size, e.mtime, known)
             if not reason:
-                rows.append((e.relative_path, key, e.size, e.mtime, key in self.doubt))
+                rows.append((e.relative_path, key, e.size, e.mtime, e.device, e.inode, key in self.doubt))
                 continue
             skips[reason] = skips.get(reason, 0) + 1
             skipped_bytes += e.size

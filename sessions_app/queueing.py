@@ -29,9 +29,10 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from projects.destinations import ConfigError
+from projects.destinations import ConfigError, Destination
 from projects.models import Project
-from projects.walking import mtime_of
+from projects.sources.local import LocalSource
+from projects.walking import identity_of, mtime_of
 from sessions_app import catalog, files, kinds, starting, waking
 from sessions_app.errors import Refused, StartError
 from sessions_app.files import OPEN
@@ -77,7 +78,9 @@ def submit(project: Project, path: str, remote_subdir: str | None = None, tag: s
     """queue_upload() with the whole answer; raises only on a database failure."""
     try:
         relative_path, st = resolve(project.source_dir, path)
-        key = remote_key(project, relative_path, remote_subdir)
+        dest = _destination(project)
+        _check_filters(project, dest, relative_path)
+        key = remote_key(dest, relative_path, remote_subdir)
         answer, session = _admit_into_stream(project, relative_path, key, st, _clean_tag(tag))
     except Refused as exc:
         log.warning("upload queue of %s: %s not queued: %s", project.name, path, exc.message)
@@ -113,14 +116,24 @@ def resolve(source_dir: str, path: str) -> tuple[str, os.stat_result]:
     return relative_path, st
 
 
-def remote_key(project: Project, relative_path: str, remote_subdir: str | None) -> str:
+def _destination(project: Project) -> Destination:
+    try:
+        return project.destination()
+    except ConfigError as exc:
+        raise Refused(503, f"the project's destination is misconfigured: {exc}") from None
+
+
+def _check_filters(project: Project, dest: Destination, relative_path: str) -> None:
+    """The project's extensions and exclude patterns, as its scans apply them."""
+    refusal = LocalSource.of(project, dest.default_extensions).filter.refusal(relative_path)
+    if refusal:
+        raise Refused(400, f"{refusal}: {relative_path}")
+
+
+def remote_key(dest: Destination, relative_path: str, remote_subdir: str | None) -> str:
     """Where the file goes: its relative path, or its name under remote_subdir."""
     if remote_subdir is not None and not isinstance(remote_subdir, str):
         raise Refused(400, "remote_subdir: expected a folder name")
-    try:
-        dest = project.destination()
-    except ConfigError as exc:
-        raise Refused(503, f"the project's destination is misconfigured: {exc}") from None
     if not remote_subdir:
         return dest.key_for(relative_path)
     parts = remote_subdir.split("/")
@@ -173,8 +186,9 @@ def _admit(session: SyncSession, project: Project, relative_path: str, key: str,
             raise Refused(429, f"upload queue is full ({backlog} files waiting, limit {project.queue_limit})")
         if old is not None:
             files.forget(old)  # the new request joins the end of the queue
+        device, inode = identity_of(st)
         row = files.admit_one(session, relative_path=relative_path, remote_key=key, size=st.st_size,
-                              mtime=mtime_of(st), tag=tag)
+                              mtime=mtime_of(st), device=device, inode=inode, tag=tag)
     return Answer(True, 202, "queued", row.pk)
 
 

@@ -4,6 +4,7 @@ or fetching a Roboflow image (importing.Fetcher), both through `with_retries` an
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -14,8 +15,8 @@ from django.utils import timezone
 
 from projects import backoff
 from projects.destinations import Destination, DestinationError
-from projects.errors import RemoteError
-from projects.walking import mtime_of
+from projects.errors import RemoteError, SourceError
+from projects.localfile import LocalFile, open_under
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload
 
@@ -72,17 +73,26 @@ def already_there(dest: Destination, row: FileUpload, local_path: str | None = N
     return True
 
 
-def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
-    """Upload one local file."""
+def local_transfer(follow_symlinks: bool) -> Transfer:
+    """The transfer of a project's local files (following symlinks in its folder or not)."""
+    return functools.partial(transfer, follow_symlinks=follow_symlinks)
+
+
+def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int, *,
+             follow_symlinks: bool = False) -> Outcome:
+    """Upload one local file: the one that was scanned or queued, opened once, read from the open file."""
     path = os.path.join(source_dir, row.relative_path)
     if row.verify_remote and already_there(dest, row, path):
         return Outcome(row, FileStatus.UPLOADED)
-    return with_retries(row, max_tries, lambda: _upload_once(dest, row, path), f"uploading {row.relative_path}")
+    return with_retries(row, max_tries, lambda: _upload_once(dest, row, source_dir, follow_symlinks),
+                        f"uploading {row.relative_path}")
 
 
-def _upload_once(dest: Destination, row: FileUpload, path: str) -> Outcome:
-    _note_changes(row, path)
-    result = dest.upload(path, row.remote_key)
+def _upload_once(dest: Destination, row: FileUpload, source_dir: str, follow_symlinks: bool) -> Outcome:
+    with open_under(source_dir, row.relative_path, follow_symlinks=follow_symlinks) as local:
+        _check_same_file(row, local)
+        _note_changes(row, local)
+        result = dest.upload(local, row.remote_key)
     row.size = result.size
     row.checksum, row.remote_id = result.checksum[:200], result.remote_id[:200]
     row.note = (row.note + " " + result.note).strip()[:500]
@@ -94,12 +104,17 @@ def _upload_once(dest: Destination, row: FileUpload, path: str) -> Outcome:
     return Outcome(row, FileStatus.UPLOADED)
 
 
-def _note_changes(row: FileUpload, path: str) -> None:
+def _check_same_file(row: FileUpload, local: LocalFile) -> None:
+    """Refuse another file put in the place of the one scanned or queued (rows recorded before
+    identities were kept have none). The same file, grown or shrunk, is uploaded (_note_changes)."""
+    if row.inode is None or (local.device, local.inode) == (row.device, row.inode):
+        return
+    raise SourceError(f"changed since it was scanned: replaced by another file (inode {local.inode}, "
+                      f"was {row.inode}): {local.path}", permanent=True)
+
+
+def _note_changes(row: FileUpload, local: LocalFile) -> None:
     """Record a size/mtime that changed since the scan, so no row keeps a stale size."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return  # the upload itself reports the missing file
-    if st.st_size != row.size:
-        row.note = f"size changed since scan: {row.size} -> {st.st_size}"
-    row.size, row.mtime = st.st_size, mtime_of(st)
+    if local.size != row.size:
+        row.note = f"size changed since scan: {row.size} -> {local.size}"
+    row.size, row.mtime = local.size, local.mtime

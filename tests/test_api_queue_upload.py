@@ -175,3 +175,36 @@ def test_too_deeply_nested_or_undecodable_json_400_and_no_traceback(api, token, 
 
     assert r.status_code == 400 and r.json()["error"].startswith("expected a JSON object")
     assert not tracebacks(caplog) and not FileUpload.objects.exists()
+
+
+def test_a_file_the_projects_extensions_exclude_400_naming_the_rule(api, make_project, tmp_path, source):
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")}, project="camera",
+                           extensions=[".jpg"])
+    write_files(source, {"notes.txt": "text"})
+
+    r = post(api, project.issue_api_token(), {"path": "notes.txt"})
+
+    assert (r.status_code, r.json()) == (400, {"queued": False, "message": "excluded by the project's extensions: .txt: notes.txt"})
+    assert not FileUpload.objects.exists()
+
+
+def test_a_file_an_exclude_pattern_matches_400_naming_the_pattern(api, make_project, tmp_path, source):
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")}, project="camera",
+                           exclude=["tmp/", "*.partial.jpg"])
+    write_files(source, {"tmp/a.jpg": "a", "cam/b.partial.jpg": "b", "cam/c.jpg": "c"})
+    token = project.issue_api_token()
+
+    assert post(api, token, {"path": "tmp/a.jpg"}).json()["message"] == "excluded by pattern tmp/: tmp/a.jpg"
+    r = post(api, token, {"path": "cam/b.partial.jpg"})
+    assert (r.status_code, r.json()["message"]) == (400, "excluded by pattern *.partial.jpg: cam/b.partial.jpg")
+    assert post(api, token, {"path": "cam/c.jpg"}).status_code == 202
+    assert list(FileUpload.objects.values_list("relative_path", flat=True)) == ["cam/c.jpg"]
+
+
+def test_a_roboflow_project_without_extensions_takes_only_images(api, make_project, source):
+    project = make_project({"type": "roboflow", "workspace": "ws", "project": "p"}, project="camera")
+    write_files(source, {"notes.txt": "text"})
+
+    r = post(api, project.issue_api_token(), {"path": "notes.txt"})
+
+    assert r.status_code == 400 and r.json()["message"].startswith("excluded by the project's extensions: .txt")

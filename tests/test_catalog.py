@@ -286,7 +286,7 @@ def test_the_migration_builds_the_catalog_from_earlier_uploads(make_project, sou
         FileUpload.objects.create(session=session, project=project, relative_path=path, remote_key=path, size=1,
                                   mtime=_mtime(source / path), status=status, skip_reason=reason,
                                   checksum="etag" if path == "up.wav" else "")
-    migration = importlib.import_module("sessions_app.migrations.0002_catalog")
+    migration = importlib.import_module("sessions_app.migrations.0003_catalog")
 
     migration.build_catalogs(django.apps.apps, None)
 

@@ -33,6 +33,24 @@ def test_find_and_scandir_agree_on_size_and_mtime(tmp_path):
     assert by_find == by_scandir
 
 
+@pytest.mark.parametrize("method", ["find", "scandir"])
+def test_entries_carry_the_files_device_and_inode(tmp_path, method):
+    write_files(tmp_path, {"a.wav": "1", "d/b.wav": "2"})
+    entries = list(scan(str(tmp_path), ScanFilter(), method=method))
+    for entry in entries:
+        st = os.stat(tmp_path / entry.relative_path)
+        assert (entry.device, entry.inode) == (st.st_dev, st.st_ino)
+
+
+def test_the_filter_names_the_rule_that_refuses_a_path():
+    flt = ScanFilter(extensions=[".wav"], exclude=["tmp/", "*.bak.wav"])
+    assert flt.refusal("a.txt") == "excluded by the project's extensions: .txt"
+    assert flt.refusal("README") == "excluded by the project's extensions: (no extension)"
+    assert flt.refusal("tmp/a.wav") == "excluded by pattern tmp/"
+    assert flt.refusal("x/a.bak.wav") == "excluded by pattern *.bak.wav"
+    assert flt.refusal("x/a.wav") == ""
+
+
 def test_extensions_are_case_insensitive_and_excludes_prune_folders(tmp_path):
     write_files(tmp_path, TREE)
     flt = ScanFilter(extensions=[".wav"], exclude=["**/tmp/**"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
 from projects.errors import ConfigError, DestinationError
+from projects.localfile import LocalFile, local_file_error
 from projects.schema import KINDS, Option
 
 
@@ -150,10 +151,18 @@ class Destination:
         keys relative to the prefix. Only when supports_listing."""
         raise NotImplementedError
 
-    def upload(self, local_path: str, key: str) -> UploadResult:
-        """Upload one local file to `key` (relative to prefix). Thread-safe: called from many
-        threads at once; keep per-thread connections in self._local if needed. Raises
-        DestinationError (FileNotFoundError -> permanent "file not found")."""
+    def upload(self, local: LocalFile | str, key: str) -> UploadResult:
+        """Upload one local file to `key` (relative to prefix): an open LocalFile (what uploads pass:
+        the file they checked), or a path of the caller's own choosing, opened here."""
+        if isinstance(local, LocalFile):
+            return self.put_file(local, key)
+        with LocalFile.open(local) as opened:
+            return self.put_file(opened, key)
+
+    def put_file(self, local: LocalFile, key: str) -> UploadResult:
+        """Upload an open local file, reading `local.file` and never its path. Thread-safe: called
+        from many threads at once; keep per-thread connections in self._local if needed. Raises
+        DestinationError."""
         raise NotImplementedError
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
@@ -176,13 +185,3 @@ class Destination:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def local_file_error(exc: OSError, path: str) -> DestinationError:
-    """The DestinationError for a local file we could not read."""
-    if isinstance(exc, FileNotFoundError):
-        return DestinationError(f"file not found: {path}", permanent=True)
-    if isinstance(exc, IsADirectoryError):
-        return DestinationError(f"is a directory, not a file: {path}", permanent=True)
-    if isinstance(exc, PermissionError):
-        return DestinationError(f"permission denied reading {path}", permanent=True)
-    return DestinationError(f"cannot read {path}: {exc.strerror or exc}", permanent=False)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import filetype
@@ -22,6 +25,7 @@ from projects.destinations.base import (
     UploadResult,
     local_file_error,
 )
+from projects.localfile import LocalFile
 from projects.roboflow_sdk import DEFAULT_TIMEOUT, SLUG, WELL_KNOWN_SECRETS, RoboflowAPI
 
 log = logging.getLogger(__name__)
@@ -85,25 +89,26 @@ class RoboflowDestination(Destination):
             self.api.call(rfapi.get_project, api_key, workspace, project, what=what, lookup=True)
 
     # -- upload -----------------------------------------------------------------------------
-    def upload(self, local_path: str, key: str) -> UploadResult:
+    def put_file(self, local: LocalFile, key: str) -> UploadResult:
         api_key = self.api.api_key()
         project = self._project_for(key)
-        size = check_image(local_path)
+        size = check_image(local)
         try:
-            annotation = self._finder.find(local_path)
+            annotation = self._finder.find(local.path)
         except AnnotationError as exc:
             raise DestinationError(str(exc), permanent=True) from None
-        image = self.api.call(
-            rfapi.upload_image,
-            api_key,
-            project,
-            local_path,
-            split=split_for(key, self.options["split"]),
-            batch_name=self.batch_name,
-            tag_names=list(self.options["tags"]),
-            what=f"upload of {os.path.basename(local_path)}",
-            local_path=local_path,
-        )
+        with _named_path(local) as image_path:
+            image = self.api.call(
+                rfapi.upload_image,
+                api_key,
+                project,
+                image_path,
+                split=split_for(key, self.options["split"]),
+                batch_name=self.batch_name,
+                tag_names=list(self.options["tags"]),
+                what=f"upload of {local.name}",
+                local_path=local.path,
+            )
         image_id = str(image.get("id") or "")
         if not image_id:
             raise DestinationError(f"Roboflow answered the upload of {key} without an image id", permanent=False)
@@ -141,14 +146,25 @@ class RoboflowDestination(Destination):
         return self.options["neither_project"]
 
 # -- helpers ------------------------------------------------------------------------------------
-def check_image(path: str) -> int:
+@contextmanager
+def _named_path(local: LocalFile) -> Iterator[str]:
+    """A path that opens the open file under its own name: the SDK reads the image by path and
+    names it (and guesses its type) after the path's last part, so /proc/self/fd/N alone won't do."""
+    with tempfile.TemporaryDirectory(prefix="roboflow-upload-") as folder:  # private (0700)
+        path = os.path.join(folder, local.name)
+        os.symlink(local.fd_path, path)
+        yield path
+
+
+def check_image(local: LocalFile) -> int:
     """The size of an image Roboflow accepts (judged by its content, not its name)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8192)
-            size = os.fstat(f.fileno()).st_size
+        local.file.seek(0)
+        head = local.file.read(8192)
+        local.file.seek(0)
     except OSError as exc:
-        raise local_file_error(exc, path) from exc
+        raise local_file_error(exc, local.path) from exc
+    size, path = local.size, local.path
     kind = filetype.guess(head)
     if kind is None or kind.mime not in ACCEPTED_IMAGE_FORMATS:
         accepted = ", ".join(sorted(mime.split("/")[1] for mime in ACCEPTED_IMAGE_FORMATS))

@@ -29,6 +29,7 @@ from projects.destinations.base import (
     local_file_error,
     normalize_key,
 )
+from projects.localfile import LocalFile
 from projects.outbound import check_http_url, redact_url
 
 MiB = 1024 * 1024
@@ -166,23 +167,18 @@ class S3Destination(Destination):
             raise self._error(exc, key)
         return RemoteObject(key, head["ContentLength"])
 
-    def upload(self, local_path: str, key: str) -> UploadResult:
-        full_key = self.full_key(key)
+    def put_file(self, local: LocalFile, key: str) -> UploadResult:
+        full_key, f, size = self.full_key(key), local.file, local.size
         try:
-            f = open(local_path, "rb")
+            f.seek(0)  # a retry reads the open file again from its start
+            if size > self.options["multipart_threshold_mb"] * MiB:
+                return self._upload_multipart(f, full_key, size)
+            extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
+            resp = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=f, ContentLength=size, **extra)
         except OSError as exc:
-            raise local_file_error(exc, local_path) from exc
-        with f:
-            try:
-                size = os.fstat(f.fileno()).st_size
-                if size > self.options["multipart_threshold_mb"] * MiB:
-                    return self._upload_multipart(f, full_key, size)
-                extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
-                resp = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=f, ContentLength=size, **extra)
-            except OSError as exc:
-                raise local_file_error(exc, local_path) from exc
-            except Exception as exc:
-                raise self._error(exc, full_key)
+            raise local_file_error(exc, local.path) from exc
+        except Exception as exc:
+            raise self._error(exc, full_key)
         return UploadResult(size=size, checksum=resp.get("ETag", "").strip('"'))
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:

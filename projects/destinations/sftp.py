@@ -32,6 +32,7 @@ from projects.destinations.base import (
     check_no_dot_segments,
     local_file_error,
 )
+from projects.localfile import LocalFile
 from projects.secrets import check_key_file, check_known_hosts, check_secret_options, read_secret
 
 logger = logging.getLogger(__name__)
@@ -149,15 +150,10 @@ class SFTPDestination(Destination):
 
         return self._run(f"stat of {path}", op)
 
-    def upload(self, local_path: str, key: str) -> UploadResult:
+    def put_file(self, local: LocalFile, key: str) -> UploadResult:
         target = self._path(key)
-        try:
-            src = open(local_path, "rb")
-            size = os.fstat(src.fileno()).st_size
-        except OSError as exc:
-            raise local_file_error(exc, local_path) from exc
-        with src:
-            sent = self._run(f"upload to {target}", lambda conn: self._put(conn, src, local_path, size, target))
+        sent = self._run(f"upload to {target}",
+                         lambda conn: self._put(conn, local.file, local.path, local.size, target))
         return UploadResult(size=sent)
 
     def close(self) -> None:

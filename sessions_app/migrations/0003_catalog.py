@@ -80,7 +80,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('projects', '0006_project_check_destination_every'),
-        ('sessions_app', '0001_initial'),
+        ('sessions_app', '0002_fileupload_file_identity'),
     ]
 
     operations = [

@@ -1,0 +1,117 @@
+"""A local file opened once for upload: destinations read the open file, never the path again,
+so what is uploaded is the file that was checked (no symlink swapped in after the scan).
+
+`open_under()` opens a file of a source folder without following symlinks, neither in the
+file's name nor in the folders above it (one `openat` per component from the source folder),
+unless the project follows symlinks. The caller compares the opened file's identity
+(device, inode) with what the scan or the upload queue recorded.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from projects.errors import DestinationError, SourceError
+from projects.walking import identity_of, mtime_of
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in must not hang the open; regular files ignore it.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+@dataclass
+class LocalFile:
+    """An open local file: `file` to read, its size and identity when opened, its name (the
+    remote name) and original path (for messages and for files found beside it)."""
+
+    file: BinaryIO
+    size: int
+    name: str
+    path: str
+    mtime: float = 0
+    device: int = 0
+    inode: int = 0
+
+    @classmethod
+    def open(cls, path: str) -> LocalFile:
+        """Open by path, following symlinks (for callers with a path of their own choosing)."""
+        try:
+            return cls.of_fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC), path)
+        except OSError as exc:
+            raise local_file_error(exc, path) from exc
+
+    @classmethod
+    def of_fd(cls, fd: int, path: str) -> LocalFile:
+        try:
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise local_file_error(IsADirectoryError(), path)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise SourceError(f"not a regular file: {path}", permanent=True)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        device, inode = identity_of(st)
+        return cls(os.fdopen(fd, "rb"), st.st_size, os.path.basename(path), path, mtime_of(st), device, inode)
+
+    @property
+    def fd_path(self) -> str:
+        """A path that opens this very file (for libraries that only take a path)."""
+        return f"/proc/self/fd/{self.file.fileno()}"
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> LocalFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_under(root: str, relative_path: str, *, follow_symlinks: bool) -> LocalFile:
+    """Open root/relative_path for reading. Without follow_symlinks, a symlink anywhere below
+    root is refused (permanently: it was no symlink when the file was scanned or queued)."""
+    path = os.path.join(root, relative_path)
+    if follow_symlinks:
+        return LocalFile.open(path)
+    *folders, name = relative_path.split("/")
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise local_file_error(exc, path) from exc
+    for i, folder in enumerate(folders):
+        fd = _step(fd, folder, _DIR_FLAGS, path, "folder " + "/".join(folders[: i + 1]))
+    return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path)
+
+
+def _step(dir_fd: int, name: str, flags: int, path: str, what: str) -> int:
+    """Open name in dir_fd; dir_fd is closed either way (the new fd replaces it)."""
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if os.path.islink(os.path.join(f"/proc/self/fd/{dir_fd}", name)) or exc.errno == errno.ELOOP:
+            raise SourceError(f"changed since it was scanned: {what} is now a symlink: {path}",
+                              permanent=True) from None
+        if isinstance(exc, NotADirectoryError):
+            raise SourceError(f"changed since it was scanned: {what} is no longer a folder: {path}",
+                              permanent=True) from None
+        raise local_file_error(exc, path) from exc
+    finally:
+        os.close(dir_fd)
+
+
+def local_file_error(exc: OSError, path: str) -> DestinationError:
+    """The DestinationError for a local file we could not read."""
+    if isinstance(exc, FileNotFoundError):
+        return DestinationError(f"file not found: {path}", permanent=True)
+    if isinstance(exc, IsADirectoryError):
+        return DestinationError(f"is a directory, not a file: {path}", permanent=True)
+    if isinstance(exc, PermissionError):
+        return DestinationError(f"permission denied reading {path}", permanent=True)
+    return DestinationError(f"cannot read {path}: {exc.strerror or exc}", permanent=False)
