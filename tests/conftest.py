@@ -13,7 +13,7 @@ import pytest
 from tests.polling import wait_for  # noqa: F401  (tests import it from here)
 
 pytest_plugins = ["tests.servers.s3"]
-for _name in ("sshd", "roboflow_api", "receiver"):
+for _name in ("sshd", "roboflow_api", "receiver", "browser"):
     if (Path(__file__).parent / "servers" / f"{_name}.py").exists():
         pytest_plugins.append(f"tests.servers.{_name}")
 
