@@ -13,7 +13,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import QuerySet
 from django.db.models.constants import OnConflict
 from psycopg2.extensions import adapt
@@ -120,10 +120,13 @@ def _defaults(model: type[models.Model], given: Sequence[str]) -> tuple[list[mod
     return fields, [f.get_db_prep_save(f.get_default(), connection) for f in fields]
 
 
-def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple]) -> int:
+def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple], *,
+                  new: bool = False) -> int:
     """INSERT rows given as tuples of the `columns` (attnames; every other column gets its
-    default), skipping those that collide with a unique constraint. Returns how many were
-    inserted. Call inside the transaction the rows belong to."""
+    default), skipping those that collide with a unique constraint — unless the caller knows
+    they are `new` (none can collide): then PostgreSQL takes them by a plain COPY into the table,
+    without the temporary table. Returns how many were inserted. Call inside the transaction the
+    rows belong to."""
     if not rows:
         return 0
     meta, qn = model._meta, connection.ops.quote_name
@@ -131,6 +134,13 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
     names = ", ".join(qn(meta.get_field(c).column) for c in columns) + "".join(f", {qn(f.column)}" for f in rest)
     table = qn(meta.db_table)
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql" and new:
+            try:
+                with transaction.atomic():  # a savepoint: should another writer have come in after all
+                    cursor.cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", _copy_file(rows, defaults))
+                return len(rows)
+            except IntegrityError:
+                pass
         if connection.vendor == "postgresql":
             return _copy_ignoring_existing(cursor, meta.db_table, names, rows, defaults)
         head = connection.ops.insert_statement(on_conflict=OnConflict.IGNORE)
@@ -140,15 +150,18 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
         return cursor.rowcount
 
 
+def _copy_file(rows: Sequence[tuple], defaults: list[Any]) -> io.StringIO:
+    tail = "".join("\t" + _copy_text(v) for v in defaults) + "\n"
+    return io.StringIO("".join("\t".join(map(_copy_text, row)) + tail for row in rows))
+
+
 def _copy_ignoring_existing(cursor, table: str, names: str, rows: Sequence[tuple], defaults: list[Any]) -> int:
     qn = connection.ops.quote_name
     temp = qn(f"copy_{table}")
     # Per connection, and gone with it (or with the transaction that created it): IF NOT EXISTS.
     cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} AS SELECT {names} FROM {qn(table)} WITH NO DATA")
     cursor.execute(f"TRUNCATE {temp}")
-    tail = "".join("\t" + _copy_text(v) for v in defaults) + "\n"
-    text = "".join("\t".join(map(_copy_text, row)) + tail for row in rows)
-    cursor.cursor.copy_expert(f"COPY {temp} ({names}) FROM STDIN", io.StringIO(text))
+    cursor.cursor.copy_expert(f"COPY {temp} ({names}) FROM STDIN", _copy_file(rows, defaults))
     cursor.execute(f"INSERT INTO {qn(table)} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
     return cursor.rowcount
 

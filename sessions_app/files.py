@@ -169,11 +169,12 @@ PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "s
                    "verify_remote")
 
 
-def add_pending(session: SyncSession, rows: Sequence[tuple]) -> int:
+def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool = False) -> int:
     """Insert a batch of pending rows given as plain tuples of PLANNED_COLUMNS (no model instances:
     COPY on PostgreSQL) and count them. Rows a crashed run of the same scan inserted are left
-    alone; the scan's end recounts. Call inside the batch's transaction. Returns how many went in."""
-    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows)
+    alone (the scan's end recounts); on the `first_run` of a session's scan there are none, and
+    the rows go in without that check. Call inside the batch's transaction. Returns how many went in."""
+    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows, new=first_run)
     _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)})
     return inserted
 
