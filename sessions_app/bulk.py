@@ -13,6 +13,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg2
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import QuerySet
 from django.db.models.constants import OnConflict
@@ -139,7 +140,7 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
                 with transaction.atomic():  # a savepoint: should another writer have come in after all
                     cursor.cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", _copy_file(rows, defaults))
                 return len(rows)
-            except IntegrityError:
+            except (IntegrityError, psycopg2.IntegrityError):  # the driver's own: copy_expert is no Django call
                 pass
         if connection.vendor == "postgresql":
             return _copy_ignoring_existing(cursor, meta.db_table, names, rows, defaults)
