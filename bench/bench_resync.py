@@ -238,12 +238,12 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"bench-resync-{dest}-"))
         try:
             ours, peer = (run_local if dest == "local" else run_s3)(tree, args, work)
+            if dest == "local":
+                rsync_noop = (min(peer.noop), min(peer.noop_cpu))
+            rows += report(dest, ours, peer, args.files, rsync_noop if dest != "local" else None)
+            print("\n".join(rows[-2:]), flush=True)  # before the clean-up: deleting 400,000 files takes minutes
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        if dest == "local":
-            rsync_noop = (min(peer.noop), min(peer.noop_cpu))
-        rows += report(dest, ours, peer, args.files, rsync_noop if dest != "local" else None)
-        print("\n".join(rows[-2:]), flush=True)
     print(f"\nload average at end {os.getloadavg()[0]:.1f}; wall (CPU of the client processes)")
     print(f"| destination | what | product | peer | ratio | notes ({db_kind}) |\n|---|---|---:|---:|---:|---|")
     print("\n".join(rows))

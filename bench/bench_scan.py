@@ -150,38 +150,62 @@ def run_json(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     return result
 
 
-# The columns of a pending row, all given (Django sets no database defaults): what the product inserts.
-PEER_COLUMNS = ("session_id, project_id, relative_path, remote_key, size, mtime, status, skip_reason, attempts, "
-                "retries, last_error, error_permanent, checksum, remote_id, note, tag, verify_remote, created_at")
+# Runs in a fresh interpreter with the product's settings: the project and session rows the peer's
+# COPY refers to (made by the product, so they follow its schema), and a `find -printf` format that
+# writes a pending row of today's sessions_app_fileupload, every column given (Django sets no
+# database defaults).
+PEER_SETUP = r"""
+import datetime, json, os, sys
+sys.path.insert(0, sys.argv[1])
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "uploader_site.settings")
+import django
+django.setup()
+from django.db import connection
+from projects.models import Project
+from sessions_app import starting
+from sessions_app.models import FileUpload
+project = Project.objects.create(name="peer", source_dir=sys.argv[2], destination_kind="local",
+                                 destination_options={"path": "/nonexistent"})
+session = starting.create_session(project, created_by="bench")
+FIND = {"relative_path": "%P", "remote_key": "%P", "size": "%s", "mtime": "%T@"}
+row = FileUpload(session=session, project=project, status="pending")
+columns, formats = [], []
+for f in FileUpload._meta.concrete_fields:
+    if f.primary_key:
+        continue
+    v = getattr(row, f.attname)
+    if f.attname in FIND:
+        text = FIND[f.attname]
+    elif v is None:
+        text = "\\\\N"
+    elif isinstance(v, bool):
+        text = "t" if v else "f"
+    elif isinstance(v, datetime.datetime):
+        text = v.isoformat()
+    elif isinstance(v, (dict, list)):
+        text = json.dumps(v).replace("%", "%%")
+    else:
+        text = str(v).replace("%", "%%")
+    columns.append(connection.ops.quote_name(f.column))
+    formats.append(text)
+print(json.dumps({"columns": ", ".join(columns), "printf": "\\t".join(formats) + "\\n"}))
+"""
 
 
 def find_and_copy(tree: Path, db: common.FreshDatabase) -> dict:
     """(iv): find's records straight into the table the product fills, by COPY; a project and a
     session row first, for the foreign keys."""
-    setup = ("INSERT INTO projects_project (name, source_dir, destination_kind, destination_options, extensions, "
-             "exclude, follow_symlinks, upload_workers, upload_tasks, max_retries, retry_backoff_base, "
-             "retry_backoff_cap, notify_url, notify_on, notify_secret_env, notify_timeout, queue_limit, "
-             "api_token_hash, health_message, created_at, updated_at) VALUES ('peer', '/', 'local', '{}', '[]', "
-             "'[]', false, 1, 1, 0, 1, 1, '', 'never', '', 1, 1, '', '', now(), now());"
-             "INSERT INTO sessions_app_syncsession (project_id, kind, status, params, found_count, skipped_count, "
-             "pending_count, uploaded_count, failed_count, cancelled_count, bytes_total, bytes_uploaded, "
-             "scan_problems, skips, skipped_bytes, created_at, error, log, created_by, retry_round, auto_retry) "
-             "SELECT id, 'sync', 'scanning', '{}', 0, 0, 0, 0, 0, 0, 0, 0, 0, '{}', 0, now(), '', '', '', 0, false "
-             "FROM projects_project;")
-    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", db.url, "-c", setup], check=True, capture_output=True)
-    ids = subprocess.run(["psql", "-qtA", db.url, "-c", "SELECT id, project_id FROM sessions_app_syncsession"],
-                         check=True, capture_output=True, text=True).stdout.strip().split("|")
-    printf = f"{ids[0]}\\t{ids[1]}\\t%P\\t%P\\t%s\\t%T@\\tpending\\t\\t0\\t0\\t\\tf\\t\\t\\t\\t\\tf\\t2026-01-01 00:00:00+00\\n"
-    pipeline = (f"find {tree} -type f -printf '{printf}' | psql -q -v ON_ERROR_STOP=1 {db.url} "
-                f"-c 'COPY sessions_app_fileupload ({PEER_COLUMNS}) FROM STDIN'")
+    peer = run_json([PYTHON, "-c", PEER_SETUP, str(common.PRODUCT), str(tree)], env=db.env())
+    pipeline = (f"find {tree} -type f -printf '{peer['printf']}' | psql -q -v ON_ERROR_STOP=1 {db.url} "
+                f"-c 'COPY sessions_app_fileupload ({peer['columns']}) FROM STDIN'")
     common.wait_quiet(QUIET_WAIT)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), common.children_cpu()
     subprocess.run(pipeline, shell=True, check=True)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, common.children_cpu() - c0
     count = ("SELECT COUNT(*), pg_database_size(current_database()) FROM sessions_app_fileupload")
     rows, size = subprocess.run(["psql", "-qtA", db.url, "-c", count], check=True, capture_output=True,
                                 text=True).stdout.strip().split("|")
-    return {"seconds": seconds, "rows": int(rows), "db_bytes": int(size)}
+    return {"seconds": seconds, "cpu": cpu, "rows": int(rows), "db_bytes": int(size)}
 
 
 def mib(kib: int) -> float:
@@ -249,6 +273,7 @@ def main() -> None:
             add(f"(ii) scan(method={method}, sort={'on' if sort else 'off'})", f"{r['seconds']:.2f} s", rss,
                 f"{r['cpu'] + r['children_cpu']:.2f} s", note)
 
+    ours: list[float] = []  # (iii)'s wall seconds, for the ratio to (iv)
     if not args.skip_db:
         for method in args.db_methods.split(","):
             work = Path(tempfile.mkdtemp(prefix="bench-scan-"))
@@ -267,6 +292,7 @@ def main() -> None:
                     f"DB {r['db_bytes'] / 2**20:.0f} MiB, session {r['status']}{server}; other CPU {r['other_cpu'] - r['server_cpu']:.1f} s")
             if r["rows"] != n:
                 note += f" EXPECTED {n:,}"
+            ours.append(r["seconds"])
             add(f"(iii) scan_session into {db.kind} (SCAN_METHOD={method})", f"{r['seconds']:.1f} s", rss,
                 f"{r['cpu'] + r['children_cpu']:.1f} s", note)
 
@@ -282,7 +308,10 @@ def main() -> None:
         note = f"{r['rows']:,} rows, {r['rows'] / r['seconds']:,.0f} rows/s, DB {r['db_bytes'] / 2**20:.0f} MiB"
         if r["rows"] != n:
             note += f" EXPECTED {n:,}"
-        add("(iv) `find -printf \\| psql COPY` into sessions_app_fileupload", f"{r['seconds']:.1f} s", note=note)
+        if ours:
+            note += f"; (iii) / (iv) = {min(ours) / r['seconds']:.2f}×"
+        add("(iv) `find -printf \\| psql COPY` into sessions_app_fileupload", f"{r['seconds']:.1f} s",
+            cpu=f"{r['cpu']:.1f} s", note=note)
 
     print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
     print("\n| measurement | seconds | peak RSS (increase during the scan) | CPU | notes |")

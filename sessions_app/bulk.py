@@ -13,7 +13,9 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import connection, models, transaction
+import psycopg2
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import QuerySet
 from django.db.models.constants import OnConflict
 from psycopg2.extensions import adapt
 from psycopg2.extras import execute_values
@@ -119,10 +121,13 @@ def _defaults(model: type[models.Model], given: Sequence[str]) -> tuple[list[mod
     return fields, [f.get_db_prep_save(f.get_default(), connection) for f in fields]
 
 
-def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple]) -> int:
+def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple], *,
+                  new: bool = False) -> int:
     """INSERT rows given as tuples of the `columns` (attnames; every other column gets its
-    default), skipping those that collide with a unique constraint. Returns how many were
-    inserted. Call inside the transaction the rows belong to."""
+    default), skipping those that collide with a unique constraint — unless the caller knows
+    they are `new` (none can collide): then PostgreSQL takes them by a plain COPY into the table,
+    without the temporary table. Returns how many were inserted. Call inside the transaction the
+    rows belong to."""
     if not rows:
         return 0
     meta, qn = model._meta, connection.ops.quote_name
@@ -130,6 +135,13 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
     names = ", ".join(qn(meta.get_field(c).column) for c in columns) + "".join(f", {qn(f.column)}" for f in rest)
     table = qn(meta.db_table)
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql" and new:
+            try:
+                with transaction.atomic():  # a savepoint: should another writer have come in after all
+                    cursor.cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", _copy_file(rows, defaults))
+                return len(rows)
+            except (IntegrityError, psycopg2.IntegrityError):  # the driver's own: copy_expert is no Django call
+                pass
         if connection.vendor == "postgresql":
             return _copy_ignoring_existing(cursor, meta.db_table, names, rows, defaults)
         head = connection.ops.insert_statement(on_conflict=OnConflict.IGNORE)
@@ -139,15 +151,18 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
         return cursor.rowcount
 
 
+def _copy_file(rows: Sequence[tuple], defaults: list[Any]) -> io.StringIO:
+    tail = "".join("\t" + _copy_text(v) for v in defaults) + "\n"
+    return io.StringIO("".join("\t".join(map(_copy_text, row)) + tail for row in rows))
+
+
 def _copy_ignoring_existing(cursor, table: str, names: str, rows: Sequence[tuple], defaults: list[Any]) -> int:
     qn = connection.ops.quote_name
     temp = qn(f"copy_{table}")
     # Per connection, and gone with it (or with the transaction that created it): IF NOT EXISTS.
     cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} AS SELECT {names} FROM {qn(table)} WITH NO DATA")
     cursor.execute(f"TRUNCATE {temp}")
-    tail = "".join("\t" + _copy_text(v) for v in defaults) + "\n"
-    text = "".join("\t".join(map(_copy_text, row)) + tail for row in rows)
-    cursor.cursor.copy_expert(f"COPY {temp} ({names}) FROM STDIN", io.StringIO(text))
+    cursor.cursor.copy_expert(f"COPY {temp} ({names}) FROM STDIN", _copy_file(rows, defaults))
     cursor.execute(f"INSERT INTO {qn(table)} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
     return cursor.rowcount
 
@@ -176,3 +191,58 @@ def upsert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
         else:
             marks = ", ".join(["%s"] * len(fields))
             cursor.executemany(f"INSERT INTO {qn(meta.db_table)} ({names}) VALUES ({marks}) {tail}", values)
+
+
+# -- claims: select, update and read back in one statement ----------------------------------------
+
+
+def update_returning(selection: QuerySet, where: dict[str, Any], **sets: Any) -> list[models.Model]:
+    """UPDATE the rows `selection` picks (ordered, sliced, locked as it says) that still match
+    `where`, setting `sets`, and return them as instances, in primary key order: one statement
+    (UPDATE … WHERE pk IN (…) RETURNING, PostgreSQL and SQLite ≥ 3.35) where a select of the
+    ids, an update and a select of the rows took three. Call inside a transaction."""
+    model = selection.model
+    meta, qn = model._meta, connection.ops.quote_name
+    table = qn(meta.db_table)
+    pick, pick_params = selection.values("pk").query.sql_with_params()
+    set_fields = [meta.get_field(name) for name in sets]
+    where_fields = [meta.get_field(name) for name in where]
+    assignments = ", ".join(f"{qn(f.column)} = %s" for f in set_fields)
+    conditions = "".join(f" AND {table}.{qn(f.column)} = %s" for f in where_fields)
+    params = (list(pick_params) + [f.get_db_prep_save(v, connection) for f, v in zip(set_fields, sets.values())]
+              + [f.get_db_prep_save(v, connection) for f, v in zip(where_fields, where.values())])
+    fields = meta.concrete_fields
+    columns = ", ".join(f"{table}.{qn(f.column)}" for f in fields)
+    # The pick is a CTE computed once: as a plain IN (subquery), PostgreSQL may run it again per
+    # row, and a locking pick re-run past rows already moved returns more than its LIMIT.
+    sql = (f"WITH picked AS MATERIALIZED ({pick}) UPDATE {table} SET {assignments} "
+           f"WHERE {table}.{qn(meta.pk.column)} IN (SELECT pk FROM picked){conditions} RETURNING {columns}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    convert = _converters(fields, meta.db_table)
+    if convert:
+        found = [tuple(_convert(v, convert.get(i)) for i, v in enumerate(row)) for row in found]
+    names = [f.attname for f in fields]
+    pk_at = names.index(meta.pk.attname)
+    return [model.from_db(connection.alias, names, row) for row in sorted(found, key=lambda r: r[pk_at])]
+
+
+def _converters(fields: Sequence[models.Field], table: str) -> dict[int, tuple[list, Any]]:
+    """What the ORM applies to the values a driver returns (SQLite's dates and booleans, UUIDs)."""
+    out = {}
+    for i, f in enumerate(fields):
+        col = f.get_col(table)
+        found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if found:
+            out[i] = (found, col)
+    return out
+
+
+def _convert(value: Any, convert: tuple[list, Any] | None) -> Any:
+    if convert is None:
+        return value
+    found, col = convert
+    for converter in found:
+        value = converter(value, col, connection)
+    return value

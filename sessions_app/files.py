@@ -169,11 +169,12 @@ PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "s
                    "verify_remote")
 
 
-def add_pending(session: SyncSession, rows: Sequence[tuple]) -> int:
+def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool = False) -> int:
     """Insert a batch of pending rows given as plain tuples of PLANNED_COLUMNS (no model instances:
     COPY on PostgreSQL) and count them. Rows a crashed run of the same scan inserted are left
-    alone; the scan's end recounts. Call inside the batch's transaction. Returns how many went in."""
-    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows)
+    alone (the scan's end recounts); on the `first_run` of a session's scan there are none, and
+    the rows go in without that check. Call inside the batch's transaction. Returns how many went in."""
+    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows, new=first_run)
     _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)})
     return inserted
 
@@ -262,7 +263,7 @@ def claim(session: SyncSession, n: int, catalog_id: int | None = None) -> list[F
     object is sent twice."""
     if n <= 0:
         return []
-    token = uuid.uuid4()
+    check(PENDING, UPLOADING)
     with transaction.atomic():
         others = catalog.lock_project(session)
         qs = FileUpload.objects.filter(session_id=session.pk, status=PENDING).order_by("id")
@@ -270,12 +271,10 @@ def claim(session: SyncSession, n: int, catalog_id: int | None = None) -> list[F
             qs = qs.exclude(remote_key__in=catalog.busy_keys(others))
         if connection.features.has_select_for_update_skip_locked:
             qs = qs.select_for_update(skip_locked=True)
-        ids = list(qs.values_list("id", flat=True)[:n])
-        if not ids:
-            return []
-        move(session.pk, FileUpload.objects.filter(id__in=ids), (PENDING,), UPLOADING, claim_token=token,
-              claimed_at=timezone.now())
-    rows = list(FileUpload.objects.filter(claim_token=token, status=UPLOADING).order_by("id"))
+        # One statement: pick, move and read back the rows.
+        rows = bulk.update_returning(qs[:n], {"status": PENDING}, status=UPLOADING, claim_token=uuid.uuid4(),
+                                     claimed_at=timezone.now())
+        _bump(session.pk, _moved(PENDING, UPLOADING, len(rows)))
     if not others or catalog_id is None:
         return rows
     done = catalog.arrived(catalog_id, rows)

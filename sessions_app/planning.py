@@ -159,6 +159,7 @@ class _Writer:
         self.skips = files.Skips()
         self.written_at = 0.0
         files.restart_skips(session)  # a re-run scan counts its skips again
+        self.first_run = not session.files.exists()  # no rows of a crashed run to collide with
 
     def write(self, rows: list[tuple], adopted: list[tuple], skips: dict[str, int], skipped_bytes: int) -> None:
         self.skips.add(skips, skipped_bytes)
@@ -167,7 +168,7 @@ class _Writer:
         if rows or adopted:
             with transaction.atomic():
                 inserted = files.add_pending(self.session, [(self.session.pk, self.session.project_id) + row
-                                                            for row in rows])
+                                                            for row in rows], first_run=self.first_run)
                 catalog.adopt(self.catalog_id, self.session.pk, adopted)
                 self._save_skips()
             self.stats.pending += inserted

@@ -40,6 +40,7 @@ class Drainer:
         self.cancelled = False
         self.shutting_down = False
         self.last_claimed = time.monotonic()
+        self.dry = False  # the last claim got fewer rows than it asked for
         self.catalog_id: int | None = None  # of the destination run() gets
 
     def run(self, dest: Destination) -> bool:
@@ -53,7 +54,7 @@ class Drainer:
             while True:
                 if not self.shutting_down and shutdown.requested():
                     self._wind_down(in_flight)
-                if not self.stopped and len(in_flight) < self.workers:
+                if not self.stopped and self._wants_more(len(in_flight)):
                     for row in self.claim(self._chunk_size(len(in_flight))):
                         fut = pool.submit(self.transfer, dest, row, self.project.source_dir, self.max_tries)
                         in_flight[fut] = row
@@ -94,6 +95,12 @@ class Drainer:
     def _chunk_size(self, busy: int) -> int:
         return max(settings.UPLOAD_CHUNK_SIZE, 2 * self.workers) - busy
 
+    def _wants_more(self, busy: int) -> bool:
+        """Claim the next chunk while half of this one is still queued, so the workers never wait
+        for a claim's round trips; after a short claim (nothing more pending yet), only once the
+        workers run out or at the next flush."""
+        return busy < self.workers or (not self.dry and busy <= self._chunk_size(0) // 2)
+
     def _more_coming(self) -> bool:
         return self.kind.more_may_come(self.session, time.monotonic() - self.last_claimed)
 
@@ -120,12 +127,14 @@ class Drainer:
                  self.session.pk, len(in_flight), len(released))
 
     def claim(self, n: int) -> list[FileUpload]:
-        return files.claim(self.session, n, self.catalog_id)
+        rows = files.claim(self.session, n, self.catalog_id)
+        self.dry = len(rows) < n
+        return rows
 
     def flush(self) -> None:
         """Write outcomes and counters in one transaction; also the session's heartbeat."""
         outcomes, self.outcomes = self.outcomes, []
-        self.last_flush = time.monotonic()
+        self.last_flush, self.dry = time.monotonic(), False
         files.record(self.session, outcomes, self.catalog_id)
 
 

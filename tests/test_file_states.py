@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from projects.errors import UploaderError
@@ -184,3 +185,16 @@ def test_racing_claims_never_share_a_row(session):
     a, b = files.claim(session, 3), files.claim(session, 3)
     assert len(a) == 3 and len(b) == 2 and not {r.pk for r in a} & {r.pk for r in b}
     assert_counters_match_rows(session)
+
+
+def test_first_run_rows_that_collide_after_all_are_left_alone(session):
+    """A first run inserts without the collision check (COPY straight in on PostgreSQL); should a
+    row be there already (another writer), the batch falls back to skipping it."""
+    def batch(*names: str) -> list[tuple]:
+        return [(session.pk, session.project_id, n, n, 3, 1.0, None, None, False) for n in names]
+
+    with transaction.atomic():
+        assert files.add_pending(session, batch("a.wav", "b.wav"), first_run=True) == 2
+    with transaction.atomic():
+        assert files.add_pending(session, batch("b.wav", "c.wav"), first_run=True) == 1
+    assert sorted(session.files.values_list("relative_path", flat=True)) == ["a.wav", "b.wav", "c.wav"]
