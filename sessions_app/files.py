@@ -345,10 +345,18 @@ def recover(session: SyncSession, claimed_before: Any = None) -> list[str]:
 def renew(session_id: int, ids: Iterable[int]) -> None:
     """A running task's lease: on its session (the heartbeat) and on the rows it claimed."""
     now = timezone.now()
+    # Two short transactions, never one: record() locks rows then the session, and a lease holding
+    # the session while waiting for a row would close a cycle.
+    SyncSession.objects.filter(pk=session_id).update(heartbeat_at=now)
+    if not (ids := list(ids)):
+        return
     with transaction.atomic():
-        SyncSession.objects.filter(pk=session_id).update(heartbeat_at=now)
-        if ids := list(ids):
-            FileUpload.objects.filter(id__in=ids, status=UPLOADING).update(claimed_at=now)
+        rows = FileUpload.objects.filter(id__in=ids, status=UPLOADING)
+        if connection.features.has_select_for_update_skip_locked:
+            # Rows being recorded right now are skipped, not waited for.
+            rows = FileUpload.objects.filter(id__in=list(rows.select_for_update(skip_locked=True)
+                                                         .values_list("id", flat=True)))
+        rows.update(claimed_at=now)
 
 
 def has_expired_claims(session: SyncSession, claimed_before: Any) -> bool:

@@ -131,6 +131,8 @@ def _take_back_expired(session: SyncSession) -> str | None:
         return None
     _remove_unfinished(session, keys)
     enqueue.uploads(session.pk, 1)
+    session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} {len(keys)} interrupted uploads of a vanished worker "
+                       f"taken back, to verify")
     return f"session {session.pk}: {len(keys)} uploads of a vanished worker taken back"
 
 

@@ -105,7 +105,7 @@ def test_sigkill_of_the_whole_cluster_is_recovered_by_the_restarted_cluster_alon
     assert (session.found_count, session.uploaded_count, session.failed_count, session.pending_count) == (n, n, 0, 0)
     assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
     assert session.bytes_uploaded == sum(2000 + i for i in range(n))
-    assert "resumed" in session.log
+    assert "interrupted uploads" in session.log  # resumed, or taken back from the vanished tasks
     assert len(_remote_keys(s3_server, bucket)) == n
     for i in range(n):
         key = f"/rec/2026/batch/{i:04d}.wav"
