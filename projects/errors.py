@@ -35,6 +35,11 @@ class SourceError(RemoteError):
     """A source (the folder, a Roboflow project being imported) refused or failed."""
 
 
+class FileChangedError(SourceError):
+    """A local file changed while it was read: worth another try, but permanent once the tries
+    are used up (a file that changes on every try is still being written)."""
+
+
 class NotifyError(UploaderError):
     """A notification cannot be sent: no URL, an address the policy refuses (permanent), or the
     endpoint could not be reached or did not answer in time (transient)."""

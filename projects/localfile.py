@@ -64,6 +64,22 @@ class LocalFile:
         """A path that opens this very file (for libraries that only take a path)."""
         return f"/proc/self/fd/{self.file.fileno()}"
 
+    def changes(self) -> str:
+        """What changed since it was opened (size, mtime; another file put at its path), or "":
+        the bytes read from it may then be neither the old content nor the new."""
+        st = os.fstat(self.file.fileno())
+        if st.st_size != self.size:
+            return f"size {self.size} -> {st.st_size} bytes"
+        if mtime_of(st) != self.mtime:
+            return "modified"
+        try:
+            now = os.stat(self.path)
+        except OSError:  # gone from its path: what was read is the file as it was
+            return ""
+        if identity_of(now) != (self.device, self.inode):
+            return "replaced by another file"
+        return ""
+
     def close(self) -> None:
         self.file.close()
 

@@ -7,6 +7,8 @@ whose tasks were lost is resumed from its rows (pipeline.resume / the sweep sche
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django_q.tasks import async_task
 
 from sessions_app.errors import EnqueueError
@@ -29,6 +31,10 @@ def scan(session_id: int) -> str:
 
 def uploads(session_id: int, count: int) -> list[str]:
     return [_enqueue("upload", session_id, name=f"session-{session_id}:upload") for _ in range(max(1, count))]
+
+
+def recover(started: datetime) -> str:
+    return _enqueue("recover", started, name="cluster:recover")
 
 
 def health_check(project_id: int) -> str:

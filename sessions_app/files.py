@@ -5,7 +5,7 @@
     (new) -> counted, no row                   count_skips (the plan found the file done)
     pending -> uploading                       claim
     uploading -> uploaded|failed|skipped|cancelled   record (outcomes, in batches)
-    uploading -> pending                       release (shutdown), recover_stale (resume, sweep)
+    uploading -> pending                       release (shutdown), recover (resume, sweep: lease ran out)
     pending (, uploading) -> cancelled         cancel_rest
     failed | cancelled -> pending              requeue (retry round)
     uploaded|failed|skipped|cancelled -> (gone)      forget (the queue takes the file again)
@@ -323,9 +323,43 @@ def release(session: SyncSession, ids: Sequence[int]) -> int:
 def recover_stale(session: SyncSession, claimed_before: Any = None) -> int:
     """Rows a vanished worker left uploading go back to pending, to be checked at the destination
     before any re-upload (resume, sweep)."""
-    rows = FileUpload.objects.all() if claimed_before is None else FileUpload.objects.filter(
-        claimed_at__lt=claimed_before)
-    return move(session.pk, rows, (UPLOADING,), PENDING, claim_token=None, verify_remote=True)
+    return len(recover(session, claimed_before))
+
+
+def recover(session: SyncSession, claimed_before: Any = None) -> list[str]:
+    """recover_stale(), returning the remote keys of the rows taken back: what the vanished
+    workers may have left half-written at the destination."""
+    rows = session.files.filter(status=UPLOADING)
+    if claimed_before is not None:  # a lease last renewed before then
+        rows = rows.filter(claimed_at__lt=claimed_before)
+    taken = dict(rows.values_list("id", "remote_key"))
+    with transaction.atomic():
+        moved = FileUpload.objects.filter(id__in=list(taken), status=UPLOADING)
+        ids = list(moved.select_for_update().values_list("id", flat=True))
+        move(session.pk, FileUpload.objects.filter(id__in=ids), (UPLOADING,), PENDING, claim_token=None,
+             verify_remote=True)
+    return [taken[pk] for pk in ids]
+
+
+def renew(session_id: int, ids: Iterable[int]) -> None:
+    """A running task's lease: on its session (the heartbeat) and on the rows it claimed."""
+    now = timezone.now()
+    # Two short transactions, never one: record() locks rows then the session, and a lease holding
+    # the session while waiting for a row would close a cycle.
+    SyncSession.objects.filter(pk=session_id).update(heartbeat_at=now)
+    if not (ids := list(ids)):
+        return
+    with transaction.atomic():
+        rows = FileUpload.objects.filter(id__in=ids, status=UPLOADING)
+        if connection.features.has_select_for_update_skip_locked:
+            # Rows being recorded right now are skipped, not waited for.
+            rows = FileUpload.objects.filter(id__in=list(rows.select_for_update(skip_locked=True)
+                                                         .values_list("id", flat=True)))
+        rows.update(claimed_at=now)
+
+
+def has_expired_claims(session: SyncSession, claimed_before: Any) -> bool:
+    return session.files.filter(status=UPLOADING, claimed_at__lt=claimed_before).exists()
 
 
 def cancel_rest(session: SyncSession, *, claimed_too: bool = False) -> int:

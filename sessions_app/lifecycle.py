@@ -8,6 +8,9 @@ sends `session_finished` exactly once, from the caller that won the move; its re
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
 from django.utils import timezone
 
 from sessions_app import files, kinds
@@ -60,8 +63,21 @@ def _settle_cancelled(session: SyncSession) -> bool:
 
 
 def is_stale(session: SyncSession) -> bool:
-    """Active, of a kind that can go stale, and no worker has shown life for a while."""
-    return kinds.of(session).can_go_stale and session.heartbeat_lost()
+    """Active, of a kind that can go stale, and its workers are gone: a scan, or claimed rows,
+    whose lease ran out (LEASE_SECONDS); or no sign of life for SESSION_STALE_SECONDS (tasks that
+    were queued but never ran: the broker may be busy, or may have lost them)."""
+    if not kinds.of(session).can_go_stale or not session.is_active:
+        return False
+    if session.heartbeat_lost():
+        return True
+    if session.heartbeat_age() <= timedelta(seconds=settings.LEASE_SECONDS):
+        return False
+    return session.status == SessionStatus.SCANNING or files.has_expired_claims(session, lease_cutoff())
+
+
+def lease_cutoff() -> datetime:
+    """A lease last renewed before this has run out."""
+    return timezone.now() - timedelta(seconds=settings.LEASE_SECONDS)
 
 
 def cancel(session: SyncSession) -> bool:

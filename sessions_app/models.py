@@ -143,6 +143,15 @@ class SyncSession(models.Model):
     def touch(self) -> None:
         SyncSession.objects.filter(pk=self.pk).update(heartbeat_at=timezone.now())
 
+    def take_over(self) -> bool:
+        """Renew the heartbeat if nobody did since this instance was read: of several sweeps that
+        found the session stale, only the one that wins resumes it."""
+        now = timezone.now()
+        won = SyncSession.objects.filter(pk=self.pk, heartbeat_at=self.heartbeat_at).update(heartbeat_at=now) == 1
+        if won:
+            self.heartbeat_at = now
+        return won
+
     # -- questions -------------------------------------------------------------------------
     @property
     def is_active(self) -> bool:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Iterator
+from datetime import datetime
 
+from django.conf import settings
 from django.utils import timezone
 
 from projects.models import Project
 from projects.sources.local import LocalSource
 from projects.walking import Problem
-from sessions_app import enqueue, files, following, kinds, lifecycle, planning, uploading
+from sessions_app import enqueue, files, following, kinds, leases, lifecycle, planning, uploading
 from sessions_app.errors import ResumeError, StartError
 from sessions_app.models import ACTIVE_STATUSES, SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -27,6 +30,11 @@ def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
         session.mark_scanning()
     elif session.status != SessionStatus.SCANNING:
         return ScanStats()  # a redelivered task for a session that moved on
+    with leases.Lease(session.pk):
+        return _scan(session, start_uploads)
+
+
+def _scan(session: SyncSession, start_uploads: bool) -> ScanStats:
     kind = kinds.of(session)
     try:
         dest = kind.preflight(session.project, session.params)
@@ -36,7 +44,7 @@ def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
     try:
         stats = kind.plan(session, dest, start_uploads)
     except Exception as exc:
-        log.exception("scan of session %s failed", session_id)
+        log.exception("scan of session %s failed", session.pk)
         lifecycle.fail(session, f"scan failed: {type(exc).__name__}: {exc}")
         raise
     finally:
@@ -80,8 +88,11 @@ def resume(session: SyncSession, force: bool = False) -> str:
         raise ResumeError(
             f"session {session.pk} is alive (last heartbeat {age:.0f}s ago); use --force if its workers are gone"
         )
-    reset = files.recover_stale(session)
-    session.touch()
+    if not session.take_over():
+        raise ResumeError(f"session {session.pk} was resumed by another worker just now")
+    keys = files.recover(session)
+    reset = len(keys)
+    _remove_unfinished(session, keys)
     if session.status in (SessionStatus.QUEUED, SessionStatus.SCANNING):
         enqueue.scan(session.pk)
         what = "scan restarted"
@@ -97,17 +108,70 @@ def resumable() -> list[SyncSession]:
     return list(SyncSession.objects.filter(status__in=ACTIVE_STATUSES, kind__in=kinds.that_can_go_stale()))
 
 
+def _remove_unfinished(session: SyncSession, keys: list[str]) -> None:
+    """Temporary files the vanished workers left at the destination for these keys go."""
+    if not keys:
+        return
+    try:
+        with session.project.destination() as dest:
+            removed = dest.remove_unfinished(keys)
+    except Exception as exc:  # the destination away: the files stay, the resume goes on
+        log.warning("session %s: temporary files of interrupted uploads not removed: %s", session.pk, exc)
+        return
+    if removed:
+        session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} removed {removed} temporary files of "
+                           f"interrupted uploads")
+
+
+def _take_back_expired(session: SyncSession) -> str | None:
+    """A live session whose other task vanished: the rows that task claimed go back to pending and
+    one more upload task takes them."""
+    keys = files.recover(session, lifecycle.lease_cutoff())
+    if not keys:
+        return None
+    _remove_unfinished(session, keys)
+    enqueue.uploads(session.pk, 1)
+    session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} {len(keys)} interrupted uploads of a vanished worker "
+                       f"taken back, to verify")
+    return f"session {session.pk}: {len(keys)} uploads of a vanished worker taken back"
+
+
 def sweep() -> list[str]:
-    """Resume every stale session; end uploading sessions with nothing left open."""
+    """Resume every stale session; take back the claims of vanished tasks of live ones; end
+    uploading sessions with nothing left open."""
     done = []
     for session in resumable():
         if session.status == SessionStatus.UPLOADING and lifecycle.end_if_settled(session):
             done.append(f"session {session.pk}: finished")
         elif lifecycle.is_stale(session):
-            done.append(resume(session, force=True))
+            try:
+                done.append(resume(session, force=True))
+            except ResumeError:  # another sweep won it
+                continue
+        elif line := _take_back_expired(session):
+            done.append(line)
     for line in done:
         log.info("sweep: %s", line)
     return done
+
+
+def recover_at_start(started: datetime) -> list[str]:
+    """Run once a cluster starts: what a killed cluster left is resumed as soon as its leases run
+    out (at most LEASE_SECONDS), not at the sweep schedule's next round."""
+    deadline = time.monotonic() + settings.LEASE_SECONDS + 2 * leases.renew_every()
+    done = sweep()
+    while _undecided(started) and time.monotonic() < deadline:
+        time.sleep(1)
+        done += sweep()
+    return done
+
+
+def _undecided(started: datetime) -> bool:
+    """Running sessions no worker has renewed a lease of since `started`: their workers may be alive
+    elsewhere, or may have died with the last cluster."""
+    return SyncSession.objects.filter(
+        status__in=(SessionStatus.SCANNING, SessionStatus.UPLOADING), kind__in=kinds.that_can_go_stale(),
+        heartbeat_at__lt=started).exists()
 
 
 def preview(project: Project, on_problem: Problem | None = None, *,

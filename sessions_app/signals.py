@@ -1,10 +1,19 @@
 """Hooks other parts of the product attach to (e.g. notify when a session ends)."""
 
+import logging
+
+from django.conf import settings
+from django.core.cache import cache
 from django.db.models.signals import post_migrate
 from django.dispatch import Signal, receiver
+from django.utils import timezone
 from django_q.models import Schedule
+from django_q.signals import post_spawn
 
+from sessions_app import enqueue
 from sessions_app.enqueue import SWEEP_TASK
+
+log = logging.getLogger(__name__)
 
 # Sent once, by the caller that moved the session to its final status; kwargs: session.
 session_finished = Signal()
@@ -22,3 +31,15 @@ def install_sweep_schedule(sender, **kwargs) -> None:
         defaults={"func": SWEEP_TASK, "schedule_type": Schedule.MINUTES, "minutes": 1,
                   "repeats": -1},
     )
+
+
+@receiver(post_spawn)
+def recover_at_cluster_start(sender, proc_name: str = "", **kwargs) -> None:
+    """django-q2 sends post_spawn from each worker process it starts (at the cluster's start, and
+    when it replaces a dead worker): the first of them queues a recovery, which resumes what a
+    killed cluster left as soon as its leases run out."""
+    try:
+        if cache.add("uploader:recover-at-start", proc_name, timeout=max(1, settings.LEASE_SECONDS // 3)):
+            enqueue.recover(timezone.now())
+    except Exception:  # the broker or cache away: the sweep schedule recovers later
+        log.warning("recovery at cluster start not queued", exc_info=True)

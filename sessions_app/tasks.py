@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 
 from sessions_app import health, notifying, pipeline, queueing, retrying, shutdown
@@ -21,6 +23,11 @@ def upload(session_id: int) -> str:
 
 def sweep() -> str:
     return "; ".join(pipeline.sweep() + queueing.sweep() + health.enqueue_due_checks()) or "nothing to do"
+
+
+def recover(started: datetime) -> str:
+    """Queued once when a cluster starts (signals.recover_at_cluster_start)."""
+    return "; ".join(pipeline.recover_at_start(started)) or "nothing to recover"
 
 
 def check_health(project_id: int) -> str:

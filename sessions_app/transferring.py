@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from projects import backoff
 from projects.destinations import Destination, DestinationError
-from projects.errors import RemoteError, SourceError
+from projects.errors import FileChangedError, RemoteError, SourceError
 from projects.localfile import LocalFile, open_under
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload
@@ -43,6 +43,8 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
             return once()
         except RemoteError as exc:  # the destination's or the source's end
             if exc.permanent or tries >= max_tries:
+                if isinstance(exc, FileChangedError):
+                    exc.permanent = True
                 return failed(row, exc, tries)
             time.sleep(backoff_seconds(tries, exc.retry_after))
         except Exception as exc:  # a bug in a backend must not take the whole chunk down
@@ -53,7 +55,7 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
 def failed(row: FileUpload, exc: RemoteError, tries: int) -> Outcome:
     row.last_error = exc.message[:5000]
     row.error_permanent = exc.permanent
-    if not exc.permanent and tries > 1:
+    if tries > 1 and (not exc.permanent or isinstance(exc, FileChangedError)):
         row.last_error = f"gave up after {tries} attempts: {row.last_error}"
     return Outcome(row, FileStatus.FAILED)
 
@@ -93,7 +95,9 @@ def _upload_once(dest: Destination, row: FileUpload, source_dir: str, follow_sym
         _check_same_file(row, local)
         _note_changes(row, local)
         result = dest.upload(local, row.remote_key)
-    row.size = result.size
+        if changed := local.changes():
+            raise FileChangedError(f"file changed during upload ({changed}): {local.path}")
+    row.size = result.size  # what was sent: the file as opened, unchanged until the end
     row.checksum, row.remote_id = result.checksum[:200], result.remote_id[:200]
     row.note = (row.note + " " + result.note).strip()[:500]
     row.last_error, row.error_permanent = "", False

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.conf import settings
 
 from projects.destinations import Destination
-from sessions_app import catalog, files, kinds, lifecycle, shutdown
+from sessions_app import catalog, files, kinds, leases, lifecycle, shutdown
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
@@ -42,11 +42,16 @@ class Drainer:
         self.last_claimed = time.monotonic()
         self.dry = False  # the last claim got fewer rows than it asked for
         self.catalog_id: int | None = None  # of the destination run() gets
+        self.lease: leases.Lease | None = None  # on the session and the rows claimed, while run() runs
 
     def run(self, dest: Destination) -> bool:
         """Upload until nothing is left to claim; True if this task stopped early (out of time or
         shutting down) and a successor should carry on."""
         self.catalog_id = catalog.open_for(self.project, dest).pk
+        with leases.Lease(self.session.pk) as self.lease:
+            return self._run(dest)
+
+    def _run(self, dest: Destination) -> bool:
         in_flight: dict[Future, FileUpload] = {}
         # Transfers report here as they finish: wait() over every claimed future cost O(claimed) per file.
         finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
@@ -123,12 +128,16 @@ class Drainer:
         unstarted = [fut for fut in in_flight if fut.cancel()]
         released = [in_flight.pop(fut).pk for fut in unstarted]
         files.release(self.session, released)
+        if self.lease:
+            self.lease.drop(released)
         log.info("session %s: shutting down: %d transfers finishing, %d claimed files back to pending",
                  self.session.pk, len(in_flight), len(released))
 
     def claim(self, n: int) -> list[FileUpload]:
         rows = files.claim(self.session, n, self.catalog_id)
         self.dry = len(rows) < n
+        if self.lease:
+            self.lease.hold(row.pk for row in rows)
         return rows
 
     def flush(self) -> None:
@@ -136,6 +145,8 @@ class Drainer:
         outcomes, self.outcomes = self.outcomes, []
         self.last_flush, self.dry = time.monotonic(), False
         files.record(self.session, outcomes, self.catalog_id)
+        if self.lease:
+            self.lease.drop(o.row.pk for o in outcomes)
 
 
 def drain(session_id: int, deadline_seconds: float | None = None) -> str:

@@ -13,6 +13,7 @@ import pytest
 
 from projects.destinations import ConfigError, DestinationError, RemoteObject, build_destination
 from projects.destinations.local import LocalDestination
+from projects.destinations.base import TEMP_FOLDER, temp_prefix
 
 NOBODY = 65534
 
@@ -135,8 +136,40 @@ def test_listing_hides_files_still_being_written(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "out")})
     dest.upload(make_source(b"done"), "a/done.txt")
     (tmp_path / "out/a/next.txt.uploading-0123abcd").write_bytes(b"half")
+    (tmp_path / "out" / TEMP_FOLDER / (temp_prefix("a/next.txt") + "1-2")).write_bytes(b"half")
 
     assert list(dest.list_existing()) == [RemoteObject("a/done.txt", 4)]
+
+
+def test_a_name_of_250_bytes_uploads_under_a_short_temporary_name(tmp_path, make_source):
+    dest = LocalDestination({"path": str(tmp_path / "out")})
+    key = "deep/" + "n" * 246 + ".wav"  # 250 bytes: the name plus ".uploading-..." would not fit
+
+    dest.upload(make_source(b"long name"), key)
+
+    assert (tmp_path / "out" / key).read_bytes() == b"long name"
+    assert list((tmp_path / "out" / TEMP_FOLDER).iterdir()) == []
+
+
+def test_a_name_over_the_limit_is_a_permanent_error_that_says_so(tmp_path, make_source):
+    dest = LocalDestination({"path": str(tmp_path / "out")})
+
+    with pytest.raises(DestinationError, match="file name too long for the destination") as info:
+        dest.upload(make_source(b"x"), "x" * 256 + ".wav")
+    assert info.value.permanent
+    assert list((tmp_path / "out" / TEMP_FOLDER).iterdir()) == []
+
+
+def test_remove_unfinished_removes_the_temporary_files_of_those_keys_only(tmp_path, make_source):
+    dest = LocalDestination({"path": str(tmp_path / "out")})
+    dest.upload(make_source(b"done"), "a/done.txt")
+    folder = tmp_path / "out" / TEMP_FOLDER
+    (folder / (temp_prefix("a/cut.txt") + "1-2")).write_bytes(b"")
+    (folder / (temp_prefix("a/other.txt") + "1-3")).write_bytes(b"in flight")
+
+    assert dest.remove_unfinished(["a/cut.txt", "never/started.txt"]) == 1
+
+    assert [p.name for p in folder.iterdir()] == [temp_prefix("a/other.txt") + "1-3"]
 
 
 # -- keys and prefix -----------------------------------------------------------------------

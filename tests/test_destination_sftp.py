@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from projects.destinations import build_destination
-from projects.destinations.base import ConfigError, DestinationError, RemoteObject
+from projects.destinations.base import TEMP_FOLDER, ConfigError, DestinationError, RemoteObject, temp_prefix
+from projects.errors import FileChangedError
 from projects.destinations.sftp import SFTPDestination
 from projects.walking import walk_sorted
 from tests.servers.sshd import SSHServer, generate_key, key_folder, known_hosts_line, sftp_options, start_sshd
@@ -59,7 +60,7 @@ def remote(destination: SFTPDestination) -> Path:
 
 
 def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if ".uploading-" in p.name]
+    return [p for p in folder.rglob("*") if ".uploading-" in p.name or p.parent.name == TEMP_FOLDER]
 
 
 def chain_text(exc: BaseException) -> str:
@@ -293,11 +294,43 @@ def test_empty_file(destinations, local_file):
 def test_file_changing_size_during_upload_is_transient(destinations):
     destination = destinations()
     # /proc files report size 0 and then read as more: a file that grew while being sent.
-    with pytest.raises(DestinationError, match="changed size during upload") as info:
+    with pytest.raises(FileChangedError, match="file changed during upload") as info:
         destination.upload("/proc/self/status", "status")
     assert not info.value.permanent
     assert destination.stat("status") is None
     assert temp_files(remote(destination)) == []
+
+
+def test_a_name_of_250_bytes_uploads_under_a_short_temporary_name(destinations, local_file):
+    destination = destinations()
+    key = "deep/" + "n" * 246 + ".wav"  # 250 bytes: a temporary name beside it would not fit
+
+    destination.upload(local_file(b"long name"), key)
+
+    assert (remote(destination) / key).read_bytes() == b"long name"
+    assert temp_files(remote(destination)) == []
+
+
+def test_a_name_over_the_limit_is_a_permanent_error_that_says_so(destinations, local_file):
+    destination = destinations()
+    key = "x" * 256 + ".wav"
+
+    with pytest.raises(DestinationError, match="file name too long for the destination") as info:
+        destination.upload(local_file(b"x"), key)
+    assert info.value.permanent
+
+
+def test_remove_unfinished_removes_the_temporary_files_of_those_keys_only(destinations, local_file):
+    destination = destinations()
+    destination.upload(local_file(b"done"), "a/done.txt")  # makes the temporary folder
+    folder = remote(destination) / TEMP_FOLDER
+    (folder / (temp_prefix("a/cut.txt") + "1234abcd")).write_bytes(b"half")
+    (folder / (temp_prefix("a/other.txt") + "1234abcd")).write_bytes(b"in flight")
+
+    assert destination.remove_unfinished(["a/cut.txt", "never/started.txt"]) == 1
+
+    assert [p.name for p in folder.iterdir()] == [temp_prefix("a/other.txt") + "1234abcd"]
+    assert [o.key for o in destination.list_existing()] == ["a/done.txt"]
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from projects.destinations import ConfigError
 from projects.destinations.local import LocalDestination
+from projects.destinations.base import TEMP_FOLDER
 from projects.destinations.s3 import S3Destination
 from sessions_app import errors, importing, kinds, pipeline, retrying, starting, transferring, uploading
 from sessions_app.models import FileStatus, SessionStatus, SyncSession
@@ -353,8 +354,8 @@ def test_a_stream_shorter_than_announced_leaves_nothing(stream_destinations, kin
         dest.upload_stream(Stream(1000, stop_at=600), "short.bin", 1000)
     assert "600 of 1000 bytes" in str(info.value) and not info.value.permanent
     assert dest.stat("short.bin") is None
-    if kind == "local":
-        assert os.listdir(dest.root) == []
+    if kind == "local":  # the temporary folder stays, empty
+        assert os.listdir(dest.root) == [TEMP_FOLDER] and os.listdir(os.path.join(dest.root, TEMP_FOLDER)) == []
 
 
 def test_a_large_image_is_streamed_into_s3_without_being_held_whole(api, make_project, s3_server):

@@ -299,4 +299,4 @@ def test_paths_stay_in_the_database_not_memory_between_batches(make_project, sou
     project = make_project({"type": "local", "path": str(tmp_path / "out")})
     session = run_session_inline(project)
     assert (session.found_count, session.uploaded_count) == (50, 50)
-    assert sorted(Path(tmp_path / "out").iterdir())[0].name == "000.wav"
+    assert sorted(p.name for p in Path(tmp_path / "out").glob("*.wav"))[0] == "000.wav"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,39 @@ def test_sigkill_mid_session_then_restart_uploads_every_file_exactly_once(
     assert session.files.count() == n
     assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
     assert session.bytes_uploaded == sum(1000 + i for i in range(n))
+    assert len(_remote_keys(s3_server, bucket)) == n
+    for i in range(n):
+        key = f"/rec/2026/batch/{i:04d}.wav"
+        assert fault_proxy.succeeded("PUT", key) == 1, f"file {i} stored {fault_proxy.succeeded('PUT', key)} times"
+
+
+def test_sigkill_of_the_whole_cluster_is_recovered_by_the_restarted_cluster_alone(
+    cluster_factory, s3_server, fault_proxy, source, tmp_path
+):
+    """Default lease settings, no `resume`: the restarted cluster's own recovery (queued at its
+    start) takes the killed cluster's claims back once their lease runs out."""
+    n = 400
+    write_files(source, {f"batch/{i:04d}.wav": b"y" * (2000 + i) for i in range(n)})
+    bucket = s3_server.make_bucket()
+    cluster = cluster_factory()
+    call_command("upload", "--config", _config(tmp_path, source, fault_proxy.endpoint_url, bucket), "--no-wait")
+
+    wait_for(lambda: SyncSession.objects.filter(uploaded_count__gte=40).exists(), 60, what="40 uploaded")
+    cluster.kill()
+    killed = _session()
+    assert killed.status in (SessionStatus.SCANNING, SessionStatus.UPLOADING)
+    assert killed.uploaded_count < n, "the kill came too late to prove anything"
+
+    restarted_at = time.monotonic()
+    cluster_factory()
+    session = wait_for(lambda: SyncSession.objects.filter(status=SessionStatus.COMPLETED).first(), 90,
+                       what="session completed after the restart", interval=0.2)
+    print(f"recovered: completed {time.monotonic() - restarted_at:.1f}s after the restart")  # the README's figure
+
+    assert (session.found_count, session.uploaded_count, session.failed_count, session.pending_count) == (n, n, 0, 0)
+    assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
+    assert session.bytes_uploaded == sum(2000 + i for i in range(n))
+    assert "interrupted uploads" in session.log  # resumed, or taken back from the vanished tasks
     assert len(_remote_keys(s3_server, bucket)) == n
     for i in range(n):
         key = f"/rec/2026/batch/{i:04d}.wav"

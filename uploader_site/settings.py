@@ -176,6 +176,11 @@ UPLOAD_TASK_SECONDS = env.float("UPLOAD_TASK_SECONDS", default=300)
 UPLOAD_FLUSH_SECONDS = env.float("UPLOAD_FLUSH_SECONDS", default=1.0)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=0.5)
 UPLOAD_RETRY_CAP_SECONDS = env.float("UPLOAD_RETRY_CAP_SECONDS", default=30)
+# A running scan or upload task renews its lease on its session and on the files it claimed every
+# LEASE_SECONDS / 3; what a lease no longer covers (the task was killed) is taken back by the sweep,
+# which also runs when a cluster starts.
+LEASE_SECONDS = env.int("LEASE_SECONDS", default=30)
+# A session no task has taken up yet (its tasks wait in the broker) is resumed after this long.
 SESSION_STALE_SECONDS = env.int("SESSION_STALE_SECONDS", default=300)
 # Upload queue: a producer queues another drainer task only when none has shown life for this long;
 # an idle drainer keeps polling for new files this long before it ends.

@@ -8,6 +8,7 @@ capability), handed files one by one (`upload`, called from many threads at once
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import unicodedata
@@ -45,6 +46,30 @@ def check_no_dot_segments(name: str, value: str | None) -> None:
     """Refuse a remote folder or prefix with "." or ".." segments: keys must stay where they are put."""
     if value and any(seg in (".", "..") for seg in re.split(r"[/\\]", value)):
         raise ConfigError(f"destination.{name}: must not contain . or .. segments")
+
+
+# Uploads are written under a short temporary name in this folder (under the destination's root)
+# and renamed into place: a temporary name never exceeds the destination's name limit, and one a
+# crash left is found by its key (temp_prefix) when the key's row is taken back.
+TEMP_FOLDER = ".uploader-tmp"
+NAME_MAX = 255  # bytes in one path segment: Linux, the BSDs, macOS, and so most SFTP servers
+
+
+def temp_prefix(key: str) -> str:
+    """The start of every temporary name an upload of `key` uses."""
+    return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:16] + "-"
+
+
+def longest_segment(path: str) -> int:
+    """The length in bytes of the longest name in `path`."""
+    return max(len(seg.encode("utf-8", "surrogateescape")) for seg in path.split("/"))
+
+
+def name_too_long(target: str) -> DestinationError:
+    """Permanent: no retry makes a name shorter."""
+    return DestinationError(f"file name too long for the destination (its longest name has "
+                            f"{longest_segment(target)} bytes, the usual limit is {NAME_MAX}): {target}",
+                            permanent=True)
 
 
 class Destination:
@@ -175,6 +200,11 @@ class Destination:
     def stat(self, key: str) -> RemoteObject | None:
         """The remote object at key, or None. Used to verify uploads cut off by a crash."""
         return None
+
+    def remove_unfinished(self, keys: list[str]) -> int:
+        """Remove what uploads of these keys cut off by a crash left behind (temporary files):
+        called when their rows are taken back. Returns how many were removed."""
+        return 0
 
     def close(self) -> None:
         """Release connections."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import shutil
@@ -12,10 +13,13 @@ from projects.destinations.base import (
     ConfigError,
     Destination,
     DestinationError,
+    TEMP_FOLDER,
     RemoteObject,
     UploadResult,
     check_no_dot_segments,
+    name_too_long,
     normalize_key,
+    temp_prefix,
 )
 from projects.localfile import LocalFile
 from projects.walking import walk_sorted
@@ -76,7 +80,7 @@ class LocalDestination(Destination):
         if not os.path.isdir(self.root):
             return
         for entry in walk_sorted(self.root):
-            if ".uploading-" in entry.relative_path:
+            if entry.relative_path.startswith(TEMP_FOLDER + "/") or ".uploading-" in entry.relative_path:
                 continue
             yield RemoteObject(entry.relative_path, entry.size)
 
@@ -102,20 +106,42 @@ class LocalDestination(Destination):
 
         return UploadResult(size=self._write(key, copy))
 
+    def remove_unfinished(self, keys: list[str]) -> int:
+        folder = os.path.join(self.root, TEMP_FOLDER)
+        prefixes = tuple(temp_prefix(key) for key in keys)
+        try:
+            names = [name for name in os.listdir(folder) if name.startswith(prefixes)]
+        except OSError:
+            return 0
+        for name in names:
+            _remove_quietly(os.path.join(folder, name))
+        return len(names)
+
     def _write(self, key: str, copy: Callable[[int], int]) -> int:
-        """copy() fills a temporary file beside the target, which then takes the target's name:
-        readers never see a half-written file. Returns the bytes written."""
+        """copy() fills a temporary file with a short name in the temporary folder, which then takes
+        the target's name: readers never see a half-written file, and a name the target's folder
+        takes is never too long as a temporary name. Returns the bytes written."""
         target = self._target(key)
-        tmp = f"{target}.uploading-{os.getpid():x}-{next(_temp_names):x}"
+        tmp = os.path.join(self.root, TEMP_FOLDER, f"{temp_prefix(key)}{os.getpid():x}-{next(_temp_names):x}")
         try:
             dst = self._create(tmp)
             try:
                 written = copy(dst)
             finally:
                 os.close(dst)
-            os.replace(tmp, target)
+            self._make_folder(os.path.dirname(target))
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:  # the target's folder went away since: make it again
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(tmp, target)
         except OSError as exc:
             _remove_quietly(tmp)
+            if exc.errno == errno.ENAMETOOLONG:
+                raise name_too_long(target) from exc
+            if exc.errno == errno.EXDEV:
+                raise DestinationError(f"cannot write {target}: its folder is on another file system than "
+                                       f"{self.root}", permanent=True) from exc
             # FileExistsError: a file stands where a folder of the key should be (makedirs).
             permanent = isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError))
             raise DestinationError(f"cannot write {target}: {exc.strerror or exc}", permanent=permanent) from exc
@@ -126,14 +152,17 @@ class LocalDestination(Destination):
 
     def _create(self, tmp: str) -> int:
         folder = os.path.dirname(tmp)
-        if folder not in self._folders:  # made (or found) once per folder, not once per file
-            os.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
+        self._make_folder(folder)
         try:
             return os.open(tmp, _CREATE, 0o666)
         except FileNotFoundError:  # the folder went away since: make it again
             os.makedirs(folder, exist_ok=True)
             return os.open(tmp, _CREATE, 0o666)
+
+    def _make_folder(self, folder: str) -> None:
+        if folder not in self._folders:  # made (or found) once per folder, not once per file
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
 
     def _target(self, key: str) -> str:
         target = os.path.normpath(os.path.join(self.root, key))

@@ -3,8 +3,8 @@
 Each uploading thread gets its own connection, kept for the whole run: SFTP requests on one
 connection wait on each other, and paramiko's per-packet work holds the GIL, so more speed
 comes from more threads only up to ~2 and from more processes beyond that.
-Files are written to a hidden temporary name next to the target and renamed into place, so
-a reader never sees a half file. Secrets come from the environment at connect time only.
+Files are written to a short temporary name in a hidden folder under remote_dir and renamed into
+place, so a reader never sees a half file. Secrets come from the environment at connect time only.
 """
 
 from __future__ import annotations
@@ -27,11 +27,17 @@ from projects.destinations.base import (
     ConfigError,
     Destination,
     DestinationError,
+    NAME_MAX,
+    TEMP_FOLDER,
     RemoteObject,
     UploadResult,
     check_no_dot_segments,
     local_file_error,
+    longest_segment,
+    name_too_long,
+    temp_prefix,
 )
+from projects.errors import FileChangedError
 from projects.localfile import LocalFile
 from projects.secrets import check_key_file, check_known_hosts, check_secret_options, read_secret
 
@@ -152,9 +158,27 @@ class SFTPDestination(Destination):
 
     def put_file(self, local: LocalFile, key: str) -> UploadResult:
         target = self._path(key)
+        if longest_segment(target) > NAME_MAX:  # the server's answer would be a bare "Failure"
+            raise name_too_long(target)
+        tmp = posixpath.join(self._root, TEMP_FOLDER, temp_prefix(key) + uuid.uuid4().hex[:12])
         sent = self._run(f"upload to {target}",
-                         lambda conn: self._put(conn, local.file, local.path, local.size, target))
+                         lambda conn: self._put(conn, local.file, local.path, local.size, target, tmp))
         return UploadResult(size=sent)
+
+    def remove_unfinished(self, keys: list[str]) -> int:
+        folder = posixpath.join(self._root, TEMP_FOLDER)
+        prefixes = tuple(temp_prefix(key) for key in keys)
+
+        def op(conn: _Connection) -> int:
+            try:
+                names = [name for name in conn.sftp.listdir(folder) if name.startswith(prefixes)]
+            except FileNotFoundError:
+                return 0
+            for name in names:
+                _remove_quietly(conn, posixpath.join(folder, name))
+            return len(names)
+
+        return self._run(f"removing unfinished uploads in {folder}", op)
 
     def close(self) -> None:
         with self._lock:
@@ -163,18 +187,23 @@ class SFTPDestination(Destination):
             conn.close()
 
     # -- uploading -------------------------------------------------------------------------
-    def _put(self, conn: _Connection, src: BinaryIO, local_path: str, size: int, target: str) -> int:
-        folder, name = posixpath.split(target)
-        self._ensure_folder(conn, folder)
-        tmp = posixpath.join(folder, f".{name}{TEMP_MARK}{uuid.uuid4().hex[:12]}")
+    def _put(self, conn: _Connection, src: BinaryIO, local_path: str, size: int, target: str, tmp: str) -> int:
+        """Written to `tmp` (a short name in the temporary folder), renamed to `target`."""
+        self._ensure_folder(conn, posixpath.dirname(target))
+        self._ensure_folder(conn, posixpath.dirname(tmp))
         try:
-            sent = self._write(conn, src, local_path, tmp, folder)
+            sent = self._write(conn, src, local_path, tmp, posixpath.dirname(tmp))
             remote_size = conn.sftp.stat(tmp).st_size
             if remote_size != sent:
                 raise DestinationError(f"size mismatch after upload to {target}: sent {sent}, remote has {remote_size}")
             if sent != size:
-                raise DestinationError(f"{local_path} changed size during upload ({size} -> {sent} bytes)")
-            self._rename(conn, tmp, target)
+                raise FileChangedError(f"file changed during upload (size {size} -> {sent} bytes): {local_path}")
+            try:
+                self._rename(conn, tmp, target)
+            except FileNotFoundError:  # the target's folder was removed behind the cache's back
+                conn.folders.clear()
+                self._ensure_folder(conn, posixpath.dirname(target))
+                self._rename(conn, tmp, target)
         except BaseException as exc:
             if isinstance(exc, DestinationError) or not _is_connection_error(conn, exc):
                 _remove_quietly(conn, tmp)
@@ -271,6 +300,8 @@ class SFTPDestination(Destination):
         entries = self._run(f"listing {folder}", lambda conn: _listdir(conn, folder))
         children = sorted((a.filename + "/" if stat_mod.S_ISDIR(a.st_mode or 0) else a.filename, a) for a in entries)
         for sort_name, attrs in children:
+            if not rel and attrs.filename == TEMP_FOLDER:
+                continue
             if sort_name.endswith("/"):
                 yield from self._walk(posixpath.join(folder, attrs.filename), rel + sort_name)
             elif stat_mod.S_ISREG(attrs.st_mode or 0) and TEMP_MARK not in attrs.filename:
