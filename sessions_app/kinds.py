@@ -18,6 +18,8 @@ from django.db.models import QuerySet
 from projects.destinations import ConfigError, Destination
 from projects.errors import RemoteError
 from projects.models import Project
+from projects.names import KeyCollisions, stored_form
+from projects.walking import UNREADABLE_FOLDER
 from projects.sources import Source
 from projects.sources.local import LocalSource
 from projects.sources.roboflow import RoboflowSource
@@ -94,8 +96,9 @@ class SyncKind(Kind):
                                   on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
                                   progress_every=settings.SCAN_PROGRESS_EVERY)
 
+        names = KeyCollisions(project.source_dir, source.filter.accepts, dest.key_for, fold_case=dest.keys_fold_case)
         stats = planning.plan_session(session, dest, scan, batch_size=settings.SCAN_BATCH_SIZE,
-                                      start_uploads=start_uploads)
+                                      start_uploads=start_uploads, names=names)
         problems.save()
         return stats
 
@@ -188,17 +191,25 @@ class ProblemLog:
         self.session = session
         self.lines: list[str] = []
         self.count = 0
+        self.unread_folders = 0
 
     def add(self, path: str, message: str) -> None:
         self.count += 1
+        if message.startswith(UNREADABLE_FOLDER):
+            self.unread_folders += 1
+        path = stored_form(path)
         if len(self.lines) < MAX_LOGGED_PROBLEMS:
             self.lines.append(f"{path}: {message}")
         log.warning("session %s: %s: %s", self.session.pk, path, message)
 
     def save(self) -> None:
+        """Counted on the session (unread folders end it with errors: lifecycle), the first logged."""
         if not self.count:
             return
         if self.count > len(self.lines):
             self.lines.append(f"... and {self.count - len(self.lines)} more scan problems")
-        SyncSession.objects.filter(pk=self.session.pk).update(scan_problems=self.count)
+        SyncSession.objects.filter(pk=self.session.pk).update(scan_problems=self.count,
+                                                              unread_folders=self.unread_folders)
+        if self.unread_folders:
+            self.lines.append(f"{self.unread_folders} folders could not be read: their files were not synced")
         self.session.append_log("\n".join(self.lines))
