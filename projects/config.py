@@ -132,6 +132,15 @@ def check_source_dir(path: str) -> None:
         raise ConfigError(f"source_dir: permission denied: {path}")
 
 
+def unsaved_project(clean: dict[str, Any]) -> Project:
+    """The project a validated config describes, not saved (a dry run, a preflight before any
+    change); the stored project's id when there is one."""
+    fields = project_fields(clean)
+    project = Project(**fields)
+    project.pk = Project.objects.filter(name=project.name).values_list("pk", flat=True).first()
+    return project
+
+
 @transaction.atomic
 def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Project, ConfigHistory]:
     """Create or update the project from a validated config and record its ConfigHistory."""

@@ -9,6 +9,7 @@ it describes itself. Nothing else looks at `SyncSession.kind`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -38,9 +39,17 @@ class Kind:
     name: str
     ends_by_itself = True  # completes once its rows are settled
     can_go_stale = True  # a missing heartbeat means its workers vanished
+    holds_lease = True  # one active session of its kinds per project and destination (starting.py)
 
     def sessions(self) -> QuerySet[SyncSession]:
         return SyncSession.objects.filter(kind=self.name)
+
+    def lease(self, project: Project, dest: Destination) -> str | None:
+        """What a session of this kind holds while active (None: nothing): the same value for every
+        kind that holds one, so a sync and an import into one place take turns too."""
+        if not self.holds_lease:
+            return None
+        return hashlib.sha256(f"{project.pk} {dest.identity()}".encode()).hexdigest()
 
     def preflight(self, project: Project, params: dict[str, Any]) -> Destination:
         """Check both ends before a session exists or starts; the destination, open. StartError."""
@@ -112,6 +121,10 @@ class StreamKind(Kind):
     name = SyncSession.Kind.STREAM
     ends_by_itself = False
     can_go_stale = False  # an idle upload queue has no heartbeat, and is not stuck
+    # It never ends, so holding the lease would shut out every sync for good. Its files take turns
+    # with a leased session's one by one instead: files.claim holds back a key another running
+    # session is uploading, so no file is transferred by two sessions at once.
+    holds_lease = False
 
     def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
         # No network check: a producer's call must return at once; the uploads report a refusal.
