@@ -98,6 +98,8 @@ def test_runs_started_at_once_never_transfer_a_file_twice(transactional_db, tmp_
     uploaded = FileUpload.objects.filter(status=FileStatus.UPLOADED)
     assert uploaded.count() == 400
     assert uploaded.values("relative_path").distinct().count() == 400
+    # One run did the work: the others were refused, or came after it and found nothing to do.
+    assert [s.uploaded_count for s in SyncSession.objects.filter(uploaded_count__gt=0)] == [400]
 
 
 def test_the_upload_queue_holds_no_lease_and_runs_beside_a_sync(running):
