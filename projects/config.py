@@ -145,7 +145,16 @@ def unsaved_project(clean: dict[str, Any]) -> Project:
 def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Project, ConfigHistory]:
     """Create or update the project from a validated config and record its ConfigHistory."""
     fields = project_fields(clean)
-    project, _ = Project.objects.update_or_create(name=fields.pop("name"), defaults=fields)
+    name = fields.pop("name")
+    # NO KEY UPDATE, not update_or_create's FOR UPDATE: running sessions' inserts check their
+    # foreign key to the project (KEY SHARE) and must not wait behind a start.
+    project = Project.objects.select_for_update(no_key=True).filter(name=name).first()
+    if project is None:
+        project = Project.objects.create(name=name, **fields)
+    else:
+        for attr, value in fields.items():
+            setattr(project, attr, value)
+        project.save()
     return project, project.record_config(source, created_by)
 
 

@@ -46,7 +46,7 @@ def create_session(project: Project, config: ConfigHistory | None = None, create
 
 
 LEASE_POLL_SECONDS = 1.0
-LEASE_TRIES = 5  # conflicts in a row with no holder to be found (it ended meanwhile) before giving up
+LEASE_TRIES = 5  # conflicts over the lease with no holder to show for them, before giving up
 
 Applied = tuple[Project, ConfigHistory]
 
@@ -60,7 +60,8 @@ def start(project: Project, *, kind: kinds.Kind = kinds.SYNC, params: dict[str, 
     runs it here (pipeline.run_here)."""
     params = params or {}
     with kind.preflight(project, params) as dest:
-        session = _create_leased(kind, dest, lambda: (project, config), wait_for_lock, on_wait, created_by=created_by,
+        session = _create_leased(kind, dest, project, lambda: (project, config), wait_for_lock, on_wait,
+                                 created_by=created_by,
                                  config_source=config_source, params=params, **fields)
     return _queue_scan(session, enqueue_scan)
 
@@ -77,52 +78,66 @@ def start_from_config(clean: dict[str, Any], config_source: str, *, created_by: 
     def apply() -> Applied:
         return config_mod.apply(clean, config_source, created_by=created_by)
 
+    candidate = config_mod.unsaved_project(clean)
     try:
-        dest = kinds.SYNC.preflight(config_mod.unsaved_project(clean), params)
+        dest = kinds.SYNC.preflight(candidate, params)
     except StartError:
         if save_config:
             apply()
         raise
     with dest:
-        session = _create_leased(kinds.SYNC, dest, apply, wait_for_lock, on_wait, created_by=created_by,
+        session = _create_leased(kinds.SYNC, dest, candidate, apply, wait_for_lock, on_wait, created_by=created_by,
                                  config_source=config_source, params=params, **fields)
     return _queue_scan(session, enqueue_scan)
 
 
-def _create_leased(kind: kinds.Kind, dest: Destination, prepare: Callable[[], tuple[Project, ConfigHistory | None]],
-                   wait: bool, on_wait: Callable[[SyncSession], None] | None, **create: Any) -> SyncSession:
+def _create_leased(kind: kinds.Kind, dest: Destination, candidate: Project,
+                   prepare: Callable[[], tuple[Project, ConfigHistory | None]], wait: bool,
+                   on_wait: Callable[[SyncSession], None] | None, **create: Any) -> SyncSession:
     """The session, created with the lease in the transaction that `prepare`s its project and
-    config; a conflict rolls both back."""
-    waited_for, tries = None, 0
-    while True:
-        project = None
+    config; a conflict rolls both back. A holder is looked for (by `candidate`, the project as
+    stored) before any write, so a refused start takes no lock."""
+    waited_for, conflicts = None, 0
+    while conflicts < LEASE_TRIES:
+        holder = _holder(kind, dest, candidate)
+        if holder is not None:  # seen before any write: a refused start takes no lock
+            waited_for = _refuse_or_wait(holder, dest, wait, on_wait, waited_for)
+            continue
         try:
             with transaction.atomic():
                 project, config = prepare()
                 return create_session(project, config, kind=kind, lease=kind.lease(project, dest), **create)
-        except IntegrityError:
-            lease = kind.lease(_saved(project), dest) if project is not None else None
-            if lease is None:
-                raise
-        holder = SyncSession.objects.filter(lease=lease, status__in=ACTIVE_STATUSES).select_related("project").first()
-        if holder is None:
-            tries += 1
-            if tries >= LEASE_TRIES:
-                raise StartError(f"project {project.name}: could not take the lease of {dest.identity()}")
-            continue
-        tries = 0
-        if lifecycle.is_stale(holder):
-            _take_over(holder)
-        elif not wait:
-            raise LeaseHeld(holder, f"project {project.name}: session {holder.pk} ({kinds.of(holder).describe(holder)}, "
-                                    f"{holder.status} since {holder.created_at:%Y-%m-%d %H:%M:%S}) is running to "
-                                    f"{dest.identity()}; one session per project and destination: wait for it "
-                                    f"(--wait-for-lock) or cancel it")
-        else:
-            if on_wait and waited_for != holder.pk:
-                on_wait(holder)
-            waited_for = holder.pk
-            time.sleep(LEASE_POLL_SECONDS)
+        except IntegrityError:  # a start racing this one took the lease (or made the new project) first
+            conflicts += 1
+    raise StartError(f"project {candidate.name}: could not take the lease of {dest.identity()}")
+
+
+def _active(lease: str | None):
+    return SyncSession.objects.filter(lease=lease, status__in=ACTIVE_STATUSES).select_related("project")
+
+
+def _holder(kind: kinds.Kind, dest: Destination, project: Project) -> SyncSession | None:
+    """The session holding the lease the start would take, if any (a new project has none)."""
+    project = _saved(project)
+    lease = kind.lease(project, dest) if project.pk else None
+    return _active(lease).first() if lease else None
+
+
+def _refuse_or_wait(holder: SyncSession, dest: Destination, wait: bool,
+                    on_wait: Callable[[SyncSession], None] | None, waited_for: int | None) -> int | None:
+    """Take over a stale holder, else refuse (LeaseHeld) or wait a while; the holder waited for."""
+    if lifecycle.is_stale(holder):
+        _take_over(holder)
+        return waited_for
+    if not wait:
+        raise LeaseHeld(holder, f"project {holder.project.name}: session {holder.pk} "
+                                f"({kinds.of(holder).describe(holder)}, {holder.status} since "
+                                f"{holder.created_at:%Y-%m-%d %H:%M:%S}) is running to {dest.identity()}; one session "
+                                f"per project and destination: wait for it (--wait-for-lock) or cancel it")
+    if on_wait and waited_for != holder.pk:
+        on_wait(holder)
+    time.sleep(LEASE_POLL_SECONDS)
+    return holder.pk
 
 
 def _saved(project: Project) -> Project:

@@ -91,10 +91,10 @@ def test_runs_started_at_once_never_transfer_a_file_twice(transactional_db, tmp_
     results = [(r.wait(180), r.stderr.read()) for r in runs]
 
     assert all(code in (0, 2) for code, _ in results), results
-    assert any(code == 0 for code, _ in results)
+    assert any(code == 0 for code, _ in results), [err[-1500:] for _, err in results]
     for code, err in results:
         if code == 2:
-            assert "one session per project and destination" in err
+            assert "one session per project and destination" in err, err[-3000:]
     uploaded = FileUpload.objects.filter(status=FileStatus.UPLOADED)
     assert uploaded.count() == 400
     assert uploaded.values("relative_path").distinct().count() == 400
