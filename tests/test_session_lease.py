@@ -120,3 +120,15 @@ def test_a_retry_round_waits_while_another_session_holds_the_lease(running, tmp_
         retrying.queue_retry_round(running)
     running.refresh_from_db()
     assert running.status == SessionStatus.CANCELLED
+
+
+def test_the_admin_start_is_refused_too_and_records_no_config(running):
+    from projects.models import ConfigHistory
+
+    from sessions_app.errors import LeaseHeld
+
+    before = ConfigHistory.objects.count()
+    with pytest.raises(LeaseHeld, match=f"session {running.pk} .* one session per project and destination"):
+        starting.start(running.project, created_by="admin")
+    assert ConfigHistory.objects.count() == before
+    assert SyncSession.objects.count() == 1
