@@ -132,11 +132,29 @@ def check_source_dir(path: str) -> None:
         raise ConfigError(f"source_dir: permission denied: {path}")
 
 
+def unsaved_project(clean: dict[str, Any]) -> Project:
+    """The project a validated config describes, not saved (a dry run, a preflight before any
+    change); the stored project's id when there is one."""
+    fields = project_fields(clean)
+    project = Project(**fields)
+    project.pk = Project.objects.filter(name=project.name).values_list("pk", flat=True).first()
+    return project
+
+
 @transaction.atomic
 def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Project, ConfigHistory]:
     """Create or update the project from a validated config and record its ConfigHistory."""
     fields = project_fields(clean)
-    project, _ = Project.objects.update_or_create(name=fields.pop("name"), defaults=fields)
+    name = fields.pop("name")
+    # NO KEY UPDATE, not update_or_create's FOR UPDATE: running sessions' inserts check their
+    # foreign key to the project (KEY SHARE) and must not wait behind a start.
+    project = Project.objects.select_for_update(no_key=True).filter(name=name).first()
+    if project is None:
+        project = Project.objects.create(name=name, **fields)
+    else:
+        for attr, value in fields.items():
+            setattr(project, attr, value)
+        project.save()
     return project, project.record_config(source, created_by)
 
 

@@ -14,10 +14,11 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from projects.walking import Entry, Problem, signed64, walk_sorted
+from projects.walking import UNREADABLE_FOLDER, Entry, Problem, signed64, walk_sorted
 
 
 @dataclass
@@ -120,8 +121,9 @@ def scan(
         on_progress(seen)
 
 
-# %D, %i: device and inode; %y: type; %Y: type of the link target ("N" when it does not exist);
-# tab-separated, NUL-ended.
+# Every entry but folders (FIFOs, sockets and devices are reported, not read).
+# %D, %i: device and inode; %y: type; %Y: type of the link target ("N" when it does not exist,
+# "L" for a loop); tab-separated, NUL-ended.
 # The path comes first so that sorting whole records sorts by path (tab sorts below any name char).
 _FIND_FORMAT = "%P\t%s\t%T@\t%D\t%i\t%y%Y\\0"
 
@@ -130,7 +132,7 @@ def find_walk(root: str, sort: bool = True, on_problem: Problem | None = None) -
     report = on_problem or (lambda path, msg: None)
     errors = tempfile.TemporaryFile()  # a file, not a pipe: thousands of errors must not block find
     find = subprocess.Popen(
-        ["find", root, "-mindepth", "1", "(", "-type", "f", "-o", "-type", "l", ")", "-printf", _FIND_FORMAT],
+        ["find", root, "-mindepth", "1", "!", "-type", "d", "-printf", _FIND_FORMAT],
         stdout=subprocess.PIPE,
         stderr=errors,
         env={**os.environ, "LC_ALL": "C"},
@@ -151,7 +153,7 @@ def find_walk(root: str, sort: bool = True, on_problem: Problem | None = None) -
             if p.poll() is None:
                 p.kill()
             p.wait()
-        _report_find_errors(find, report)
+        _report_find_errors(errors, root, report)
 
 
 def _parse_find(stream, report: Problem) -> Iterator[Entry]:
@@ -174,15 +176,35 @@ def _parse_record(rec: bytes, report: Problem) -> Entry | None:
     path = os.fsdecode(path_b)
     if kinds[:1] == b"f":
         return Entry(path, int(size), round(float(mtime), 6), signed64(int(device)), signed64(int(inode)))
-    if kinds[1:2] == b"N":
-        report(path, "broken symlink")
-    return None  # symlinks are not followed on this path
+    if kinds[:1] == b"l":
+        if kinds[1:2] == b"N":
+            report(path, "broken symlink")
+        elif kinds[1:2] == b"L":
+            report(path, "symlink loop")
+        return None  # symlinks are not followed on this path
+    report(path, "skipped: " + _FIND_TYPES.get(kinds[:1], "not a regular file"))
+    return None
 
 
-def _report_find_errors(find: subprocess.Popen, report: Problem) -> None:
-    if find.stderr is None:
-        return
-    for line in find.stderr.read().decode(errors="replace").splitlines():
-        # "find: 'path': Permission denied" / "No such file or directory" (vanished mid-scan)
-        report(line.partition(": ")[2] or line, "find: " + line)
-    find.stderr.close()
+_FIND_TYPES = {b"p": "a FIFO (named pipe)", b"s": "a socket", b"b": "a block device", b"c": "a character device"}
+_FIND_ERROR = re.compile(rb"^find: '(.*)': ([^:]+)$")
+
+
+def _report_find_errors(errors: BinaryIO, root: str, report: Problem) -> None:
+    """Every line find wrote to stderr is a problem of the scan, with its path."""
+    errors.seek(0)
+    prefix = os.fsencode(root.rstrip("/")) + b"/"
+    for line in errors.read().splitlines():
+        m = _FIND_ERROR.match(line)
+        if m is None:
+            report(".", "find: " + os.fsdecode(line))
+            continue
+        full, reason = m.group(1), m.group(2).decode(errors="replace")
+        rel = os.fsdecode(full[len(prefix):] if full.startswith(prefix) else full) or "."
+        if reason == "No such file or directory":
+            report(rel, "vanished during scan")
+        elif os.path.isdir(full) and not os.path.islink(full):
+            report(rel + "/", f"{UNREADABLE_FOLDER}: {reason}")
+        else:
+            report(rel, f"cannot stat: {reason}")
+    errors.close()

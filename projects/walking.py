@@ -7,6 +7,7 @@ A folder sorts as its name plus "/", which is what makes the per-folder sort a g
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 from collections.abc import Callable, Iterator
@@ -38,6 +39,20 @@ def signed64(n: int) -> int:
 
 Problem = Callable[[str, str], None]  # (relative path, message)
 
+# A problem message starting with this means a folder whose files the scan could not see: the
+# session ends with errors (the other problems are logged and counted only).
+UNREADABLE_FOLDER = "cannot list folder"
+
+_SPECIAL = {stat_mod.S_IFIFO: "a FIFO (named pipe)", stat_mod.S_IFSOCK: "a socket",
+            stat_mod.S_IFBLK: "a block device", stat_mod.S_IFCHR: "a character device"}
+
+
+def not_a_file(mode: int) -> str:
+    """Why a non-regular, non-folder entry is skipped ("" for a regular file)."""
+    if stat_mod.S_ISREG(mode):
+        return ""
+    return f"skipped: {_SPECIAL.get(stat_mod.S_IFMT(mode), 'not a regular file')}"
+
 
 def walk_sorted(root: str, follow_symlinks: bool = False, on_problem: Problem | None = None) -> Iterator[Entry]:
     report = on_problem or (lambda path, msg: None)
@@ -56,7 +71,7 @@ def _walk(top: str, rel: str, follow: bool, report: Problem, seen: set[tuple[int
         with os.scandir(top) as it:
             children = [(e.name + "/" if _is_dir(e, follow) else e.name, e) for e in it]
     except OSError as exc:
-        report(rel or ".", f"cannot list folder: {exc.strerror or exc}")
+        report(rel or ".", f"{UNREADABLE_FOLDER}: {exc.strerror or exc}")
         return
     children.sort(key=lambda c: c[0])
     for sort_name, entry in children:
@@ -64,18 +79,24 @@ def _walk(top: str, rel: str, follow: bool, report: Problem, seen: set[tuple[int
         if sort_name.endswith("/"):
             if follow:
                 st = _stat(entry, True, child_rel, report)
-                if st is None or (st.st_dev, st.st_ino) in seen:
-                    continue  # a symlink loop, reported by nothing worse than a skip
+                if st is None:
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    report(child_rel, "skipped: symlink loop (a folder already walked)")
+                    continue
                 seen.add((st.st_dev, st.st_ino))
             yield from _walk(entry.path, child_rel + "/", follow, report, seen)
             continue
         if entry.is_symlink() and not follow:
-            if not os.path.exists(entry.path):
-                report(child_rel, "broken symlink")
+            _check_link(entry, child_rel, report)
             continue
         st = _stat(entry, follow, child_rel, report)
-        if st is not None and stat_mod.S_ISREG(st.st_mode):
+        if st is None:
+            continue
+        if stat_mod.S_ISREG(st.st_mode):
             yield Entry(child_rel, st.st_size, mtime_of(st), *identity_of(st))
+        else:
+            report(child_rel, not_a_file(st.st_mode))
 
 
 def _is_dir(entry: os.DirEntry, follow: bool) -> bool:
@@ -85,11 +106,21 @@ def _is_dir(entry: os.DirEntry, follow: bool) -> bool:
         return False
 
 
+def _check_link(entry: os.DirEntry, rel: str, report: Problem) -> None:
+    """A link not followed: only a broken one or a loop is worth a line."""
+    try:
+        os.stat(entry.path)
+    except FileNotFoundError:
+        report(rel, "broken symlink")
+    except OSError as exc:
+        report(rel, "symlink loop" if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror or exc}")
+
+
 def _stat(entry: os.DirEntry, follow: bool, rel: str, report: Problem) -> os.stat_result | None:
     try:
         return entry.stat(follow_symlinks=follow)
     except FileNotFoundError:
         report(rel, "broken symlink" if entry.is_symlink() else "vanished during scan")
     except OSError as exc:
-        report(rel, f"cannot stat: {exc.strerror or exc}")
+        report(rel, "symlink loop" if exc.errno == errno.ELOOP else f"cannot stat: {exc.strerror or exc}")
     return None

@@ -73,7 +73,8 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     readonly_fields = (
         "project", "config_link", "kind", "status", "progress_display", "found_count", "pending_count",
         "uploaded_count", "skipped_count", "skips_display", "failed_count", "cancelled_count", "bytes_display",
-        "speed_display", "duration_display", "files_link", "scan_problems", "created_at", "started_at", "scan_finished_at",
+        "speed_display", "duration_display", "files_link", "scan_problems", "unread_folders", "created_at", "started_at",
+        "scan_finished_at",
         "finished_at", "heartbeat_at", "retry_round", "next_retry_at", "created_by", "error", "log", "params",
     )
     fields = readonly_fields

@@ -289,7 +289,9 @@ def others_since(session: SyncSession) -> list[SyncSession]:
 def lock_project(session: SyncSession) -> list[SyncSession]:
     """Inside a claim's transaction: the project's row lock, so the claims of all its sessions
     take turns (a claim sees every row another one moved to uploading), then `others_since`."""
-    list(Project.objects.select_for_update().filter(pk=session.project_id).values_list("pk", flat=True))
+    # NO KEY UPDATE: a mutex among claimers that lets the deferred foreign-key checks (KEY SHARE)
+    # of other transactions through; FOR UPDATE deadlocked with a scan committing its rows.
+    list(Project.objects.select_for_update(no_key=True).filter(pk=session.project_id).values_list("pk", flat=True))
     return others_since(session)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -10,6 +11,7 @@ from sessions_app.terminal import safe
 from projects import config as config_mod
 from projects.config import ConfigError
 from projects.models import ConfigHistory
+from sessions_app.models import SyncSession
 
 
 def add_config_arguments(parser: CommandParser) -> None:
@@ -29,6 +31,20 @@ def add_config_arguments(parser: CommandParser) -> None:
     parser.add_argument("--extensions", help="comma-separated, e.g. .wav,.jpg")
     parser.add_argument("--exclude", action="append", help="glob pattern; repeatable")
     parser.add_argument("--notify-url")
+
+
+def add_start_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="if another session of the project is running to the same destination, wait for it "
+                             "to end (default: refuse, exit 2)")
+    parser.add_argument("--save-config", action="store_true",
+                        help="store the config as the project's even if the run is refused before it starts")
+
+
+def waiting_note(out) -> Callable[[SyncSession], None]:
+    """What --wait-for-lock prints while it waits for the session holding the lease."""
+    return lambda holder: out.write(f"waiting for session {holder.pk} ({holder.status}) to end: one session per "
+                                    f"project and destination")
 
 
 def overrides_from(options: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,14 @@ class StartError(UploaderError):
     """A session cannot start: bad source folder, destination refused, broker unreachable, ..."""
 
 
+class LeaseHeld(StartError):
+    """Another session of the project is running to the same destination; `holder` is it."""
+
+    def __init__(self, holder, message: str):
+        super().__init__(message)
+        self.holder = holder
+
+
 class EnqueueError(UploaderError):
     """The broker refused or could not be reached."""
 

@@ -2,6 +2,7 @@
 
     (new) -> pending | skipped                 add_pending (sync plan), add_planned (import),
                                                admit_one (upload queue)
+    (new) -> failed                            add_refused (the plan: a name that cannot be a key)
     (new) -> counted, no row                   count_skips (the plan found the file done)
     pending -> uploading                       claim
     uploading -> uploaded|failed|skipped|cancelled   record (outcomes, in batches)
@@ -43,7 +44,7 @@ OPEN = (PENDING, UPLOADING)
 SETTLED = (UPLOADED, FAILED, SKIPPED, CANCELLED)
 
 ALLOWED: dict[str, frozenset[str]] = {
-    NEW: frozenset({PENDING, SKIPPED}),
+    NEW: frozenset({PENDING, SKIPPED, FAILED}),
     PENDING: frozenset({UPLOADING, CANCELLED}),
     UPLOADING: frozenset({UPLOADED, FAILED, SKIPPED, CANCELLED, PENDING}),
     UPLOADED: frozenset({GONE}),
@@ -177,6 +178,19 @@ def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool 
     inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows, new=first_run)
     _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)})
     return inserted
+
+
+def add_refused(session: SyncSession, rows: Sequence[tuple[str, str, int, float, str]]) -> int:
+    """Insert files the plan refuses (path, key, size, mtime, why) as permanently failed rows and
+    count them. Returns how many went in (a re-run scan's are there already)."""
+    check(NEW, FAILED)
+    objs = [FileUpload(session_id=session.pk, project_id=session.project_id, relative_path=path, remote_key=key,
+                       size=size, mtime=mtime, status=FAILED, last_error=why, error_permanent=True)
+            for path, key, size, mtime, why in rows]
+    with transaction.atomic():
+        new = bulk.insert_new(FileUpload, objs, ("session_id", "relative_path"))
+        _bump(session.pk, {"found_count": len(new), "failed_count": len(new), "bytes_total": sum(r.size for r in new)})
+    return len(new)
 
 
 @dataclass

@@ -105,4 +105,7 @@ def report(session: SyncSession, stdout, stderr, *, limit: int = 10, retry_hint:
         stderr.write(failure_report(session, limit=limit))
         if retry_hint:
             stderr.write(f"retry them with: python manage.py retry {session.pk}")
+    if session.unread_folders:
+        stderr.write(f"{session.unread_folders} folders could not be read: their files were not synced "
+                     f"(the session log names them: {session.admin_url()})")
     return exit_code(session)

@@ -9,6 +9,7 @@ it describes itself. Nothing else looks at `SyncSession.kind`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -18,6 +19,8 @@ from django.db.models import QuerySet
 from projects.destinations import ConfigError, Destination
 from projects.errors import RemoteError
 from projects.models import Project
+from projects.names import KeyCollisions, stored_form
+from projects.walking import UNREADABLE_FOLDER
 from projects.sources import Source
 from projects.sources.local import LocalSource
 from projects.sources.roboflow import RoboflowSource
@@ -36,9 +39,17 @@ class Kind:
     name: str
     ends_by_itself = True  # completes once its rows are settled
     can_go_stale = True  # a missing heartbeat means its workers vanished
+    holds_lease = True  # one active session of its kinds per project and destination (starting.py)
 
     def sessions(self) -> QuerySet[SyncSession]:
         return SyncSession.objects.filter(kind=self.name)
+
+    def lease(self, project: Project, dest: Destination) -> str | None:
+        """What a session of this kind holds while active (None: nothing): the same value for every
+        kind that holds one, so a sync and an import into one place take turns too."""
+        if not self.holds_lease:
+            return None
+        return hashlib.sha256(f"{project.pk} {dest.identity()}".encode()).hexdigest()
 
     def preflight(self, project: Project, params: dict[str, Any]) -> Destination:
         """Check both ends before a session exists or starts; the destination, open. StartError."""
@@ -94,8 +105,9 @@ class SyncKind(Kind):
                                   on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
                                   progress_every=settings.SCAN_PROGRESS_EVERY)
 
+        names = KeyCollisions(project.source_dir, source.filter.accepts, dest.key_for, fold_case=dest.keys_fold_case)
         stats = planning.plan_session(session, dest, scan, batch_size=settings.SCAN_BATCH_SIZE,
-                                      start_uploads=start_uploads)
+                                      start_uploads=start_uploads, names=names)
         problems.save()
         return stats
 
@@ -109,6 +121,10 @@ class StreamKind(Kind):
     name = SyncSession.Kind.STREAM
     ends_by_itself = False
     can_go_stale = False  # an idle upload queue has no heartbeat, and is not stuck
+    # It never ends, so holding the lease would shut out every sync for good. Its files take turns
+    # with a leased session's one by one instead: files.claim holds back a key another running
+    # session is uploading, so no file is transferred by two sessions at once.
+    holds_lease = False
 
     def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
         # No network check: a producer's call must return at once; the uploads report a refusal.
@@ -188,17 +204,25 @@ class ProblemLog:
         self.session = session
         self.lines: list[str] = []
         self.count = 0
+        self.unread_folders = 0
 
     def add(self, path: str, message: str) -> None:
         self.count += 1
+        if message.startswith(UNREADABLE_FOLDER):
+            self.unread_folders += 1
+        path = stored_form(path)
         if len(self.lines) < MAX_LOGGED_PROBLEMS:
             self.lines.append(f"{path}: {message}")
         log.warning("session %s: %s: %s", self.session.pk, path, message)
 
     def save(self) -> None:
+        """Counted on the session (unread folders end it with errors: lifecycle), the first logged."""
         if not self.count:
             return
         if self.count > len(self.lines):
             self.lines.append(f"... and {self.count - len(self.lines)} more scan problems")
-        SyncSession.objects.filter(pk=self.session.pk).update(scan_problems=self.count)
+        SyncSession.objects.filter(pk=self.session.pk).update(scan_problems=self.count,
+                                                              unread_folders=self.unread_folders)
+        if self.unread_folders:
+            self.lines.append(f"{self.unread_folders} folders could not be read: their files were not synced")
         self.session.append_log("\n".join(self.lines))

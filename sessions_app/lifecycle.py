@@ -44,7 +44,8 @@ def end_if_settled(session: SyncSession) -> bool:
     if files.has_open(session):
         return False
     files.recount(session)
-    won = session.mark_completed(with_errors=bool(session.failed_count))
+    # A folder the scan could not read holds files that were not synced.
+    won = session.mark_completed(with_errors=bool(session.failed_count or session.unread_folders))
     if won:
         _announce(session)
     return won

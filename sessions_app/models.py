@@ -61,6 +61,8 @@ class SyncSession(models.Model):
     bytes_total = models.BigIntegerField(default=0)
     bytes_uploaded = models.BigIntegerField(default=0)
     scan_problems = models.PositiveIntegerField(default=0)
+    # Folders the scan could not list: files it could not see are files not synced (ends with errors).
+    unread_folders = models.PositiveIntegerField(default=0)
     # Files the plan found already done are counted, not stored: {reason: files}, and their bytes.
     skips = models.JSONField(default=dict, blank=True)
     skipped_bytes = models.BigIntegerField(default=0)
@@ -77,10 +79,17 @@ class SyncSession(models.Model):
     retry_round = models.PositiveIntegerField(default=0)
     auto_retry = models.BooleanField(default=False)
     next_retry_at = models.DateTimeField(null=True, blank=True)
+    # A digest of (project, destination identity) for kinds that hold the lease (kinds.Kind.lease):
+    # at most one active session per value, enforced by the database.
+    lease = models.CharField(max_length=64, null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["lease"], condition=models.Q(status__in=ACTIVE_STATUSES),
+                                    name="one_active_session_per_lease"),
+        ]
         permissions = [
             ("retry_syncsession", "Can retry failed files"),
             ("notify_syncsession", "Can notify endpoints"),

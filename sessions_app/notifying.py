@@ -242,8 +242,12 @@ def wanted(session: SyncSession) -> bool:
 
 
 def queue_automatic(session: SyncSession) -> str | None:
-    """At the real end of a session: queue a notification task if the project says so."""
+    """At the real end of a session: queue a notification task if the project says so; a session
+    run in a command's process (`upload --sync`, no cluster needed) is notified from there."""
     if not wanted(session):
+        return None
+    if session.params.get("run_here"):
+        deliver(session, None, Notification.Trigger.AUTO)
         return None
     return enqueue.notify(session.pk, Notification.Trigger.AUTO)
 

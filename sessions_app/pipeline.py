@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -67,12 +68,13 @@ def continue_uploads(session_id: int, deadline_seconds: float | None) -> str:
     return outcome
 
 
-def run_here(session: SyncSession) -> None:
-    """--sync: the scan in one thread, uploads in another, while the caller follows."""
+def run_here(session: SyncSession) -> list[threading.Thread]:
+    """--sync: the scan in one thread, uploads in another, while the caller follows (and then
+    joins them: the one that ends the session runs its follow-ups, e.g. the notification)."""
     session.mark_scanning()
-    following.run_in_thread(functools.partial(scan_session, session.pk, start_uploads=False))
+    scan = following.run_in_thread(functools.partial(scan_session, session.pk, start_uploads=False))
     # One drain suffices: it waits for rows while the scan runs and ends the session after it.
-    following.run_in_thread(uploading.drain, session.pk)
+    return [scan, following.run_in_thread(uploading.drain, session.pk)]
 
 
 # -- crash recovery ---------------------------------------------------------------------------
@@ -178,7 +180,8 @@ def preview(project: Project, on_problem: Problem | None = None, *,
             check_destination: bool = False) -> Iterator[planning.Decision]:
     """--dry-run: what a sync session of the (possibly unsaved) project would decide, file by
     file; changes nothing. Raises StartError like a start."""
-    project.pk = Project.objects.filter(name=project.name).values_list("id", flat=True).first()
+    if project.pk is None:
+        project.pk = Project.objects.filter(name=project.name).values_list("id", flat=True).first()
     with kinds.SYNC.preflight(project) as dest:
         source = LocalSource.of(project, dest.default_extensions)
         yield from planning.preview(project, dest, lambda sort: source.entries(sort=sort, on_problem=on_problem),

@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from projects.destinations import Destination, RemoteObject
 from projects.models import Project
+from projects.names import KeyCollisions, Refused, not_utf8
 from projects.walking import Entry
 from sessions_app import catalog, enqueue, files
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
@@ -101,9 +102,10 @@ Scan = Callable[[bool], Iterator[Entry]]  # sort -> the scan's entries
 
 
 def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_size: int,
-                 start_uploads: bool) -> ScanStats:
+                 start_uploads: bool, names: KeyCollisions | None = None) -> ScanStats:
     """Plan every scanned file of the session and write what needs work; upload tasks start with
-    the first pending rows. Stops early when the session is cancelled."""
+    the first pending rows. Stops early when the session is cancelled. `names` fails the files
+    whose name cannot be a key (projects/names.py)."""
     project = session.project
     known = catalog.open_for(project, dest)
     mode = mode_for(project, known, dest, check=bool(session.params.get("check_destination")))
@@ -114,10 +116,12 @@ def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_s
         session.append_log("\n".join(notes))
     writer = _Writer(session, known.pk, start_uploads)
     merge = _Merge(dest, known.pk if mode.trusted and known.entries.exists() else None,
-                   catalog.in_doubt(project.pk, session.pk))
+                   catalog.in_doubt(project.pk, session.pk), names)
     complete = True
     for batch in _walk(scan(merge.needs_order), batch_size):
         writer.write(*merge.plan(batch))
+        if merge.refused:
+            files.add_refused(session, [(r.path, r.key, r.entry.size, r.entry.mtime, r.reason) for r in merge.refused])
         if cancelled(session):
             complete = False
             break
@@ -128,14 +132,20 @@ def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_s
 class _Merge:
     """The scan against the catalog, a batch at a time."""
 
-    def __init__(self, dest: Destination, catalog_id: int | None, doubt: set[str]):
+    def __init__(self, dest: Destination, catalog_id: int | None, doubt: set[str], names: KeyCollisions | None):
         self.key_for, self.cursor, self.doubt = dest.key_for, catalog.Cursor(catalog_id), doubt
+        self.names = names
         self.needs_order = catalog_id is not None  # key order only matters when merging with entries
+        self.refused: list[Refused] = []
 
     def plan(self, batch: list[Entry]) -> tuple[list[tuple], list[tuple], dict[str, int], int]:
-        """(rows to insert, entries to adopt, skips by reason, skipped bytes)."""
+        """(rows to insert, entries to adopt, skips by reason, skipped bytes); the files whose name
+        cannot be a key wait in `refused` for the writer."""
         rows, adopted, skips, skipped_bytes = [], [], {}, 0
-        keys = [self.key_for(e.relative_path) for e in batch]
+        if self.names is not None:
+            batch, keys, self.refused = self.names.split(batch)
+        else:
+            keys = [self.key_for(e.relative_path) for e in batch]
         for e, key, known in zip(batch, keys, self.cursor.match(keys)):
             reason = decide(e.size, e.mtime, known)
             if not reason:
@@ -275,6 +285,9 @@ def preview(project: Project, dest: Destination, scan: Scan, *, check: bool = Fa
     cursor = catalog.Cursor(known.pk if trusted else None)
     remote = RemoteCursor(dest.list_existing()) if mode.listing else None
     for e in scan(trusted or remote is not None):
+        if reason := not_utf8(e.relative_path):
+            yield Decision(e, "", reason)
+            continue
         key = dest.key_for(e.relative_path)
         entry = cursor.get(key)
         if remote is not None:

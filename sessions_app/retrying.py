@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TextIO
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import CharField, F, QuerySet, Value
 from django.db.models.functions import Cast, Concat, Left
 from django.utils import timezone
@@ -106,13 +106,17 @@ def queue_retry_round(session: SyncSession, *, include_permanent: bool = False,
     failed, cancelled = _candidates(session, include_permanent, files)
     if not failed.exists() and not cancelled.exists():
         return Queued(session.pk, session.retry_round, 0, 0)
-    with transaction.atomic():
-        n_failed, n_cancelled = requeue(session, failed, cancelled)
-        if not session.reopen():
-            raise RetryError(f"session {session.pk} could not be reopened from {session.status}")
-        SyncSession.objects.filter(pk=session.pk).update(retry_round=F("retry_round") + 1, auto_retry=auto,
-                                                         next_retry_at=None)
-        session.refresh_from_db()
+    try:
+        with transaction.atomic():
+            n_failed, n_cancelled = requeue(session, failed, cancelled)
+            if not session.reopen():
+                raise RetryError(f"session {session.pk} could not be reopened from {session.status}")
+            SyncSession.objects.filter(pk=session.pk).update(retry_round=F("retry_round") + 1, auto_retry=auto,
+                                                             next_retry_at=None)
+            session.refresh_from_db()
+    except IntegrityError:  # the lease (starting.py): another session runs to the same destination
+        raise RetryError(f"session {session.pk}: another session of project {session.project.name} is running to "
+                         f"the same destination; retry when it has ended") from None
     drop_scheduled_rounds(session)
     queued = Queued(session.pk, session.retry_round, n_failed, n_cancelled)
     session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} {queued.text()}"

@@ -11,7 +11,7 @@ from django.core.management import call_command
 
 from projects.models import ConfigHistory, Project
 from sessions_app.models import FileStatus, FileUpload, SyncSession
-from tests.conftest import manage, write_files
+from tests.conftest import manage, manage_env, write_files
 
 
 def _write_config(tmp_path: Path, **cfg) -> str:
@@ -177,3 +177,58 @@ def test_no_wait_only_queues_the_session(transactional_db, tmp_path, source):
     result = _upload("--config", _local_config(tmp_path, source), "--no-wait")
     assert result.returncode == 0, result.stderr
     assert SyncSession.objects.get().status == "queued"
+
+
+def test_a_refused_run_changes_neither_the_stored_config_nor_its_history(transactional_db, tmp_path, source):
+    write_files(source, {"a.wav": "a"})
+    good = tmp_path / "archive"
+    first = _upload("--sync", "--project", "keep", "--source-dir", str(source), "--destination-type", "local",
+                    "--dest-path", str(good))
+    assert first.returncode == 0, first.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    refused = _upload("--sync", "--project", "keep", "--dest-path", str(blocker / "sub"))
+
+    assert refused.returncode == 2
+    assert "is a file" in refused.stderr
+    project = Project.objects.get(name="keep")
+    assert project.destination_options["path"] == str(good)
+    assert ConfigHistory.objects.filter(project=project).count() == 1
+    assert SyncSession.objects.count() == 1
+    again = _upload("--sync", "--project", "keep")  # the stored config still works
+    assert again.returncode == 0, again.stderr
+
+
+def test_save_config_keeps_the_config_of_a_refused_run(transactional_db, tmp_path, source):
+    write_files(source, {"a.wav": "a"})
+    assert _upload("--sync", "--project", "keep", "--source-dir", str(source), "--destination-type", "local",
+                   "--dest-path", str(tmp_path / "archive")).returncode == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+
+    refused = _upload("--sync", "--project", "keep", "--dest-path", str(blocker / "sub"), "--save-config")
+
+    assert refused.returncode == 2
+    project = Project.objects.get(name="keep")
+    assert project.destination_options["path"] == str(blocker / "sub")
+    assert ConfigHistory.objects.filter(project=project).count() == 2
+    assert SyncSession.objects.count() == 1
+
+
+def test_sync_sends_the_end_of_session_notification_itself(transactional_db, tmp_path, source, receiver):
+    from django_q.models import OrmQ
+
+    from sessions_app.models import Notification
+    from tests.servers.receiver import LOOPBACK_NETWORKS
+
+    write_files(source, {"a.wav": "a", "b.wav": "b"})
+    result = manage("upload", "--sync", "--no-progress", "--config", _local_config(tmp_path, source, notify_on="always"),
+                    "--notify-url", receiver.url(), env=manage_env(NOTIFY_ALLOWED_NETWORKS=LOOPBACK_NETWORKS))
+
+    assert result.returncode == 0, result.stderr
+    (request,) = receiver.requests  # delivered before the command exited; no cluster ran
+    assert request.json()["status"] == "completed"
+    row = Notification.objects.get()
+    assert (row.trigger, row.succeeded) == (Notification.Trigger.AUTO, True)
+    assert not OrmQ.objects.exists()

@@ -83,6 +83,8 @@ class Destination:
     default_extensions: ClassVar[tuple[str, ...]] = ()
     # Whether upload_stream() is available; imports write only into such destinations.
     supports_stream_upload: ClassVar[bool] = False
+    # Whether keys differing only in case name one object (a case-insensitive file system).
+    keys_fold_case: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

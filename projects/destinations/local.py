@@ -57,6 +57,11 @@ class LocalDestination(Destination):
     def identity(self) -> str:
         return "file://" + os.path.normpath(self.root)
 
+    @property
+    def keys_fold_case(self) -> bool:  # type: ignore[override]
+        """On a case-insensitive file system (macOS, Windows shares) A.wav and a.wav are one file."""
+        return _folds_case(self.root)
+
     @classmethod
     def describe_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         return {"kind": cls.kind, "path": options.get("path"), "prefix": normalize_key(options.get("prefix") or "")}
@@ -169,6 +174,21 @@ class LocalDestination(Destination):
         if not (target + os.sep).startswith(os.path.normpath(self.root) + os.sep):
             raise DestinationError(f"key escapes the destination folder: {key}", permanent=True)
         return target
+
+
+def _folds_case(path: str) -> bool:
+    """Does the file system of `path` (its nearest existing folder with a cased name) fold case?"""
+    path = os.path.abspath(path)
+    while path != os.path.dirname(path):
+        name = os.path.basename(path)
+        if os.path.isdir(path) and name.swapcase() != name:
+            other = os.path.join(os.path.dirname(path), name.swapcase())
+            try:
+                return os.path.samefile(path, other)
+            except OSError:
+                return False
+        path = os.path.dirname(path)
+    return False
 
 
 def _folder(path: str) -> str:

@@ -1,8 +1,10 @@
 """The whole job in one command: upload, retry what failed in automatic rounds, notify.
 
 1. Load and validate the config (file < environment < command line); exit 2 on bad input.
-2. Create or update the project and start its session with automatic retry rounds on; the
-   workers (qcluster) do the uploads, this command follows them.
+2. Check both ends and take the project's lease (as `upload`: exit 2 while another session runs
+   to the destination, or --wait-for-lock), then create or update the project (a refused run
+   changes nothing, unless --save-config) and start its session with automatic retry rounds on;
+   the workers (qcluster) do the uploads, this command follows them.
 3. While failed files are retryable, each round schedules the next one in the database with
    exponential backoff (the project's retry_backoff_base / retry_backoff_cap), so a restart of
    the workers loses nothing; follow them until nothing retryable is left.
@@ -18,10 +20,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from projects import config as config_mod
 from projects.errors import UploaderError
 from sessions_app import following, notifying, retrying, starting
-from sessions_app.commandline import add_config_arguments, load_project_config
+from sessions_app.commandline import add_config_arguments, add_start_arguments, load_project_config, waiting_note
 from sessions_app.models import Notification, SyncSession
 from sessions_app.terminal import safe
 
@@ -31,15 +32,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_config_arguments(parser)
+        add_start_arguments(parser)
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args: Any, **options: Any) -> None:
         clean, source = load_project_config(options)
-        project, config = config_mod.apply(clean, source, created_by="master command")
         # The final notification is this command's, not one per intermediate end of the session.
         try:
-            session = starting.start(project, config=config, created_by="master command", auto_retry=True,
-                                     params={"notify": "command"})
+            session = starting.start_from_config(clean, source, created_by="master command", auto_retry=True,
+                                                 params={"notify": "command"}, save_config=options["save_config"],
+                                                 wait_for_lock=options["wait_for_lock"],
+                                                 on_wait=waiting_note(self.stderr))
         except UploaderError as exc:
             raise CommandError(safe(exc), returncode=2)
         self.stdout.write(f"session {session.pk} started: {session.admin_url()}")

@@ -2,9 +2,12 @@
 
 1. Load and validate the config (file < environment < command line); exit 2 on bad input.
 2. --dry-run: scan and plan, print what would be uploaded, change nothing.
-3. Create or update the project, record its ConfigHistory, check source and destination.
+3. Check source and destination, take the project's lease (one session per project and
+   destination: refused, exit 2, or --wait-for-lock), then create or update the project and
+   record its ConfigHistory with the session: a refused run changes nothing (unless --save-config).
 4. Start the session: --sync runs it here; otherwise queue it for the cluster.
-5. Follow it with a progress bar (unless --no-wait) and exit 0 / 1 (files failed) / 2.
+5. Follow it with a progress bar (unless --no-wait) and exit 0 / 1 (files failed, folders
+   unreadable) / 2.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from projects import config as config_mod
-from projects.models import Project
 from projects.errors import UploaderError
 from sessions_app import following, pipeline, starting
-from sessions_app.commandline import add_config_arguments, load_project_config
+from sessions_app.commandline import add_config_arguments, add_start_arguments, load_project_config, waiting_note
 from sessions_app.models import SyncSession
 from sessions_app.terminal import safe
 
@@ -28,6 +30,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_config_arguments(parser)
+        add_start_arguments(parser)
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--no-wait", action="store_true", help="only queue the session")
         mode.add_argument("--sync", action="store_true", help="run in this process, without a cluster")
@@ -40,19 +43,23 @@ class Command(BaseCommand):
         clean, source = load_project_config(options)
         if options["dry_run"]:
             return self.dry_run(clean, options["check_destination"])
-        project, config = config_mod.apply(clean, source, created_by="command line")
         params = {"check_destination": True} if options["check_destination"] else {}
+        if options["sync"]:
+            params["run_here"] = True  # its end-of-session notification is sent from here too
         try:
-            session = starting.start(project, config=config, params=params, created_by="command line",
-                                     enqueue_scan=not options["sync"])
+            session = starting.start_from_config(clean, source, created_by="command line", params=params,
+                                                 save_config=options["save_config"],
+                                                 wait_for_lock=options["wait_for_lock"],
+                                                 on_wait=waiting_note(self.stderr), enqueue_scan=not options["sync"])
         except UploaderError as exc:
             raise CommandError(safe(exc), returncode=2)
-        if options["sync"]:
-            pipeline.run_here(session)
+        workers = pipeline.run_here(session) if options["sync"] else []
         self.stdout.write(f"session {session.pk} started: {session.admin_url()}")
         if options["no_wait"]:
             return
         session = following.follow(session, self.stderr._out, progress=not options["no_progress"])
+        for worker in workers:  # the end's follow-ups (the notification) run in the last one
+            worker.join()
         self.report(session)
 
     def report(self, session: SyncSession) -> None:
@@ -61,12 +68,7 @@ class Command(BaseCommand):
             sys.exit(code)
 
     def dry_run(self, clean: dict[str, Any], check_destination: bool) -> None:
-        dest_opts = dict(clean["destination"])
-        kind = dest_opts.pop("type")
-        project = Project(name=clean["project"], source_dir=clean["source_dir"], destination_kind=kind,
-                          destination_options=dest_opts, extensions=clean["extensions"], exclude=clean["exclude"],
-                          follow_symlinks=clean["follow_symlinks"],
-                          check_destination_every=clean["check_destination_every"])
+        project = config_mod.unsaved_project(clean)
         try:
             decisions = pipeline.preview(project, on_problem=lambda p, m: self.stderr.write(f"warning: {safe(p)}: {safe(m)}"),
                                          check_destination=check_destination)
