@@ -11,6 +11,7 @@ sync and Import from Roboflow, import_roboflow and the upload queue.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
@@ -49,6 +50,25 @@ def start(project: Project, *, kind: kinds.Kind = kinds.SYNC, params: dict[str, 
             lifecycle.fail(session, str(exc))
             raise StartError(f"session {session.pk} failed to start: {exc.message}") from exc
     log.info("session %s started: %s", session.pk, kinds.of(session).describe(session))
+    return session
+
+
+def start_receiving(project: Project, fill: Callable[[SyncSession], Any], *, created_by: str = "",
+                    params: dict[str, Any] | None = None) -> SyncSession:
+    """A browser upload: checked and created like any session, `fill`ed with its manifest's rows
+    while it is still scanning (so no sweep can find it empty and end it), then open for bytes.
+    Nothing is queued: each received file wakes a drainer."""
+    kind = kinds.BROWSER
+    kind.preflight(project, params or {}).close()
+    session = create_session(project, None, created_by, kind=kind, config_source=ConfigHistory.Source.API,
+                             params=params or {})
+    session.mark_scanning()
+    fill(session)
+    session.mark_scan_finished()
+    SyncSession.objects.filter(pk=session.pk).update(heartbeat_at=None)  # no drainer yet
+    session.refresh_from_db()
+    lifecycle.end_if_settled(session)  # every file refused: nothing will come
+    log.info("session %s started: %s", session.pk, kind.describe(session))
     return session
 
 
