@@ -95,9 +95,8 @@ def process(dest: Destination, row: FileUpload, source_dir: str, max_tries: int)
         row.attempts += 1
         Arrival.objects.filter(pk=arrival.pk).update(content_type=arrival.content_type)
         return transferring.failed(row, exc, 1)
-    # Thumbnails would become images of the dataset at Roboflow: there, only the original goes.
     thumbnail_key = dest.key_for(row.project.thumbnail_prefix + row.relative_path + ".webp") if (
-        thumbnail and dest.kind != "roboflow") else ""
+        thumbnail and dest.stores_thumbnails) else ""
     outcome = transferring.with_retries(row, max_tries, lambda: _send(dest, row, path, thumbnail, thumbnail_key),
                                         f"sending {row.relative_path}")
     Arrival.objects.filter(pk=arrival.pk).update(content_type=arrival.content_type, thumbnail_key=thumbnail_key)

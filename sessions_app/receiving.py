@@ -150,7 +150,7 @@ def open_upload(project: Project, entries: Any, owner: str, created_by: str) -> 
     session = starting.start_receiving(project, fill, created_by=created_by,
                                        params={"refused": len(manifest.refused)})
     if manifest.refused:
-        session.append_log("\n".join(f"refused {r['path']}: {r['reason']}" for r in manifest.refused[:1000]))
+        session.append_log("\n".join(f"refused {r['path']!r}: {r['reason']}" for r in manifest.refused[:1000]))
     for arrival in Arrival.objects.filter(file__session=session, file__size=0).select_related("file__session"):
         _create_empty(arrival)  # no tus client sends a PATCH for an empty file
     return session, manifest
@@ -210,7 +210,7 @@ def append(arrival: Arrival, at: int, body: BinaryIO, length: int | None) -> int
         raise TusError(400, "Content-Length required")
     path = staging_path(arrival)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "ab") as staged:
+    with open(path, "ab", buffering=0) as staged:
         try:
             fcntl.flock(staged, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -231,25 +231,26 @@ def append(arrival: Arrival, at: int, body: BinaryIO, length: int | None) -> int
 
 
 def _copy(body: BinaryIO, staged: BinaryIO, length: int, path: str, start: int) -> int:
-    """Copy up to `length` bytes in blocks; a client that goes away leaves what came."""
+    """Copy up to `length` bytes in blocks (unbuffered: what is counted is on disk); a client that
+    goes away leaves what came."""
     written = 0
     while written < length:
         try:
-            block = body.read(min(BLOCK, length - written))
+            block = memoryview(body.read(min(BLOCK, length - written)))
         except OSError:  # connection dropped: the bytes so far stay, the client resumes after them
             break
         if not block:
             break
         try:
-            staged.write(block)
-            staged.flush()
+            while block:
+                n = staged.write(block)
+                written += n
+                block = block[n:]
         except OSError as exc:
-            staged.truncate(start + written)  # no half-written block
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 log.error("staging %s: %s", path, exc)
                 raise TusError(507, "the staging disk is full; try again later") from None
             raise
-        written += len(block)
     return written
 
 

@@ -58,6 +58,8 @@ class Destination:
     default_extensions: ClassVar[tuple[str, ...]] = ()
     # Whether upload_stream() is available; imports write only into such destinations.
     supports_stream_upload: ClassVar[bool] = False
+    # Whether browser uploads send their thumbnails too (not where every file becomes a dataset image).
+    stores_thumbnails: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
