@@ -3,9 +3,9 @@
 POST    /api/projects/<name>/uploads/   {"files": [{"path", "size"}, ...]} -> 201 {"session", "files", "refused"}
 OPTIONS /api/uploads/                   the server's tus capabilities
 POST    /api/uploads/                   tus creation: Upload-Length + Upload-Metadata (session, path)
-HEAD    /api/uploads/<id>/              Upload-Offset, Upload-Length, Upload-Expires
-PATCH   /api/uploads/<id>/              bytes at Upload-Offset (application/offset+octet-stream)
-DELETE  /api/uploads/<id>/              tus termination
+HEAD    /api/uploads/<id>               Upload-Offset, Upload-Length, Upload-Expires
+PATCH   /api/uploads/<id>               bytes at Upload-Offset (application/offset+octet-stream)
+DELETE  /api/uploads/<id>               tus termination
 
 Callers: a staff login with the "add sessions" permission (session cookie; CSRF token on writes),
 or `Authorization: Bearer <project token>` (issue_token). An upload answers only the one who sent
@@ -104,7 +104,7 @@ def _answer(view):
 
 
 def _upload_url(request: HttpRequest, upload_id: Any) -> str:
-    return request.build_absolute_uri(f"/api/uploads/{upload_id}/")
+    return request.build_absolute_uri(f"/api/uploads/{upload_id}")
 
 
 @_answer

@@ -8,5 +8,5 @@ urlpatterns = [
     path("api/uploader-stats/", api.uploader_stats, name="uploader-stats"),
     path("api/projects/<str:name>/uploads/", tus.manifest, name="upload-manifest"),
     path("api/uploads/", tus.creation, name="tus-creation"),
-    path("api/uploads/<str:upload_id>/", tus.upload, name="tus-upload"),
+    path("api/uploads/<str:upload_id>", tus.upload, name="tus-upload"),
 ]

@@ -168,7 +168,7 @@ def test_more_bytes_than_declared_is_a_413_before_any_byte_is_stored(api, token)
 
 def test_unknown_upload_id_is_a_404(api, token):
     one_upload(api, token)
-    for url in ("/api/uploads/00000000-0000-0000-0000-000000000000/", "/api/uploads/not-a-uuid/"):
+    for url in ("/api/uploads/00000000-0000-0000-0000-000000000000", "/api/uploads/not-a-uuid"):
         assert api.head(url, headers=bearer(token)).status_code == 404
         assert patch(api, url, token, 0, b"x").status_code == 404
 
