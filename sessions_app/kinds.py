@@ -183,7 +183,7 @@ class BrowserKind(Kind):
         return ScanStats()  # the manifest inserted the rows
 
     def transfer(self, session: SyncSession) -> Transfer:
-        return processing.process
+        return processing.Processor(session.project)
 
     def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
         # Linger while files keep arriving: one drainer serves a drop, not a task per file.

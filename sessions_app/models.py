@@ -241,8 +241,8 @@ class FileUpload(models.Model):
 
 
 class Arrival(models.Model):
-    """The bytes of one browser-uploaded file (a tus upload): staged on the web machine under its
-    upload id, never under the name the browser sent. Verbs in sessions_app/receiving.py."""
+    """The bytes of one browser-uploaded file (a tus upload), staged on the web machine (staging.py).
+    Its upload id is the capability in its upload url. Verbs in sessions_app/receiving.py."""
 
     file = models.OneToOneField(FileUpload, on_delete=models.CASCADE, related_name="arrival")
     upload_id = models.UUIDField(unique=True)
@@ -252,8 +252,6 @@ class Arrival(models.Model):
     owner = models.CharField(max_length=64)
     expires_at = models.DateTimeField()
     received_at = models.DateTimeField(null=True, blank=True)
-    content_type = models.CharField(max_length=100, blank=True, default="", help_text="by its magic bytes")
-    thumbnail_key = models.CharField(max_length=4096, blank=True, default="")
 
     class Meta:
         indexes = [models.Index(fields=["expires_at"], name="arrival_expires")]

@@ -24,7 +24,8 @@ from projects.errors import SourceError
 from projects.localfile import LocalFile
 from sessions_app import staging, transferring
 from sessions_app.files import Outcome
-from sessions_app.models import Arrival, FileStatus, FileUpload
+from projects.models import Project
+from sessions_app.models import FileStatus, FileUpload
 
 pillow_heif.register_heif_opener()
 
@@ -75,34 +76,41 @@ def make_thumbnail(path: str, target: str, size: int) -> None:
     os.replace(target + ".part", target)
 
 
-def process(dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
-    """Check, thumbnail and send one received file; never raises (transferring's contract)."""
-    arrival = Arrival.objects.get(file_id=row.pk)
-    path = staging.upload_path(row.session_id, arrival.upload_id)
-    if not os.path.exists(path):
-        if row.verify_remote and transferring.already_there(dest, row):
-            return Outcome(row, FileStatus.UPLOADED)
-        return transferring.failed(row, SourceError("its received bytes are gone from staging", permanent=True), 1)
-    thumbnail = staging.thumbnail_path(row.session_id, row.pk)
-    try:
-        arrival.content_type = content_type(path, row.relative_path)
-        if arrival.content_type in THUMBNAILED:
-            make_thumbnail(path, thumbnail, row.project.thumbnail_size)
-        else:
-            thumbnail = ""
-    except ContentError as exc:
-        staging.remove(path)
-        row.attempts += 1
-        Arrival.objects.filter(pk=arrival.pk).update(content_type=arrival.content_type)
-        return transferring.failed(row, exc, 1)
-    thumbnail_key = dest.key_for(row.project.thumbnail_prefix + row.relative_path + ".webp") if (
-        thumbnail and dest.stores_thumbnails) else ""
-    outcome = transferring.with_retries(row, max_tries, lambda: _send(dest, row, path, thumbnail, thumbnail_key),
-                                        f"sending {row.relative_path}")
-    Arrival.objects.filter(pk=arrival.pk).update(content_type=arrival.content_type, thumbnail_key=thumbnail_key)
-    if outcome.status != FileStatus.FAILED or row.error_permanent:
-        staging.remove(path)  # kept only for a retry round of a transient failure
-    return outcome
+class Processor:
+    """The browser kind's transfer for one session: runs in the drainer's threads, so it touches
+    no database; what it learns goes on the row (its note) for files.record to write."""
+
+    def __init__(self, project: Project):
+        self.size, self.prefix = project.thumbnail_size, project.thumbnail_prefix
+
+    def __call__(self, dest: Destination, row: FileUpload, source_dir: str, max_tries: int) -> Outcome:
+        """Check, thumbnail and send one received file; never raises (transferring's contract)."""
+        path = staging.upload_path(row.session_id, row.pk)
+        if not os.path.exists(path):
+            if row.verify_remote and transferring.already_there(dest, row):
+                return Outcome(row, FileStatus.UPLOADED)
+            return transferring.failed(row, SourceError("its received bytes are gone from staging", permanent=True),
+                                       1)
+        thumbnail = staging.thumbnail_path(row.session_id, row.pk)
+        try:
+            kind = content_type(path, row.relative_path)
+            if kind in THUMBNAILED:
+                make_thumbnail(path, thumbnail, self.size)
+            else:
+                thumbnail = ""
+        except ContentError as exc:
+            staging.remove(path)
+            row.attempts += 1
+            return transferring.failed(row, exc, 1)
+        thumbnail_key = dest.key_for(self.prefix + row.relative_path + ".webp") if (
+            thumbnail and dest.stores_thumbnails) else ""
+        row.note = " ".join(filter(None, [f"content {kind or 'unrecognised'}",
+                                          f"thumbnail {thumbnail_key}" if thumbnail_key else ""]))[:500]
+        outcome = transferring.with_retries(row, max_tries, lambda: _send(dest, row, path, thumbnail, thumbnail_key),
+                                            f"sending {row.relative_path}")
+        if outcome.status != FileStatus.FAILED or row.error_permanent:
+            staging.remove(path)  # kept only for a retry round of a transient failure
+        return outcome
 
 
 def _send(dest: Destination, row: FileUpload, path: str, thumbnail: str, thumbnail_key: str) -> Outcome:
@@ -112,7 +120,7 @@ def _send(dest: Destination, row: FileUpload, path: str, thumbnail: str, thumbna
     if thumbnail_key:
         dest.upload(thumbnail, thumbnail_key)
     row.size, row.checksum, row.remote_id = result.size, result.checksum[:200], result.remote_id[:200]
-    row.note = (row.note + " " + result.note).strip()[:500]
+    row.note = (row.note.split(" | ")[0] + (" | " + result.note if result.note else ""))[:500]
     row.last_error, row.error_permanent, row.uploaded_at = "", False, timezone.now()
     if result.duplicate:
         row.skip_reason = "duplicate"

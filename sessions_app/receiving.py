@@ -173,7 +173,7 @@ def arrivals(session: SyncSession) -> Iterator[tuple[str, uuid.UUID]]:
 
 
 def staging_path(arrival: Arrival) -> str:
-    return staging.upload_path(arrival.file.session_id, arrival.upload_id)
+    return staging.upload_path(arrival.file.session_id, arrival.file_id)
 
 
 def find(upload_id: Any) -> Arrival:

@@ -1,5 +1,5 @@
-"""Where a browser upload's bytes wait (named by upload id, never by the name the browser sent)
-and where the thumbnails the admin shows are kept. A leaf."""
+"""Where a browser upload's bytes wait (named by the file's row id, never by the name the browser
+sent) and where the thumbnails the admin shows are kept. A leaf."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 from django.conf import settings
 
 
-def upload_path(session_id: int, upload_id: object) -> str:
-    return os.path.join(settings.UPLOAD_STAGING_DIR, str(session_id), str(upload_id))
+def upload_path(session_id: int, file_id: int) -> str:
+    return os.path.join(settings.UPLOAD_STAGING_DIR, str(session_id), str(file_id))
 
 
 def thumbnail_path(session_id: int, file_id: int) -> str:
