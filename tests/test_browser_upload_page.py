@@ -80,3 +80,24 @@ def test_a_dropped_folder_goes_through_both_phases_and_its_thumbnails_show_in_th
     owl = FileUpload.objects.get(relative_path="trap-07/night/owl.jpg")
     admin_page.goto(f"/admin/sessions_app/fileupload/{owl.pk}/change/")
     assert admin_page.eval_on_selector("img.thumbnail", "i => i.complete && i.naturalWidth") > 0
+
+
+def test_five_thousand_rows_stay_a_few_dozen_elements_in_the_page(admin_page, make_project, tmp_path, settings):
+    settings.UPLOAD_STAGING_DIR = tmp_path / "staging"
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")}, project="only-jpegs",
+                           extensions=[".jpg"])
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(5000):  # all refused by type: the list fills without a byte sent
+        (folder / f"note-{i:04d}.txt").touch()
+
+    admin_page.goto(f"/admin/projects/project/{project.pk}/upload/")
+    admin_page.set_input_files("#pick-folder", str(folder))
+    admin_page.wait_for_function("document.getElementById('summary').textContent.includes('5000 refused')")
+
+    assert admin_page.locator("#rows .row").count() < 60
+    admin_page.eval_on_selector("#rows", "box => { box.scrollTop = box.scrollHeight; }")
+    last = admin_page.wait_for_function(  # the 5,000th row is drawn once scrolled into view
+        "Array.from(document.querySelectorAll('#rows .row')).find(r => r.style.top === '119976px')")
+    assert "refused: type not allowed" in last.evaluate("r => r.textContent")
+    assert admin_page.locator("#rows .row").count() < 60
