@@ -320,3 +320,49 @@ def test_session_status_shows_the_phase_and_both_bars(api, token):
         200, "receiving", 2, 50.0)
     patch(api, url, token, 2, b"cd")
     assert api.get(f"/api/sessions/{session_id}/", headers=bearer(token)).json()["phase"] == "processing"
+
+
+def test_options_on_an_upload_url_and_creation_of_an_unknown_or_received_file(api, token):
+    url = one_upload(api, token, path="a.bin", size=1)
+    patch(api, url, token, 0, b"x")
+    session = SyncSession.objects.get()
+
+    def create(path: str):
+        meta = f"session {base64.b64encode(str(session.pk).encode()).decode()},path {base64.b64encode(path.encode()).decode()}"
+        return api.post("/api/uploads/", b"", content_type="", headers={**bearer(token), "Upload-Length": "1",
+                                                                        "Upload-Metadata": meta})
+
+    assert api.options(url)["Tus-Extension"] == "creation,termination,expiration"
+    assert create("nope.bin").status_code == 404
+    assert create("a.bin").status_code == 409
+
+
+def test_a_patch_while_another_writes_the_same_upload_is_a_423(api, token):
+    import fcntl
+
+    url = one_upload(api, token, size=4)
+    staged = Path(receiving.staging_path(Arrival.objects.get()))
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    with open(staged, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = patch(api, url, token, 0, b"ab")
+
+    assert r.status_code == 423
+    assert patch(api, url, token, 0, b"ab").status_code == 204
+
+
+def test_a_manifest_over_the_file_limit_is_a_413(api, token, settings):
+    settings.UPLOAD_MANIFEST_MAX_FILES = 2
+
+    r = send_manifest(api, token, [{"path": f"{i}.bin", "size": 1} for i in range(3)])
+
+    assert r.status_code == 413 and SyncSession.objects.count() == 0
+
+
+def test_a_project_whose_destination_is_misconfigured_is_a_409(api, token, project):
+    type(project).objects.filter(pk=project.pk).update(destination_options={})
+
+    r = send_manifest(api, token, [{"path": "a.bin", "size": 1}])
+
+    assert r.status_code == 409 and "path" in r.json()["error"]
+    assert SyncSession.objects.count() == 0
