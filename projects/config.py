@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any
@@ -102,6 +103,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError("notify_url_env: give notify_url or notify_url_env, not both")
     if not clean["project"].strip():
         raise ConfigError("project: must not be empty")
+    if any(seg in (".", "..") for seg in re.split(r"[/\\]", clean["thumbnail_prefix"])):
+        raise ConfigError("thumbnail_prefix: must not contain . or .. segments")
     return clean
 
 

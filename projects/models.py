@@ -43,6 +43,10 @@ class Project(models.Model):
     notify_timeout = models.FloatField(default=_default("notify_timeout"))
     queue_limit = models.PositiveIntegerField(default=_default("queue_limit"))
     check_destination_every = models.FloatField(null=True, blank=True, default=_default("check_destination_every"))
+    thumbnail_size = models.PositiveIntegerField(default=_default("thumbnail_size"))
+    thumbnail_prefix = models.CharField(max_length=1024, blank=True, default=_default("thumbnail_prefix"))
+    upload_max_file_mb = models.PositiveIntegerField(null=True, blank=True, default=None)
+    upload_quota_mb = models.PositiveIntegerField(null=True, blank=True, default=None)
     api_token_hash = models.CharField(max_length=128, blank=True, default="", editable=False)
     # The last destination health check (sessions_app.health); None: never checked.
     health_ok = models.BooleanField(null=True, editable=False)

@@ -15,7 +15,7 @@ from projects.annotations import SPLITS
 from projects.errors import ConfigError
 
 ENV_PREFIX = "UPLOADER_"
-GROUPS = ("Source", "Destination", "Transfers and retries", "Notifications")
+GROUPS = ("Source", "Destination", "Transfers and retries", "Notifications", "Browser uploads")
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
 
 
@@ -67,7 +67,7 @@ class Kind:
     options: dict[str, Option] = field(default_factory=dict)
 
 
-SOURCE, DESTINATION, TRANSFERS, NOTIFICATIONS = GROUPS
+SOURCE, DESTINATION, TRANSFERS, NOTIFICATIONS, BROWSER = GROUPS
 
 KEYS: dict[str, Option] = {
     "project": Option((str,), required=True, help="unique project name", group=SOURCE, field="name"),
@@ -105,6 +105,17 @@ KEYS: dict[str, Option] = {
                                       help="days between full listings of the destination, which reconcile the "
                                            "catalog with it; empty: only the first sync and when asked; 0: every "
                                            "sync"),
+    "thumbnail_size": Option((int,), default=256, minimum=16, group=BROWSER,
+                             help="longest edge in pixels of the WebP thumbnail made of each uploaded image"),
+    "thumbnail_prefix": Option((str,), default="thumbnails/", group=BROWSER,
+                               help="where thumbnails go at the destination, as <prefix><relative path>.webp "
+                                    "(no . or .. segments)"),
+    "upload_max_file_mb": Option((int,), minimum=1, group=BROWSER,
+                                 help="largest file a browser upload accepts, in MiB; empty: the site's "
+                                      "UPLOAD_MAX_FILE_BYTES"),
+    "upload_quota_mb": Option((int,), minimum=1, group=BROWSER,
+                              help="most MiB of browser uploads the project may hold in staging at once "
+                                   "(received or arriving, not yet sent on); empty: no quota"),
 }
 
 KINDS: dict[str, Kind] = {

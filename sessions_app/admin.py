@@ -1,17 +1,20 @@
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet, Sum
-from django.http import HttpRequest
+from django.http import FileResponse, Http404, HttpRequest
+from django.shortcuts import get_object_or_404
 from django.template.defaultfilters import filesizeformat
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from projects.models import Project
-from sessions_app import admin_actions
+from sessions_app import admin_actions, staging
 from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
 
@@ -125,14 +128,37 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
 
 @admin.register(FileUpload)
 class FileUploadAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
-    list_display = ("relative_path", "session_link", "status", "size_display", "attempts", "retries", "error_display",
-                    "uploaded_at")
+    list_display = ("thumbnail_display", "relative_path", "session_link", "status", "size_display", "attempts",
+                    "retries", "error_display", "uploaded_at")
+    list_display_links = ("relative_path",)
     list_filter = ("status", "error_permanent", "skip_reason", "project")
     search_fields = ("relative_path", "remote_key", "last_error")
     list_select_related = ("session",)
     show_full_result_count = False  # COUNT(*) over millions of rows on every page view is not free
-    readonly_fields = [f.name for f in FileUpload._meta.fields]
+    readonly_fields = ["thumbnail_display", *(f.name for f in FileUpload._meta.fields)]
     actions = [admin_actions.retry_selected_files]
+
+    def get_urls(self):
+        return [path("<int:file_id>/thumbnail/", self.admin_site.admin_view(self.thumbnail_view),
+                     name="sessions_app_fileupload_thumbnail"), *super().get_urls()]
+
+    def thumbnail_view(self, request: HttpRequest, file_id: int) -> FileResponse:
+        """A browser upload's thumbnail, kept on this machine (its copy at the destination may be out of reach)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        row = get_object_or_404(FileUpload.objects.only("id", "session_id"), pk=file_id)
+        try:
+            return FileResponse(open(staging.thumbnail_path(row.session_id, row.pk), "rb"), content_type="image/webp")
+        except FileNotFoundError:
+            raise Http404("no thumbnail") from None
+
+    @admin.display(description="thumbnail")
+    def thumbnail_display(self, obj: FileUpload) -> str:
+        if not os.path.exists(staging.thumbnail_path(obj.session_id, obj.pk)):
+            return ""
+        url = reverse("admin:sessions_app_fileupload_thumbnail", args=[obj.pk])
+        return format_html('<img src="{}" alt="thumbnail of {}" class="thumbnail" loading="lazy" '
+                           'style="max-width:64px;max-height:64px">', url, obj.relative_path)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).defer("note")

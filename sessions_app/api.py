@@ -56,17 +56,17 @@ class BadBody(UploaderError):
         self.status = status
 
 
-def _json_object(request: HttpRequest) -> dict[str, Any]:
-    """The body as a JSON object, read no further than MAX_BODY_BYTES."""
+def _json_object(request: HttpRequest, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """The body as a JSON object, read no further than `limit` bytes."""
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         raise BadBody(400, "bad Content-Length") from None
-    too_large = BadBody(413, f"request body too large (limit {MAX_BODY_BYTES} bytes)")
-    if declared > MAX_BODY_BYTES:
+    too_large = BadBody(413, f"request body too large (limit {limit} bytes)")
+    if declared > limit:
         raise too_large
-    raw = request.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
+    raw = request.read(limit + 1)
+    if len(raw) > limit:
         raise too_large
     try:
         body = json.loads(raw)

@@ -3,6 +3,9 @@
     (new) -> pending | skipped                 add_pending (sync plan), add_planned (import),
                                                admit_one (upload queue)
     (new) -> failed                            add_refused (the plan: a name that cannot be a key)
+    (new) -> receiving                         add_receiving (a browser upload's manifest)
+    receiving -> pending                       received (its bytes are all in staging)
+    receiving -> failed | cancelled            give_up_receiving (expired), cancel_rest, terminate
     (new) -> counted, no row                   count_skips (the plan found the file done)
     pending -> uploading                       claim
     uploading -> uploaded|failed|skipped|cancelled   record (outcomes, in batches)
@@ -36,15 +39,17 @@ from sessions_app import bulk, catalog
 from sessions_app.errors import TransitionError
 from sessions_app.models import FileStatus, FileUpload, SyncSession
 
+RECEIVING = FileStatus.RECEIVING
 PENDING, UPLOADING, UPLOADED = FileStatus.PENDING, FileStatus.UPLOADING, FileStatus.UPLOADED
 FAILED, SKIPPED, CANCELLED = FileStatus.FAILED, FileStatus.SKIPPED, FileStatus.CANCELLED
 NEW = "new"  # not a row yet
 GONE = "gone"  # a row no more
-OPEN = (PENDING, UPLOADING)
+OPEN = (RECEIVING, PENDING, UPLOADING)
 SETTLED = (UPLOADED, FAILED, SKIPPED, CANCELLED)
 
 ALLOWED: dict[str, frozenset[str]] = {
-    NEW: frozenset({PENDING, SKIPPED, FAILED}),
+    NEW: frozenset({PENDING, SKIPPED, FAILED, RECEIVING}),
+    RECEIVING: frozenset({PENDING, FAILED, CANCELLED}),
     PENDING: frozenset({UPLOADING, CANCELLED}),
     UPLOADING: frozenset({UPLOADED, FAILED, SKIPPED, CANCELLED, PENDING}),
     UPLOADED: frozenset({GONE}),
@@ -53,7 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     CANCELLED: frozenset({PENDING, GONE}),
 }
 # Open rows share one counter: "pending" counts what is still to do.
-COUNTER = {PENDING: "pending_count", UPLOADING: "pending_count", UPLOADED: "uploaded_count",
+COUNTER = {RECEIVING: "pending_count", PENDING: "pending_count", UPLOADING: "pending_count", UPLOADED: "uploaded_count",
            FAILED: "failed_count", SKIPPED: "skipped_count", CANCELLED: "cancelled_count"}
 COUNTERS = ("found_count", "pending_count", "uploaded_count", "failed_count", "skipped_count", "cancelled_count",
             "bytes_total", "bytes_uploaded")
@@ -233,6 +238,34 @@ def admit_one(session: SyncSession, **fields: Any) -> FileUpload:
     return row
 
 
+def add_receiving(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUpload]:
+    """Insert a browser upload's accepted files, waiting for their bytes, and count them."""
+    for row in rows:
+        check(NEW, row.status)
+        if row.status != RECEIVING:
+            raise TransitionError(f"a manifest's file starts receiving, not {row.status}")
+    with transaction.atomic():
+        new = FileUpload.objects.bulk_create(rows, batch_size=1000)
+        _bump(session.pk, {"found_count": len(new), "pending_count": len(new),
+                           "bytes_total": sum(r.size for r in new)})
+    return new
+
+
+def received(row: FileUpload) -> bool:
+    """All its bytes are in staging: the row waits for processing (pending). False if it had moved."""
+    return move(row.session_id, FileUpload.objects.filter(pk=row.pk), (RECEIVING,), PENDING) == 1
+
+
+def give_up_receiving(session_id: int, rows: QuerySet[FileUpload], error: str) -> int:
+    """Files whose bytes never all came (their upload expired) fail, permanently, with the reason."""
+    return move(session_id, rows, (RECEIVING,), FAILED, last_error=error, error_permanent=True)
+
+
+def terminate(row: FileUpload) -> bool:
+    """The client gave the upload up (tus termination): the file is cancelled."""
+    return move(row.session_id, FileUpload.objects.filter(pk=row.pk), (RECEIVING,), CANCELLED) == 1
+
+
 def lock(session: SyncSession, status: str) -> bool:
     """Lock the session row while it has `status`; False if it has another one."""
     return bool(SyncSession.objects.select_for_update().filter(pk=session.pk, status=status)
@@ -378,7 +411,7 @@ def has_expired_claims(session: SyncSession, claimed_before: Any) -> bool:
 
 def cancel_rest(session: SyncSession, *, claimed_too: bool = False) -> int:
     """Pending rows become cancelled; with claimed_too, also rows whose worker is gone."""
-    sources = (PENDING, UPLOADING) if claimed_too else (PENDING,)
+    sources = (RECEIVING, PENDING, UPLOADING) if claimed_too else (RECEIVING, PENDING)
     return move(session.pk, FileUpload.objects.all(), sources, CANCELLED, claim_token=None)
 
 

@@ -5,6 +5,8 @@ it describes itself. Nothing else looks at `SyncSession.kind`.
 - sync: scan the project's source folder, plan against the destination, upload local files.
 - stream: the upload queue; rows come one by one from producers; it never ends by itself.
 - import: list a Roboflow project's image ids, fetch each image into the destination.
+- browser: a manifest's files arrive over tus into staging (receiving.py); each one received is
+  checked, thumbnailed and sent on (processing.py); it ends once every file is settled.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from projects.walking import UNREADABLE_FOLDER
 from projects.sources import Source
 from projects.sources.local import LocalSource
 from projects.sources.roboflow import RoboflowSource
-from sessions_app import files, importing, planning, transferring, waking
+from sessions_app import files, importing, phases, planning, processing, transferring, waking
 from sessions_app.errors import StartError
 from sessions_app.models import SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -73,6 +75,10 @@ class Kind:
 
     def describe(self, session: SyncSession) -> str:
         raise NotImplementedError
+
+    def progress(self, session: SyncSession) -> dict[str, Any]:
+        """Figures of its own for the session's status answer."""
+        return {}
 
 
 def _check(end: Destination | Source, what: str, close_on_failure: Destination) -> None:
@@ -175,13 +181,51 @@ class ImportKind(Kind):
         return f"import of {_where(RoboflowSource.from_params(session.params))} into {session.project.name}"
 
 
+class BrowserKind(Kind):
+    """Files dropped on the admin's upload page (or sent by any tus client): rows come from the
+    manifest, bytes from the browser; a drainer processes each file once it is received."""
+
+    name = SyncSession.Kind.BROWSER
+    can_go_stale = False  # while people send bytes no worker beats; a received file wakes one
+    # Like the upload queue: people send for as long as they like, so holding the lease would shut
+    # out syncs meanwhile; its files take turns with a leased session's in files.claim.
+    holds_lease = False
+
+    def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
+        # No network check: the page waits for the manifest's answer; the sends report a refusal.
+        try:
+            return project.destination()
+        except ConfigError as exc:
+            raise StartError(str(exc)) from exc
+
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+        return ScanStats()  # the manifest inserted the rows
+
+    def transfer(self, session: SyncSession) -> Transfer:
+        return processing.Processor(session.project)
+
+    def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
+        # Linger while files keep arriving: one drainer serves a drop, not a task per file.
+        return files.has_pending(session) or idle_seconds < settings.QUEUE_LINGER_SECONDS
+
+    def ran_dry(self, session: SyncSession) -> None:
+        if session.status == SessionStatus.UPLOADING:
+            waking.went_idle(session)
+
+    def describe(self, session: SyncSession) -> str:
+        return f"browser upload of {session.found_count} files into {session.project.name}"
+
+    def progress(self, session: SyncSession) -> dict[str, Any]:
+        return phases.progress(session)
+
+
 def _where(source: Source) -> str:
     described = source.describe()
     return f"{described.pop('kind')} " + "/".join(str(v) for v in described.values())
 
 
-SYNC, STREAM, IMPORT = SyncKind(), StreamKind(), ImportKind()
-REGISTRY: dict[str, Kind] = {k.name: k for k in (SYNC, STREAM, IMPORT)}
+SYNC, STREAM, IMPORT, BROWSER = SyncKind(), StreamKind(), ImportKind(), BrowserKind()
+REGISTRY: dict[str, Kind] = {k.name: k for k in (SYNC, STREAM, IMPORT, BROWSER)}
 
 
 def of(session: SyncSession) -> Kind:

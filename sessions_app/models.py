@@ -31,6 +31,7 @@ ENDED_STATUSES = (
 
 
 class FileStatus(models.TextChoices):
+    RECEIVING = "receiving", "Receiving"  # a browser upload's bytes are still arriving
     PENDING = "pending", "Pending"
     UPLOADING = "uploading", "Uploading"
     UPLOADED = "uploaded", "Uploaded"
@@ -44,6 +45,7 @@ class SyncSession(models.Model):
         SYNC = "sync", "Folder sync"
         STREAM = "stream", "Upload queue"
         IMPORT = "import", "Import"
+        BROWSER = "browser", "Browser upload"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="sessions")
     config = models.ForeignKey(ConfigHistory, on_delete=models.PROTECT, null=True, blank=True, related_name="sessions")
@@ -254,6 +256,26 @@ class FileUpload(models.Model):
     @property
     def retryable(self) -> bool:
         return self.status == FileStatus.FAILED and not self.error_permanent
+
+
+class Arrival(models.Model):
+    """The bytes of one browser-uploaded file (a tus upload), staged on the web machine (staging.py).
+    Its upload id is the capability in its upload url. Verbs in sessions_app/receiving.py."""
+
+    file = models.OneToOneField(FileUpload, on_delete=models.CASCADE, related_name="arrival")
+    upload_id = models.UUIDField(unique=True)
+    # Bytes stored so far, as of the last PATCH (the staged file's size is the truth).
+    offset = models.BigIntegerField(default=0)
+    # "user:<id>" or "token:<project id>": only the one who sent the manifest may send the bytes.
+    owner = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    received_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["expires_at"], name="arrival_expires")]
+
+    def __str__(self) -> str:
+        return str(self.upload_id)
 
 
 class Notification(models.Model):

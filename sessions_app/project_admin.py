@@ -11,8 +11,10 @@ from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from projects.admin import ProjectAdmin
 from projects.errors import UploaderError
@@ -32,6 +34,29 @@ ACTION_PERMISSIONS = {
 
 class SessionsProjectAdmin(ProjectAdmin):
     actions = ["start_sync", "check_destination", "import_from_roboflow", "check_health", "issue_api_token"]
+    list_display = (*ProjectAdmin.list_display, "upload_link")
+    change_form_template = "admin/projects/project/change_form.html"
+
+    def get_urls(self):
+        return [path("<int:object_id>/upload/", self.admin_site.admin_view(self.upload_view),
+                     name="projects_project_upload"), *super().get_urls()]
+
+    def has_upload_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_staff and request.user.has_perm("sessions_app.add_syncsession")
+
+    @admin.display(description="browser upload")
+    def upload_link(self, obj: Project) -> str:
+        return format_html('<a href="{}">Upload files…</a>', reverse("admin:projects_project_upload", args=[obj.pk]))
+
+    def upload_view(self, request: HttpRequest, object_id: int) -> TemplateResponse:
+        """Drop files and folders: the manifest first, then the bytes over tus, then both phases' bars."""
+        if not self.has_upload_permission(request):
+            raise PermissionDenied("you may not add sessions")
+        project = get_object_or_404(Project, pk=object_id)
+        context = {**self.admin_site.each_context(request), "title": f"Upload files to {project.name}",
+                   "opts": self.model._meta, "original": project, "project": project,
+                   "destination": project.describe_destination()}
+        return TemplateResponse(request, "admin/projects/project/upload.html", context)
 
     def changelist_view(self, request: HttpRequest, extra_context=None):
         if request.method == "POST":

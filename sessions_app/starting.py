@@ -169,6 +169,25 @@ def _queue_scan(session: SyncSession, enqueue_scan: bool) -> SyncSession:
     return session
 
 
+def start_receiving(project: Project, fill: Callable[[SyncSession], Any], *, created_by: str = "",
+                    params: dict[str, Any] | None = None) -> SyncSession:
+    """A browser upload: checked and created like any session, `fill`ed with its manifest's rows
+    while it is still scanning (so no sweep can find it empty and end it), then open for bytes.
+    Nothing is queued: each received file wakes a drainer."""
+    kind = kinds.BROWSER
+    kind.preflight(project, params or {}).close()
+    session = create_session(project, None, created_by, kind=kind, config_source=ConfigHistory.Source.API,
+                             params=params or {})
+    session.mark_scanning()
+    fill(session)
+    session.mark_scan_finished()
+    SyncSession.objects.filter(pk=session.pk).update(heartbeat_at=None)  # no drainer yet
+    session.refresh_from_db()
+    lifecycle.end_if_settled(session)  # every file refused: nothing will come
+    log.info("session %s started: %s", session.pk, kind.describe(session))
+    return session
+
+
 def stream_session(project: Project) -> SyncSession:
     """The project's open upload-queue session; created on first use, and anew after a cancel."""
     session = _open_stream(project)

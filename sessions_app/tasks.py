@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from sessions_app import health, notifying, pipeline, queueing, retrying, shutdown
+from sessions_app import health, notifying, pipeline, queueing, receiving, retrying, shutdown
 from sessions_app.models import SyncSession
 
 
@@ -22,7 +22,8 @@ def upload(session_id: int) -> str:
 
 
 def sweep() -> str:
-    return "; ".join(pipeline.sweep() + queueing.sweep() + health.enqueue_due_checks()) or "nothing to do"
+    found = pipeline.sweep() + queueing.sweep() + receiving.expire() + health.enqueue_due_checks()
+    return "; ".join(found) or "nothing to do"
 
 
 def recover(started: datetime) -> str:

@@ -14,12 +14,12 @@ from django.utils import timezone
 from projects.errors import UploaderError
 from sessions_app import files, starting
 from sessions_app.errors import TransitionError
-from sessions_app.files import (ALLOWED, CANCELLED, FAILED, GONE, NEW, Outcome, PENDING, SKIPPED, UPLOADED,
-                                UPLOADING)
+from sessions_app.files import (ALLOWED, CANCELLED, FAILED, GONE, NEW, RECEIVING, Outcome, PENDING, SKIPPED,
+                                UPLOADED, UPLOADING)
 from sessions_app.models import FileUpload, SyncSession
 
-STATES = [NEW, PENDING, UPLOADING, UPLOADED, FAILED, SKIPPED, CANCELLED, GONE]
-ROWS = [PENDING, UPLOADING, UPLOADED, FAILED, SKIPPED, CANCELLED]
+STATES = [NEW, RECEIVING, PENDING, UPLOADING, UPLOADED, FAILED, SKIPPED, CANCELLED, GONE]
+ROWS = [RECEIVING, PENDING, UPLOADING, UPLOADED, FAILED, SKIPPED, CANCELLED]
 ALLOWED_MOVES = [(s, t) for s in STATES for t in sorted(ALLOWED.get(s, ()))]
 FORBIDDEN_MOVES = [(s, t) for s, t in itertools.product(STATES, STATES) if t not in ALLOWED.get(s, ())]
 
@@ -51,6 +51,8 @@ def settle(session: SyncSession, row: FileUpload, status: str) -> FileUpload:
 
 def row_in(session: SyncSession, status: str, name: str = "f.wav") -> FileUpload:
     """A row brought to `status` through the verbs alone."""
+    if status == RECEIVING:
+        return _receive(session, name)
     if status == SKIPPED:
         return plan(session, name, skip="uploaded earlier")
     row = plan(session, name)
@@ -79,6 +81,13 @@ def _plan_skipped(session: SyncSession) -> str:
     return plan(session, "new.wav", skip="already at destination").status
 
 
+def _receive(session: SyncSession, name: str = "new.wav") -> FileUpload:
+    [row] = files.add_receiving(session, [FileUpload(session=session, project_id=session.project_id,
+                                                     relative_path=name, remote_key=name, size=5,
+                                                     status=RECEIVING)])
+    return row
+
+
 def _admit(session: SyncSession) -> str:
     return files.admit_one(session, relative_path="new.wav", remote_key="new.wav", size=3).status
 
@@ -98,6 +107,11 @@ def _record(status: str) -> Callable[[SyncSession, FileUpload], object]:
 VERBS: dict[tuple[str, str], list[Callable[[SyncSession], str]]] = {
     (NEW, PENDING): [_plan_pending, _admit],
     (NEW, SKIPPED): [_plan_skipped],
+    (NEW, RECEIVING): [lambda s: _receive(s).status],
+    (RECEIVING, PENDING): [_from(RECEIVING, lambda s, r: files.received(r))],
+    (RECEIVING, FAILED): [_from(RECEIVING, lambda s, r: files.give_up_receiving(s.pk, one(r), "expired"))],
+    (RECEIVING, CANCELLED): [_from(RECEIVING, lambda s, r: files.terminate(r)),
+                             _from(RECEIVING, lambda s, r: files.cancel_rest(s))],
     (PENDING, UPLOADING): [_from(PENDING, lambda s, r: files.claim(s, 1))],
     (PENDING, CANCELLED): [_from(PENDING, lambda s, r: files.cancel_rest(s))],
     (UPLOADING, PENDING): [_from(UPLOADING, lambda s, r: files.release(s, [r.pk])),

@@ -186,6 +186,13 @@ SESSION_STALE_SECONDS = env.int("SESSION_STALE_SECONDS", default=300)
 # an idle drainer keeps polling for new files this long before it ends.
 QUEUE_WAKE_SECONDS = env.float("QUEUE_WAKE_SECONDS", default=60)
 QUEUE_LINGER_SECONDS = env.float("QUEUE_LINGER_SECONDS", default=5)
+# Browser uploads (tus): bytes are staged here until processed and sent on; thumbnails kept for the admin.
+UPLOAD_STAGING_DIR = Path(env("UPLOAD_STAGING_DIR", default=str(DATA_DIR / "staging")))
+THUMBNAIL_DIR = Path(env("THUMBNAIL_DIR", default=str(DATA_DIR / "thumbnails")))
+UPLOAD_MAX_FILE_BYTES = env.int("UPLOAD_MAX_FILE_BYTES", default=50 * 1024**3)
+# An upload with no byte received for this long expires: its staged bytes go, its file fails.
+UPLOAD_EXPIRE_SECONDS = env.int("UPLOAD_EXPIRE_SECONDS", default=24 * 3600)
+UPLOAD_MANIFEST_MAX_FILES = env.int("UPLOAD_MANIFEST_MAX_FILES", default=100_000)
 # How often the sweep re-checks that each SFTP destination answers.
 HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 

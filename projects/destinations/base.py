@@ -85,6 +85,8 @@ class Destination:
     supports_stream_upload: ClassVar[bool] = False
     # Whether keys differing only in case name one object (a case-insensitive file system).
     keys_fold_case: bool = False
+    # Whether browser uploads send their thumbnails too (not where every file becomes a dataset image).
+    stores_thumbnails: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -37,6 +37,7 @@ class RoboflowDestination(Destination):
     supports_listing = False  # planning relies on our database
     well_known_secrets = WELL_KNOWN_SECRETS
     default_extensions = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".avif", ".heic")
+    stores_thumbnails = False  # each would become an image of the dataset
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
