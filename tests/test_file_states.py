@@ -78,6 +78,11 @@ def _plan_skipped(session: SyncSession) -> str:
     return plan(session, "new.wav", skip="already at destination").status
 
 
+def _refuse(session: SyncSession) -> str:
+    files.add_refused(session, [("new.wav", "", 3, 0.0, "key collision with n\u00e9w.wav")])
+    return FileUpload.objects.get(session=session, relative_path="new.wav").status
+
+
 def _admit(session: SyncSession) -> str:
     return files.admit_one(session, relative_path="new.wav", remote_key="new.wav", size=3).status
 
@@ -97,6 +102,7 @@ def _record(status: str) -> Callable[[SyncSession, FileUpload], object]:
 VERBS: dict[tuple[str, str], list[Callable[[SyncSession], str]]] = {
     (NEW, PENDING): [_plan_pending, _admit],
     (NEW, SKIPPED): [_plan_skipped],
+    (NEW, FAILED): [_refuse],
     (PENDING, UPLOADING): [_from(PENDING, lambda s, r: files.claim(s, 1))],
     (PENDING, CANCELLED): [_from(PENDING, lambda s, r: files.cancel_rest(s))],
     (UPLOADING, PENDING): [_from(UPLOADING, lambda s, r: files.release(s, [r.pk])),
