@@ -88,6 +88,11 @@ def _receive(session: SyncSession, name: str = "new.wav") -> FileUpload:
     return row
 
 
+def _refuse(session: SyncSession) -> str:
+    files.add_refused(session, [("new.wav", "", 3, 0.0, "key collision with n\u00e9w.wav")])
+    return FileUpload.objects.get(session=session, relative_path="new.wav").status
+
+
 def _admit(session: SyncSession) -> str:
     return files.admit_one(session, relative_path="new.wav", remote_key="new.wav", size=3).status
 
@@ -112,6 +117,7 @@ VERBS: dict[tuple[str, str], list[Callable[[SyncSession], str]]] = {
     (RECEIVING, FAILED): [_from(RECEIVING, lambda s, r: files.give_up_receiving(s.pk, one(r), "expired"))],
     (RECEIVING, CANCELLED): [_from(RECEIVING, lambda s, r: files.terminate(r)),
                              _from(RECEIVING, lambda s, r: files.cancel_rest(s))],
+    (NEW, FAILED): [_refuse],
     (PENDING, UPLOADING): [_from(PENDING, lambda s, r: files.claim(s, 1))],
     (PENDING, CANCELLED): [_from(PENDING, lambda s, r: files.cancel_rest(s))],
     (UPLOADING, PENDING): [_from(UPLOADING, lambda s, r: files.release(s, [r.pk])),

@@ -110,3 +110,14 @@ def _identity(path: Path) -> tuple[int, int]:
     from projects.walking import identity_of
 
     return identity_of(os.stat(path))
+
+
+def test_a_dry_run_warns_of_a_name_that_is_not_utf8(transactional_db, tmp_path, source):
+    write_files(source, {"ok.wav": "ok"})
+    with open(os.fsencode(str(source)) + b"/caf\xe9.wav", "wb") as f:
+        f.write(b"x")
+    result = manage("upload", "--dry-run", "--project", "dry", "--source-dir", str(source),
+                    "--destination-type", "local", "--dest-path", str(tmp_path / "dest"))
+    assert result.returncode == 0, result.stderr
+    assert "warning: caf\\xe9.wav: file name is not valid UTF-8 (b'caf\\xe9.wav')" in result.stderr
+    assert "dry run: 1 files" in result.stdout

@@ -74,6 +74,9 @@ class Command(BaseCommand):
                                          check_destination=check_destination)
             upload = skip = nbytes = 0
             for d in decisions:
+                if not d.key:  # a name that cannot be a key: the session would fail its row
+                    self.stderr.write(f"warning: {safe(d.entry.relative_path)}: {safe(d.skip_reason)}")
+                    continue
                 if d.skip_reason:
                     skip += 1
                     continue
