@@ -2,8 +2,8 @@
 (AIMD), in the manner of rclone's pacer and the AWS SDKs' adaptive retry mode.
 
 A throttling answer (S3 503 SlowDown / 429 / RequestLimitExceeded, an SFTP server refusing
-channels, Roboflow 429: `RemoteError.throttled`) halves the session's send rate and the transfers
-each task keeps in flight; every RAISE_SECONDS without one adds 10 % (at least one file/s) and one
+channels, Roboflow 429: `RemoteError.throttled`) cuts the session's send rate by 30 % and halves
+the transfers each task keeps in flight; every RAISE_SECONDS without one adds 10 % (at least two files/s) and one
 transfer back; after CLEAR_SECONDS without one, the limit is gone. A throttled attempt waits here
 and does not count against the file's max_retries; a file throttled for `throttle_patience`
 seconds pauses the session (its rows go back to pending) instead of failing.
@@ -35,12 +35,12 @@ from sessions_app.models import SessionPace, SyncSession
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.25  # how often a drainer syncs with the shared row (and how stale its copy may be)
-LOWER_FACTOR = 0.5
+LOWER_FACTOR = 0.7  # the AWS SDKs' beta: a sawtooth under a fixed limit averages ~85 % of it
 COOLDOWN_SECONDS = 1.0  # answers to requests sent at the old rate arrive together: they lower it once
 RAISE_SECONDS = 1.0
-RAISE_FRACTION, RAISE_AT_LEAST = 0.1, 1.0
+RAISE_FRACTION, RAISE_AT_LEAST = 0.1, 2.0
 CLEAR_SECONDS = 30.0
-MIN_RATE = 0.5  # files/s (the AWS SDKs' floor): slower than this is a pause, which patience decides
+MIN_RATE = 1.0  # files/s: slower than this is a pause, which patience decides (Retry-After can ask for more)
 MEASURE_SECONDS = 2.0  # the window over which a task measures what it sends, for the first decrease
 LOG_RAISE_EVERY = 10.0
 
@@ -64,11 +64,11 @@ class Pacer:
         self._shared = _Shared()
         self._slots: deque[float] = deque()
         self._waiting = 0
+        self._demand = False
         self._sends: deque[float] = deque(maxlen=10_000)  # when this task's recent attempts went out
         self._unsynced_successes = 0
         self._throttles: list[RemoteError] = []
         self._last_tick = 0.0
-        self._started = time.monotonic()
         self._last_raise_log = 0.0
         SessionPace.objects.get_or_create(session_id=self.session_id)
         self.tick(force=True)
@@ -94,6 +94,7 @@ class Pacer:
                     self._sends.append(time.monotonic())
                     break
                 self._waiting += 1
+                self._demand = True
                 try:
                     self._cond.wait(TICK_SECONDS)
                 finally:
@@ -160,11 +161,12 @@ class Pacer:
             self._cond.notify_all()
 
     def _reserve(self, rate: float, now: float) -> list[float]:
-        """Send slots of the session for this task's waiting transfers, in one UPDATE."""
+        """The session's send slots until the next tick, for this task if its transfers are
+        waiting for slots, in one UPDATE."""
         with self._cond:
-            wanted = self._waiting - len(self._slots)
-        n = min(max(0, wanted), max(1, math.ceil(rate * TICK_SECONDS)))
-        if n <= 0:
+            demand, self._demand = self._demand or self._waiting > 0, False
+            n = math.ceil(rate * TICK_SECONDS) - sum(1 for slot in self._slots if slot >= now)
+        if not demand or n <= 0:
             return []
         step = 1.0 / rate
         with transaction.atomic():
@@ -177,10 +179,9 @@ class Pacer:
         """Attempts/s this task sent over the last MEASURE_SECONDS (throttled ones too: a session
         throttled from its first request has no successes to measure)."""
         now = time.monotonic()
-        window = max(TICK_SECONDS, min(MEASURE_SECONDS, now - self._started))
         with self._cond:
-            recent = sum(1 for t in self._sends if t >= now - window)
-        return recent / window
+            recent = [t for t in self._sends if t >= now - MEASURE_SECONDS]
+        return len(recent) / max(TICK_SECONDS, now - recent[0]) if recent else 0.0
 
     def _lower(self, throttles: list[RemoteError], now: float) -> None:
         retry_after = max((e.retry_after or 0.0) for e in throttles)

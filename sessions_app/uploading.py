@@ -76,6 +76,7 @@ class Drainer:
                     self._check_stop()
                     if self.cancelled:
                         self._drop_unstarted(in_flight)
+        self.pacer.tick(force=True)  # what the last transfers met (a pause) is shared before the task ends
         self.flush()
         return self.timed_out or self.shutting_down
 
