@@ -40,7 +40,8 @@ COOLDOWN_SECONDS = 1.0  # answers to requests sent at the old rate arrive togeth
 RAISE_SECONDS = 1.0
 RAISE_FRACTION, RAISE_AT_LEAST = 0.1, 2.0
 CLEAR_SECONDS = 30.0
-MIN_RATE = 1.0  # files/s: slower than this is a pause, which patience decides (Retry-After can ask for more)
+MIN_RATE = 4.0  # files/s: a destination refusing this much from a session is refusing service; patience
+# decides when to stop, and a Retry-After can ask for longer waits
 MEASURE_SECONDS = 2.0  # the window over which a task measures what it sends, for the first decrease
 LOG_RAISE_EVERY = 10.0
 
@@ -272,11 +273,22 @@ def is_paused(session: SyncSession) -> bool:
 
 def describe(session: SyncSession) -> str:
     """"throttled: sending at N/s" while the session is paced, "paused: ..." when paused, else ""."""
-    row = SessionPace.objects.filter(pk=session.pk).values("rate", "paused_at").first()
-    if row is None:
+    return describe_pace(SessionPace.objects.filter(pk=session.pk).first())
+
+
+def describe_pace(pace: SessionPace | None) -> str:
+    if pace is None:
         return ""
-    if row["paused_at"] is not None:
-        return "paused: throttled too long"
-    if row["rate"] is None:
+    if pace.paused_at is not None:
+        return "paused: throttled too long (see the log; resume it)"
+    if pace.rate is None:
         return ""
-    return f"throttled: sending at {row['rate']:.1f}/s"
+    return f"throttled: sending at {pace.rate:.1f}/s"
+
+
+def pace_of(session: SyncSession) -> SessionPace | None:
+    """The session's pace row, if it has one (from select_related("pace") when the caller used it)."""
+    try:
+        return session.pace
+    except SessionPace.DoesNotExist:
+        return None

@@ -32,8 +32,9 @@ def test_s3_throttle_storm_slows_the_session_and_fails_no_file(transactional_db,
     fault_proxy.throttle(first=200, rate=40, answer="503")
     cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
                   max_retries=3, upload_workers=8)
-    result = manage("upload", "--no-progress", "--sync", "--config", cfg, timeout=600)
+    result = manage("upload", "--sync", "--config", cfg, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "; throttled: sending at " in result.stderr  # the progress bar says it
     session = SyncSession.objects.get()
     assert (session.uploaded_count, session.failed_count) == (1200, 0)
     assert fault_proxy.count("PUT", outcome="503") > 200  # the storm, and the 40/s limit met afterwards
