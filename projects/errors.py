@@ -21,10 +21,15 @@ class ConfigError(UploaderError, ValueError):
 
 
 class RemoteError(UploaderError):
-    """The other end of a transfer refused or failed; transient unless said otherwise."""
+    """The other end of a transfer refused or failed; transient unless said otherwise.
+    `throttled`: the remote said "too many requests" (S3 SlowDown, HTTP 429, an SFTP server
+    refusing channels): the session slows down (sessions_app/pacing.py) and the attempt does not
+    count against the file's retries."""
 
-    def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None):
-        super().__init__(message, permanent, retry_after)
+    def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None,
+                 throttled: bool = False):
+        super().__init__(message, permanent and not throttled, retry_after)
+        self.throttled = throttled
 
 
 class DestinationError(RemoteError):

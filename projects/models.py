@@ -34,6 +34,8 @@ class Project(models.Model):
     upload_workers = models.PositiveIntegerField(default=_default("upload_workers"))
     upload_tasks = models.PositiveIntegerField(default=_default("upload_tasks"))
     max_retries = models.PositiveIntegerField(default=_default("max_retries"))
+    throttle_patience = models.FloatField(default=_default("throttle_patience"))
+    preflight_timeout = models.FloatField(default=_default("preflight_timeout"))
     retry_backoff_base = models.FloatField(default=_default("retry_backoff_base"))
     retry_backoff_cap = models.FloatField(default=_default("retry_backoff_cap"))
     notify_url = models.CharField(max_length=2000, blank=True, default="")

@@ -147,7 +147,7 @@ class RoboflowAPI:
         if status is None or status in (408, 429) or status >= 500:
             reason = "rate limited" if status == 429 else f"HTTP {status}" if status else "no answer"
             return self.error(f"Roboflow {what}: {reason}: {detail}", permanent=False,
-                              retry_after=retry_after(response))
+                              retry_after=retry_after(response), throttled=status == 429)
         if status == 404 and lookup:
             return self.error(f"Roboflow {what}: not found", permanent=True)
         if status in (401, 403):

@@ -35,6 +35,7 @@ class Option:
     help: str = ""
     choices: tuple[Any, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None  # a sane upper bound: a value above it is a typo, not a wish
     group: str = ""  # top-level keys: the admin fieldset
     field: str = ""  # top-level keys: the Project attribute, when not named like the key
 
@@ -51,6 +52,8 @@ class Option:
             raise ConfigError(f"{label}: must be one of {', '.join(map(str, self.choices))}")
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{label}: must be at least {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{label}: must be at most {self.maximum:g}")
         return value
 
     @property
@@ -68,6 +71,8 @@ class Kind:
 
 
 SOURCE, DESTINATION, TRANSFERS, NOTIFICATIONS, BROWSER = GROUPS
+# Threads per task and processes per session: more is a typo, and would exhaust the machine.
+MAX_WORKERS, MAX_TASKS = 1000, 256
 
 KEYS: dict[str, Option] = {
     "project": Option((str,), required=True, help="unique project name", group=SOURCE, field="name"),
@@ -79,12 +84,19 @@ KEYS: dict[str, Option] = {
                       help="glob patterns on the relative path (one without a slash matches at any depth)"),
     "follow_symlinks": Option((bool,), default=False, group=SOURCE,
                               help="follow symlinked files and folders (loops are detected)"),
-    "upload_workers": Option((int,), default=15, minimum=1, group=TRANSFERS,
-                             help="concurrent transfers per upload task"),
-    "upload_tasks": Option((int,), default=2, minimum=1, group=TRANSFERS,
+    "upload_workers": Option((int,), default=15, minimum=1, maximum=MAX_WORKERS, group=TRANSFERS,
+                             help="concurrent transfers per upload task (threads)"),
+    "upload_tasks": Option((int,), default=2, minimum=1, maximum=MAX_TASKS, group=TRANSFERS,
                            help="parallel upload tasks (processes) per session"),
     "max_retries": Option((int,), default=3, minimum=0, group=TRANSFERS,
                           help="retries of a transient error per file (and the limit of retry rounds)"),
+    "throttle_patience": Option((int, float), default=900.0, minimum=1, group=TRANSFERS,
+                                help="seconds a file may wait on a throttling destination (503 SlowDown, "
+                                     "429) before the session pauses; throttled attempts do not count "
+                                     "against max_retries"),
+    "preflight_timeout": Option((int, float), default=10.0, minimum=0.1, maximum=60, group=DESTINATION,
+                                help="seconds the checks before a session wait for the destination to "
+                                     "connect and to answer"),
     "retry_backoff_base": Option((int, float), default=30.0, minimum=0, group=TRANSFERS,
                                  help="seconds before the first automatic retry round"),
     "retry_backoff_cap": Option((int, float), default=3600.0, minimum=0, group=TRANSFERS,
@@ -130,7 +142,8 @@ KINDS: dict[str, Kind] = {
                                    help="bucket in the path or in the host name"),
         "multipart_threshold_mb": Option((int,), default=64, minimum=5, help="files above this go up in parts"),
         "multipart_chunk_mb": Option((int,), default=16, minimum=5, help="size of each part"),
-        "max_pool_connections": Option((int,), default=64, minimum=1, help="HTTP connections per upload task"),
+        "max_pool_connections": Option((int,), default=64, minimum=1, maximum=MAX_WORKERS,
+                                       help="HTTP connections per upload task"),
     }),
     "sftp": Kind("SFTP server", {
         "host": Option((str,), required=True, help="server name or address"),
@@ -242,6 +255,7 @@ def readme_tables() -> str:
 def _meaning(opt: Option) -> str:
     limits = [f"one of {', '.join(map(str, opt.choices))}"] if opt.choices else []
     limits += [f"at least {opt.minimum:g}"] if opt.minimum is not None else []
+    limits += [f"at most {opt.maximum:g}"] if opt.maximum is not None else []
     return opt.help + (f" ({'; '.join(limits)})" if limits else "")
 
 

@@ -14,7 +14,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from projects.models import Project
-from sessions_app import admin_actions, staging
+from sessions_app import admin_actions, pacing, staging
 from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
 
@@ -68,7 +68,7 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     list_filter = ("status", "kind", "project", "created_at")
     search_fields = ("project__name", "error")
     date_hierarchy = "created_at"
-    list_select_related = ("project",)
+    list_select_related = ("project", "pace")
     inlines = [NotificationInline]
     actions = [admin_actions.retry_failed, admin_actions.retry_failed_including_permanent,
                admin_actions.notify_endpoint, admin_actions.cancel_sessions, admin_actions.check_destination]
@@ -76,8 +76,8 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     readonly_fields = (
         "project", "config_link", "kind", "status", "progress_display", "found_count", "pending_count",
         "uploaded_count", "skipped_count", "skips_display", "failed_count", "cancelled_count", "bytes_display",
-        "speed_display", "duration_display", "files_link", "scan_problems", "unread_folders", "created_at", "started_at",
-        "scan_finished_at",
+        "speed_display", "pace_display", "duration_display", "files_link", "scan_problems", "unread_folders",
+        "created_at", "started_at", "scan_finished_at",
         "finished_at", "heartbeat_at", "retry_round", "next_retry_at", "created_by", "error", "log", "params",
     )
     fields = readonly_fields
@@ -98,7 +98,20 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
 
     @admin.display(description="speed")
     def speed_display(self, obj: SyncSession) -> str:
-        return f"{filesizeformat(obj.bytes_per_second)}/s" if obj.started_at else "-"
+        if not obj.started_at:
+            return "-"
+        pace = pacing.describe_pace(pacing.pace_of(obj))
+        return f"{filesizeformat(obj.bytes_per_second)}/s" + (f"; {pace}" if pace else "")
+
+    @admin.display(description="pace")
+    def pace_display(self, obj: SyncSession) -> str:
+        """Whether the destination is throttling the session (sessions_app/pacing.py)."""
+        pace = pacing.pace_of(obj)
+        text = pacing.describe_pace(pace)
+        if pace is not None and pace.throttled_count:
+            lowest = f", lowest {pace.lowest_rate:.1f}/s" if pace.lowest_rate is not None else ""
+            text = f"{text or 'not throttled now'} ({pace.throttled_count:,} throttling answers{lowest})"
+        return text or "-"
 
     @admin.display(description="duration")
     def duration_display(self, obj: SyncSession) -> str:

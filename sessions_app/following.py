@@ -9,6 +9,7 @@ from typing import TextIO
 from django.db import connection
 from tqdm import tqdm
 
+from sessions_app import pacing
 from sessions_app.models import ENDED_STATUSES, FileStatus, SessionStatus, SyncSession
 from sessions_app.terminal import safe
 
@@ -45,9 +46,10 @@ def _draw(bar: tqdm, s: SyncSession) -> None:
     bar.total = max(s.found_count, 1)
     bar.n = s.settled_count
     speed = s.bytes_per_second
+    pace = pacing.describe(s)
     bar.set_postfix_str(
         f"{s.status}; {human_size(s.bytes_uploaded)}/{human_size(s.bytes_total)} at {human_size(speed)}/s; "
-        f"{s.uploaded_count} uploaded, {s.skipped_count} skipped, {s.failed_count} failed",
+        f"{s.uploaded_count} uploaded, {s.skipped_count} skipped, {s.failed_count} failed" + (f"; {pace}" if pace else ""),
         refresh=False,
     )
     bar.refresh()

@@ -30,6 +30,7 @@ from sessions_app import files, importing, phases, planning, processing, transfe
 from sessions_app.errors import StartError
 from sessions_app.models import SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
+from sessions_app.terminal import safe
 from sessions_app.transferring import Transfer
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,12 @@ class Kind:
         return {}
 
 
-def _check(end: Destination | Source, what: str, close_on_failure: Destination) -> None:
+def _check(end: Destination | Source, what: str, close_on_failure: Destination, timeout: float | None = None) -> None:
+    """end.check(); a destination's waits at most `timeout` (the project's preflight_timeout) to connect
+    and for each answer, and says what it waits for, so a silent server is not a silent command."""
+    if timeout is not None and isinstance(end, Destination):
+        end.check_timeout = timeout
+        log.info("checking %s %s (waiting up to %g s for it to answer)", what, safe(end.identity()), timeout)
     try:
         end.check()
     except RemoteError as exc:
@@ -98,7 +104,7 @@ class SyncKind(Kind):
             dest = project.destination()
         except ConfigError as exc:
             raise StartError(str(exc)) from exc
-        _check(dest, f"destination {project.destination_kind}", dest)
+        _check(dest, f"destination {project.destination_kind}", dest, project.preflight_timeout)
         return dest
 
     def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
@@ -167,7 +173,7 @@ class ImportKind(Kind):
         if not dest.supports_stream_upload:
             raise StartError(f"project {project.name}: a {project.destination_kind} destination cannot receive "
                              f"imports; import into a project with an S3 or local destination")
-        _check(dest, f"destination {project.destination_kind}", dest)
+        _check(dest, f"destination {project.destination_kind}", dest, project.preflight_timeout)
         _check(source, "Roboflow", dest)
         return dest
 

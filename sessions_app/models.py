@@ -357,3 +357,24 @@ class CatalogEntry(models.Model):
     @property
     def path(self) -> str:
         return self.relative_path or self.key
+
+
+class SessionPace(models.Model):
+    """A session's shared send rate while its destination throttles it: one row per session, read
+    and written by every upload task of the session (sessions_app/pacing.py is its only writer).
+    Times are epoch seconds (floats): the arithmetic stays in one UPDATE on every database."""
+
+    session = models.OneToOneField(SyncSession, on_delete=models.CASCADE, primary_key=True, related_name="pace")
+    rate = models.FloatField(null=True, blank=True, help_text="files/s for the whole session; empty: not limited")
+    concurrency = models.PositiveIntegerField(null=True, blank=True,
+                                              help_text="transfers in flight per task; empty: upload_workers")
+    next_send_at = models.FloatField(default=0.0)  # the next free send slot of the session
+    resume_at = models.FloatField(default=0.0)  # nothing is sent before (the remote's Retry-After)
+    lowered_at = models.FloatField(default=0.0)
+    raised_at = models.FloatField(default=0.0)
+    throttled_count = models.PositiveIntegerField(default=0, help_text="throttling answers in this session")
+    lowest_rate = models.FloatField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"pace of session {self.session_id}"

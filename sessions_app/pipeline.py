@@ -16,7 +16,7 @@ from django.utils import timezone
 from projects.models import Project
 from projects.sources.local import LocalSource
 from projects.walking import Problem
-from sessions_app import enqueue, files, following, kinds, leases, lifecycle, planning, uploading
+from sessions_app import enqueue, files, following, kinds, leases, lifecycle, pacing, planning, uploading
 from sessions_app.errors import ResumeError, StartError
 from sessions_app.models import ACTIVE_STATUSES, SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -85,7 +85,7 @@ def resume(session: SyncSession, force: bool = False) -> str:
     destination before any re-upload; the scan restarts if it had not finished."""
     if not session.is_active:
         raise ResumeError(f"session {session.pk} is {session.status}, not running; retry its failed files instead")
-    if not force and not lifecycle.is_stale(session):
+    if not force and not lifecycle.is_stale(session) and not pacing.is_paused(session):
         age = session.heartbeat_age().total_seconds()
         raise ResumeError(
             f"session {session.pk} is alive (last heartbeat {age:.0f}s ago); use --force if its workers are gone"
@@ -95,6 +95,8 @@ def resume(session: SyncSession, force: bool = False) -> str:
     keys = files.recover(session)
     reset = len(keys)
     _remove_unfinished(session, keys)
+    if pacing.clear_pause(session):
+        session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} pause lifted")
     if session.status in (SessionStatus.QUEUED, SessionStatus.SCANNING):
         enqueue.scan(session.pk)
         what = "scan restarted"
@@ -145,7 +147,7 @@ def sweep() -> list[str]:
     for session in resumable():
         if session.status == SessionStatus.UPLOADING and lifecycle.end_if_settled(session):
             done.append(f"session {session.pk}: finished")
-        elif lifecycle.is_stale(session):
+        elif lifecycle.is_stale(session) and not pacing.is_paused(session):  # a pause waits for `resume`
             try:
                 done.append(resume(session, force=True))
             except ResumeError:  # another sweep won it

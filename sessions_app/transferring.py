@@ -17,6 +17,7 @@ from projects import backoff
 from projects.destinations import Destination, DestinationError
 from projects.errors import FileChangedError, RemoteError, SourceError
 from projects.localfile import LocalFile, open_under
+from sessions_app import pacing
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload
 
@@ -34,14 +35,28 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
 
 
 def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], what: str) -> Outcome:
-    """Run once() until it returns, retrying transient errors with backoff; never raises."""
-    tries = 0
+    """Run once() until it returns, retrying transient errors with backoff; never raises. Every
+    attempt waits its turn in the session's pacer; a throttled one does not count as a try (the
+    pacer slows the session instead), until the file has been throttled for the project's
+    throttle_patience: then the session pauses and the row goes back to pending."""
+    pacer = pacing.current()
+    tries, throttled_since = 0, None
     while True:
-        tries += 1
+        if not pacer.wait():
+            return Outcome(row, FileStatus.PENDING)  # the session paused
         row.attempts += 1
         try:
-            return once()
+            outcome = once()
         except RemoteError as exc:  # the destination's or the source's end
+            if exc.throttled and pacer is not pacing.UNPACED:
+                pacer.throttled(exc)
+                throttled_since = throttled_since or time.monotonic()
+                if time.monotonic() - throttled_since >= pacer.patience:
+                    pacer.pause(f"{row.relative_path} was throttled for {pacer.patience:g} s "
+                                f"(throttle_patience): {exc.message[:200]}")
+                    return Outcome(row, FileStatus.PENDING)
+                continue
+            tries += 1
             if exc.permanent or tries >= max_tries:
                 if isinstance(exc, FileChangedError):
                     exc.permanent = True
@@ -49,7 +64,10 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
             time.sleep(backoff_seconds(tries, exc.retry_after))
         except Exception as exc:  # a bug in a backend must not take the whole chunk down
             log.exception("unexpected error: %s", what)
-            return failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries)
+            return failed(row, DestinationError(f"unexpected error: {type(exc).__name__}: {exc}"), tries + 1)
+        else:
+            pacer.succeeded()
+            return outcome
 
 
 def failed(row: FileUpload, exc: RemoteError, tries: int) -> Outcome:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.conf import settings
 
 from projects.destinations import Destination
-from sessions_app import catalog, files, kinds, leases, lifecycle, shutdown
+from sessions_app import catalog, files, kinds, leases, lifecycle, pacing, shutdown
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
@@ -43,6 +43,8 @@ class Drainer:
         self.dry = False  # the last claim got fewer rows than it asked for
         self.catalog_id: int | None = None  # of the destination run() gets
         self.lease: leases.Lease | None = None  # on the session and the rows claimed, while run() runs
+        self.pacer = pacing.Pacer(session, workers=self.workers, patience=self.project.throttle_patience)
+        self.given_back: list[int] = []  # rows the pacer gave back to pending (the session paused)
 
     def run(self, dest: Destination) -> bool:
         """Upload until nothing is left to claim; True if this task stopped early (out of time or
@@ -55,10 +57,14 @@ class Drainer:
         in_flight: dict[Future, FileUpload] = {}
         # Transfers report here as they finish: wait() over every claimed future cost O(claimed) per file.
         finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"upload-{self.session.pk}") as pool:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix=f"upload-{self.session.pk}",
+                                initializer=pacing.use, initargs=(self.pacer,)) as pool:
             while True:
                 if not self.shutting_down and shutdown.requested():
                     self._wind_down(in_flight)
+                self.pacer.tick()
+                if self.pacer.paused and not self.stopped:
+                    self._wind_down(in_flight, "paused")
                 if not self.stopped and self._wants_more(len(in_flight)):
                     for row in self.claim(self._chunk_size(len(in_flight))):
                         fut = pool.submit(self.transfer, dest, row, self.project.source_dir, self.max_tries)
@@ -76,18 +82,23 @@ class Drainer:
                     self._check_stop()
                     if self.cancelled:
                         self._drop_unstarted(in_flight)
+        self.pacer.tick(force=True)  # what the last transfers met (a pause) is shared before the task ends
         self.flush()
         return self.timed_out or self.shutting_down
 
     def _collect(self, finished: queue.SimpleQueue, in_flight: dict[Future, FileUpload]) -> None:
         """The outcomes of the transfers that finished, waiting up to a flush interval for one."""
         try:
-            fut = finished.get(timeout=settings.UPLOAD_FLUSH_SECONDS)
+            fut = finished.get(timeout=min(settings.UPLOAD_FLUSH_SECONDS, pacing.TICK_SECONDS))
         except queue.Empty:
             return
         while True:
             if in_flight.pop(fut, None) is not None:  # a cancelled one was taken out already
-                self.outcomes.append(fut.result())
+                outcome = fut.result()
+                if outcome.status == FileStatus.PENDING:
+                    self.given_back.append(outcome.row.pk)
+                else:
+                    self.outcomes.append(outcome)
             try:
                 fut = finished.get_nowait()
             except queue.Empty:
@@ -103,7 +114,11 @@ class Drainer:
     def _wants_more(self, busy: int) -> bool:
         """Claim the next chunk while half of this one is still queued, so the workers never wait
         for a claim's round trips; after a short claim (nothing more pending yet), only once the
-        workers run out or at the next flush."""
+        workers run out or at the next flush. While the pacer holds concurrency down, no more than
+        it allows."""
+        limit = self.pacer.concurrency()
+        if limit < self.workers:
+            return busy < limit
         return busy < self.workers or (not self.dry and busy <= self._chunk_size(0) // 2)
 
     def _more_coming(self) -> bool:
@@ -122,16 +137,18 @@ class Drainer:
                 in_flight.pop(fut)
                 self.outcomes.append(Outcome(row, FileStatus.CANCELLED))
 
-    def _wind_down(self, in_flight: dict[Future, FileUpload]) -> None:
-        """Shutting down: transfers in flight finish; claimed rows not started go back to pending."""
-        self.stopped = self.shutting_down = True
+    def _wind_down(self, in_flight: dict[Future, FileUpload], why: str = "shutting down") -> None:
+        """Shutting down or paused: transfers in flight finish (or give their row back);
+        claimed rows not started go back to pending."""
+        self.stopped = True
+        self.shutting_down = self.shutting_down or why == "shutting down"
         unstarted = [fut for fut in in_flight if fut.cancel()]
         released = [in_flight.pop(fut).pk for fut in unstarted]
         files.release(self.session, released)
         if self.lease:
             self.lease.drop(released)
-        log.info("session %s: shutting down: %d transfers finishing, %d claimed files back to pending",
-                 self.session.pk, len(in_flight), len(released))
+        log.info("session %s: %s: %d transfers finishing, %d claimed files back to pending",
+                 self.session.pk, why, len(in_flight), len(released))
 
     def claim(self, n: int) -> list[FileUpload]:
         rows = files.claim(self.session, n, self.catalog_id)
@@ -143,14 +160,19 @@ class Drainer:
     def flush(self) -> None:
         """Write outcomes and counters in one transaction; also the session's heartbeat."""
         outcomes, self.outcomes = self.outcomes, []
+        given_back, self.given_back = self.given_back, []
         self.last_flush, self.dry = time.monotonic(), False
         files.record(self.session, outcomes, self.catalog_id)
         if self.lease:
             self.lease.drop(o.row.pk for o in outcomes)
+        if given_back:
+            files.release(self.session, given_back)
+            if self.lease:
+                self.lease.drop(given_back)
 
 
 def drain(session_id: int, deadline_seconds: float | None = None) -> str:
-    """Upload what is pending; returns what happened: "idle", "handover" or "done"."""
+    """Upload what is pending; returns what happened: "idle", "handover", "paused" or "done"."""
     session = SyncSession.objects.select_related("project").get(pk=session_id)
     if session.status not in (SessionStatus.SCANNING, SessionStatus.UPLOADING):
         return "idle"
@@ -158,9 +180,12 @@ def drain(session_id: int, deadline_seconds: float | None = None) -> str:
     dest = session.project.destination()
     dest.bind(project=session.project.name, session_id=session.pk, source_dir=session.project.source_dir)
     try:
-        timed_out = Drainer(session, deadline=deadline).run(dest)
+        drainer = Drainer(session, deadline=deadline)
+        timed_out = drainer.run(dest)
     finally:
         dest.close()
+    if drainer.pacer.paused:
+        return "paused"  # until `resume`: the pacer logged why
     if timed_out and files.has_pending(session):
         return "handover"
     if not lifecycle.end_if_settled(session):

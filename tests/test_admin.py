@@ -161,3 +161,16 @@ def test_check_destination_action_starts_a_sync_that_lists_the_destination(admin
     assert started.params == {"check_destination": True} and started.status == "queued"
     assert f"Started 1 sync session(s) checking the destination: test-project (session #{started.pk})" in (
         resp.content.decode())
+
+
+def test_session_pages_show_the_pace_of_a_throttled_session(admin_client, make_project, source, s3_server,
+                                                            fault_proxy):
+    write_files(source, {f"f{i:02d}.wav": "x" for i in range(20)})
+    fault_proxy.fail_next(10, "503", method="PUT")
+    project = make_project({"type": "s3", "bucket": s3_server.make_bucket(), "region": "us-east-1",
+                            "endpoint_url": fault_proxy.endpoint_url})
+    session = run_session_inline(project)
+    assert (session.uploaded_count, session.failed_count) == (20, 0)
+    page = admin_client.get(f"/admin/sessions_app/syncsession/{session.pk}/change/").content.decode()
+    assert "throttled: sending at" in page and "(10 throttling answers, lowest" in page
+    assert "throttled: sending at" in admin_client.get("/admin/sessions_app/syncsession/").content.decode()

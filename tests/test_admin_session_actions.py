@@ -42,10 +42,10 @@ def viewer(db, client):
 
 @pytest.fixture
 def failed_session(make_project, s3_server, fault_proxy, source):
-    """Ended with b.wav failed (transient: two 503s) and c.wav failed (permanent: 403)."""
+    """Ended with b.wav failed (transient: two 500s) and c.wav failed (permanent: 403)."""
     write_files(source, {"a.wav": "aaaa", "b.wav": "bbbbbb", "c.wav": "cc"})
     project = s3_project(make_project, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=1)
-    fault_proxy.fail_next(2, "503", path_contains="b.wav")
+    fault_proxy.fail_next(2, "500", path_contains="b.wav")
     fault_proxy.fail_next(1, "403", path_contains="c.wav")
     session = run_session_inline(project)
     assert (session.status, session.failed_count) == (SessionStatus.COMPLETED_WITH_ERRORS, 2)

@@ -88,7 +88,7 @@ def test_cancel_of_an_ended_session_stops_its_automatic_rounds(make_project, s3_
     write_files(source, {"a.wav": "a"})
     project = s3_project(make_project, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=3,
                          retry_backoff_base=3600)
-    fault_proxy.fail_next(8, "503")
+    fault_proxy.fail_next(8, "500")
     session = run_session_inline(project)
     retrying.queue_retry_round(session, auto=True)
     session.refresh_from_db()

@@ -74,7 +74,7 @@ def test_delayed_round_survives_a_cluster_restart_then_master_notifies_once(
 ):
     write_files(source, {f"day/{i:02d}.wav": f"audio {i}" for i in range(20)})
     bucket = s3_server.make_bucket()
-    fault_proxy.fail_next(2, "503", path_contains="day/07.wav")  # both tries of the upload round
+    fault_proxy.fail_next(2, "500", path_contains="day/07.wav")  # both tries of the upload round
     config = _config(tmp_path, source, fault_proxy.endpoint_url, bucket, max_retries=1, retry_backoff_base=1,
                      retry_backoff_cap=1, notify_url=receiver.url(), notify_on="always")
     first = cluster_factory(**FAST, **LOOPBACK)

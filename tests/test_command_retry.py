@@ -38,12 +38,12 @@ def three_files(source):
 def test_round_recovers_a_file_after_a_transient_fault(make_project, s3_server, fault_proxy):
     bucket = s3_server.make_bucket()
     project = s3_project(make_project, fault_proxy.endpoint_url, bucket, max_retries=1)
-    fault_proxy.fail_next(2, "503", path_contains="b.wav")  # both tries of the upload round
+    fault_proxy.fail_next(2, "500", path_contains="b.wav")  # both tries of the upload round
     session = run_session_inline(project)
     assert (session.status, session.uploaded_count, session.failed_count) == ("completed_with_errors", 2, 1)
     b = _file("b.wav")
     assert (b.status, b.attempts, b.retries, b.error_permanent) == (FileStatus.FAILED, 2, 0, False)
-    assert "503" in b.last_error
+    assert "500 InternalError" in b.last_error
 
     code, out, _ = _retry(str(session.pk), "--wait")
 
@@ -63,7 +63,7 @@ def test_round_recovers_a_file_after_a_transient_fault(make_project, s3_server, 
 @pytest.mark.usefixtures("sync_tasks", "fast_uploads", "three_files")
 def test_file_failing_max_retries_rounds_becomes_permanent_and_is_left_out(make_project, s3_server, fault_proxy):
     project = s3_project(make_project, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=1)
-    fault_proxy.fail_next(100, "503", path_contains="b.wav")
+    fault_proxy.fail_next(100, "500", path_contains="b.wav")
     session = run_session_inline(project)
 
     code, out, err = _retry(str(session.pk), "--wait")
@@ -74,7 +74,7 @@ def test_file_failing_max_retries_rounds_becomes_permanent_and_is_left_out(make_
     b = _file("b.wav")
     assert (b.status, b.retries, b.attempts, b.error_permanent) == (FileStatus.FAILED, 1, 4, True)
     assert b.last_error.startswith("gave up after 1 retry rounds: ")
-    assert "503" in b.last_error
+    assert "500 InternalError" in b.last_error
 
     code, out, err = _retry(str(session.pk))
     assert code == 1
@@ -111,7 +111,7 @@ def test_permanent_error_is_retried_only_with_include_permanent(make_project, s3
 def test_auto_rounds_back_off_until_every_file_is_uploaded(make_project, s3_server, fault_proxy):
     project = s3_project(make_project, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=3,
                          retry_backoff_base=0.01, retry_backoff_cap=0.02)
-    fault_proxy.fail_next(12, "503", path_contains="b.wav")  # 4 tries each: the upload, rounds 1 and 2
+    fault_proxy.fail_next(12, "500", path_contains="b.wav")  # 4 tries each: the upload, rounds 1 and 2
     session = run_session_inline(project)
 
     code, out, _ = _retry(str(session.pk), "--auto")
@@ -140,7 +140,7 @@ def test_auto_rounds_back_off_until_every_file_is_uploaded(make_project, s3_serv
 def test_auto_rounds_stop_when_only_permanent_failures_are_left(make_project, s3_server, fault_proxy):
     project = s3_project(make_project, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=2,
                          retry_backoff_base=0.01, retry_backoff_cap=0.01)
-    fault_proxy.fail_next(1000, "503", path_contains="b.wav")
+    fault_proxy.fail_next(1000, "500", path_contains="b.wav")
     session = run_session_inline(project)
 
     _retry(str(session.pk), "--auto")

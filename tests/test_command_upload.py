@@ -232,3 +232,58 @@ def test_sync_sends_the_end_of_session_notification_itself(transactional_db, tmp
     row = Notification.objects.get()
     assert (row.trigger, row.succeeded) == (Notification.Trigger.AUTO, True)
     assert not OrmQ.objects.exists()
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server that accepts connections and never answers (issue 16 #10: held `upload` 121 s)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    server.close()
+    for conn in held:
+        conn.close()
+
+
+def test_s3_endpoint_that_never_answers_fails_preflight_with_a_clear_message(transactional_db, tmp_path, source,
+                                                                             aws_test_environment, silent_endpoint):
+    write_files(source, {"a.wav": "a"})
+    cfg = _write_config(tmp_path, project="silent", source_dir=str(source), preflight_timeout=1,
+                        destination={"type": "s3", "bucket": "b", "endpoint_url": silent_endpoint})
+    result = manage("upload", "--no-progress", "--config", cfg, timeout=60)
+    assert result.returncode == 2
+    assert f"waiting up to 1 s for it to answer" in result.stderr
+    assert (f"destination s3: bucket 'b': {silent_endpoint} accepted the connection but did not answer within 1 s "
+            f"(preflight_timeout)") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not SyncSession.objects.exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("upload_workers", 100_000_000, "upload_workers: must be at most 1000"),
+    ("upload_tasks", 100_000, "upload_tasks: must be at most 256"),
+    ("preflight_timeout", 3600, "preflight_timeout: must be at most 60"),
+])
+def test_absurd_worker_and_task_counts_are_config_errors(transactional_db, tmp_path, source, key, value, message):
+    result = _upload("--config", _local_config(tmp_path, source, **{key: value}))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not Project.objects.exists()

@@ -122,11 +122,12 @@ def test_no_credentials_anywhere_is_permanent(s3_server, monkeypatch):
 
 # -- transient and permanent server errors ---------------------------------------------------
 @pytest.mark.parametrize(
-    ("kind", "expected"),
-    [("503", "503 SlowDown"), ("500", "500 InternalError"), ("drop", "Connection")],
+    ("kind", "expected", "throttled"),
+    [("503", "503 SlowDown", True), ("429", "429 TooManyRequests", True), ("500", "500 InternalError", False),
+     ("drop", "Connection", False)],
 )
 def test_server_trouble_during_upload_is_transient_and_the_next_upload_succeeds(
-    fault_proxy, make_s3_destination, make_file, kind, expected
+    fault_proxy, make_s3_destination, make_file, kind, expected, throttled
 ):
     dest = make_s3_destination(via_proxy=fault_proxy)
     fault_proxy.fail_next(1, kind, "PUT", path_contains="/flaky.bin")
@@ -135,6 +136,7 @@ def test_server_trouble_during_upload_is_transient_and_the_next_upload_succeeds(
         dest.upload(make_file(b"payload"), "flaky.bin")
 
     assert info.value.permanent is False
+    assert info.value.throttled is throttled  # a throttling answer slows the session (sessions_app/pacing.py)
     assert expected in info.value.message
     # One attempt only: retrying is the caller's job, counted per file.
     assert fault_proxy.count("PUT", "/flaky.bin") == 1

@@ -370,7 +370,7 @@ def test_automatic_rounds_notify_once_at_the_very_end(make_project, s3_server, f
     project = s3_project(make_project, fault_proxy.endpoint_url, s3_server.make_bucket(), max_retries=2,
                          retry_backoff_base=0.01, retry_backoff_cap=0.01, notify_url=receiver.url(),
                          notify_on="always")
-    fault_proxy.fail_next(6, "503", path_contains="a.wav")  # the upload and round 1 (3 tries each)
+    fault_proxy.fail_next(6, "500", path_contains="a.wav")  # the upload and round 1 (3 tries each)
     session = run_session_inline(project)
     assert len(receiver.requests) == 1, "an ordinary end notifies"
 

@@ -46,7 +46,7 @@ def test_transient_s3_faults_are_retried_until_uploaded(make_project, source, s3
 
 def test_transient_fault_beyond_max_retries_fails_with_the_last_error(make_project, source, s3_server, fault_proxy):
     write_files(source, {"busy.wav": "1"})
-    fault_proxy.fail_next(10, "503", path_contains="busy.wav")
+    fault_proxy.fail_next(10, "500", path_contains="busy.wav")
     project = make_project(_s3(fault_proxy.endpoint_url, s3_server.make_bucket()), max_retries=2)
 
     session = run_session_inline(project)
@@ -54,7 +54,7 @@ def test_transient_fault_beyond_max_retries_fails_with_the_last_error(make_proje
     f = session.files.get()
     assert (session.status, f.status, f.attempts, f.error_permanent) == (
         SessionStatus.COMPLETED_WITH_ERRORS, FileStatus.FAILED, 3, False)
-    assert f.last_error.startswith("gave up after 3 attempts:") and "SlowDown" in f.last_error
+    assert f.last_error.startswith("gave up after 3 attempts:") and "InternalError" in f.last_error
     assert session.failed_count == 1
 
 

@@ -90,17 +90,42 @@ def test_rate_limit_is_retried_no_sooner_than_retry_after(api, make_project, sou
     assert waited >= 1.0
 
 
-def test_a_rate_limit_that_outlasts_the_retries_fails_the_file_as_transient(api, make_project, source):
+def test_rate_limits_do_not_count_against_max_retries(api, make_project, source):
     write_files(source, {"one.png": make_image(8)})
     project = make_project(destination(), project="to-roboflow", max_retries=2)
-    api.fail_next(3, 429, path_contains="/upload", retry_after=0)
+    api.fail_next(5, 429, path_contains="/upload", retry_after=0)
 
     session = run_session_inline(project)
 
     row = session.files.get()
-    assert (session.status, row.status, row.error_permanent, row.attempts) == (
-        SessionStatus.COMPLETED_WITH_ERRORS, FileStatus.FAILED, False, 3)
-    assert row.last_error.startswith("gave up after 3 attempts: Roboflow upload of one.png: rate limited")
+    assert (session.status, row.status, row.attempts) == (SessionStatus.COMPLETED, FileStatus.UPLOADED, 6)
+    assert "throttled: sending at" in session.log
+
+
+def test_429_bursts_slow_the_session_and_fail_no_image(api, make_project, source):
+    write_files(source, {f"img{i:03d}.png": make_image(100 + i) for i in range(80)})
+    project = make_project(destination(), project="to-roboflow", max_retries=1, upload_workers=8)
+    api.throttle(first=30, rate=20)
+
+    session = run_session_inline(project)
+
+    assert (session.status, session.uploaded_count, session.failed_count) == (SessionStatus.COMPLETED, 80, 0)
+    assert api.throttled >= 30
+    assert "throttled: sending at" in session.log
+    assert session.pace.throttled_count == api.throttled
+
+
+def test_a_rate_limit_that_outlasts_throttle_patience_pauses_the_session(api, make_project, source):
+    write_files(source, {"one.png": make_image(9)})
+    project = make_project(destination(), project="to-roboflow", throttle_patience=1)
+    api.throttle(first=10**6, rate=0)
+
+    session = run_session_inline(project)
+
+    row = session.files.get()
+    assert (session.status, row.status, row.last_error) == (SessionStatus.UPLOADING, FileStatus.PENDING, "")
+    assert "paused: one.png was throttled for 1 s (throttle_patience): Roboflow upload of one.png: rate limited" \
+        in session.log
 
 
 def test_images_uploaded_by_an_earlier_session_are_not_sent_again(api, make_project, dataset, source):

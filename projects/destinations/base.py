@@ -21,6 +21,9 @@ from projects.localfile import LocalFile, local_file_error
 from projects.schema import KINDS, Option
 
 
+DEFAULT_CHECK_TIMEOUT = 10.0
+
+
 @dataclass(frozen=True)
 class RemoteObject:
     key: str  # relative to the destination's prefix / remote folder, with "/" separators
@@ -98,6 +101,8 @@ class Destination:
         self.project_name: str | None = None
         self.session_id: int | None = None
         self.source_dir: str | None = None
+        # Seconds check() waits to connect and for each answer (the project's preflight_timeout).
+        self.check_timeout: float = DEFAULT_CHECK_TIMEOUT
 
     # -- options -------------------------------------------------------------------------
     @classmethod

@@ -83,11 +83,13 @@ class RoboflowDestination(Destination):
     # -- check ------------------------------------------------------------------------------
     def check(self) -> None:
         workspace = self.options["workspace"]
-        api_key = self.api.check_key(workspace)
-        self.api.call(rfapi.get_workspace, api_key, workspace, what=f"workspace {workspace!r}", lookup=True)
+        api = RoboflowAPI(self.options["api_key_env"], min(self.options["timeout"], self.check_timeout),
+                          DestinationError)
+        api_key = api.check_key(workspace)
+        api.call(rfapi.get_workspace, api_key, workspace, what=f"workspace {workspace!r}", lookup=True)
         for project in filter(None, (self.options["project"], self.options["neither_project"])):
             what = f"project {workspace}/{project}"
-            self.api.call(rfapi.get_project, api_key, workspace, project, what=what, lookup=True)
+            api.call(rfapi.get_project, api_key, workspace, project, what=what, lookup=True)
 
     # -- upload -----------------------------------------------------------------------------
     def put_file(self, local: LocalFile, key: str) -> UploadResult:

@@ -45,6 +45,20 @@ TRANSIENT_CODES = {
     "InternalError",
     "RequestLimitExceeded",
 }
+# Codes that say "too many requests" (the AWS SDKs' list): the session slows down (throttled).
+THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "ProvisionedThroughputExceededException",
+}
 
 
 class S3Destination(Destination):
@@ -55,6 +69,7 @@ class S3Destination(Destination):
         super().__init__(options)
         self._client = None
         self._stream_client = None
+        self._check_client = None
         self._client_lock = threading.Lock()
 
     @classmethod
@@ -103,7 +118,15 @@ class S3Destination(Destination):
                 self._stream_client = self._make_client(payload_signing_enabled=False)
             return self._stream_client
 
-    def _make_client(self, **s3_options: Any):
+    @property
+    def check_client(self):
+        """For check(): connect and read timeouts of check_timeout, so a silent endpoint fails fast."""
+        with self._client_lock:
+            if self._check_client is None:
+                self._check_client = self._make_client(timeout=self.check_timeout)
+            return self._check_client
+
+    def _make_client(self, timeout: float | None = None, **s3_options: Any):
         try:
             session = boto3.session.Session(
                 profile_name=self.options["aws_profile"], region_name=self.options["region"]
@@ -112,10 +135,13 @@ class S3Destination(Destination):
             raise DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
         config = Config(
             max_pool_connections=self.options["max_pool_connections"],
-            # Retries are ours (counted per file, with backoff), so botocore makes one attempt.
+            # Retries are ours (counted per file, with backoff) and so is slowing down when throttled
+            # (sessions_app/pacing.py, shared by the session's processes), so botocore makes one
+            # attempt: its retries would hide throttling from the pacer, and its adaptive mode's
+            # rate limiter (per client) would pace a second time, unshared.
             retries={"total_max_attempts": 1, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=120,
+            connect_timeout=timeout or 10,
+            read_timeout=timeout or 120,
             s3={"addressing_style": self.options["addressing_style"], **s3_options},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -124,15 +150,15 @@ class S3Destination(Destination):
 
     def close(self) -> None:
         with self._client_lock:
-            for client in (self._client, self._stream_client):
+            for client in (self._client, self._stream_client, self._check_client):
                 if client is not None:
                     client.close()
-            self._client = self._stream_client = None
+            self._client = self._stream_client = self._check_client = None
 
     # -- the contract ----------------------------------------------------------------------
     def check(self) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.check_client.head_bucket(Bucket=self.bucket)
         except bce.ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404:
@@ -143,6 +169,9 @@ class S3Destination(Destination):
                     permanent=True,
                 )
             raise self._error(exc, f"bucket {self.bucket!r}")
+        except (bce.ConnectTimeoutError, bce.ReadTimeoutError) as exc:
+            error = self._error(exc, f"bucket {self.bucket!r}")
+            raise DestinationError(f"{error.message} within {self.check_timeout:g} s (preflight_timeout)") from None
         except Exception as exc:
             raise self._error(exc, f"bucket {self.bucket!r}")
 
@@ -223,7 +252,9 @@ class S3Destination(Destination):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             message = err.get("Message") or code or str(exc)
             permanent = status < 500 and status != 429 and code not in TRANSIENT_CODES
-            return DestinationError(f"{what}: {status} {code}: {message}".strip(), permanent=permanent)
+            throttled = status == 429 or code in THROTTLE_CODES
+            return DestinationError(f"{what}: {status} {code}: {message}".strip(), permanent=permanent,
+                                    retry_after=_retry_after(exc.response), throttled=throttled)
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
                                     permanent=True)
@@ -231,8 +262,21 @@ class S3Destination(Destination):
             return DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
         if isinstance(exc, bce.ParamValidationError):
             return DestinationError(f"{what}: {exc}", permanent=True)
+        if isinstance(exc, (bce.ConnectTimeoutError, bce.ReadTimeoutError)):
+            where = self.options["endpoint_url"] or "S3"
+            problem = ("could not connect" if isinstance(exc, bce.ConnectTimeoutError)
+                       else "accepted the connection but did not answer")
+            return DestinationError(f"{what}: {where} {problem}", permanent=False)
         # Connection refused / reset / closed, timeouts, truncated responses: try again.
         return DestinationError(f"{what}: {type(exc).__name__}: {exc}", permanent=False)
+
+
+def _retry_after(response: dict[str, Any]) -> float | None:
+    value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after", "")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: S3 sends none; the pacer's backoff applies
 
 
 class _CountingReader:

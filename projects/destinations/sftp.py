@@ -110,7 +110,11 @@ class SFTPDestination(Destination):
         """Log in and make sure remote_dir is a folder we can write in (a probe file is created
         and removed). A missing remote_dir is created when its parent exists, as uploads do; a
         missing parent is a permanent error: more likely a typo than a folder still to come."""
-        self._run(f"checking {self._root}", self._check_root)
+        self._local.checking = True
+        try:
+            self._run(f"checking {self._root}", self._check_root)
+        finally:
+            self._local.checking = False
 
     def health(self) -> tuple[bool, str]:
         """Connect and stat remote_dir: answers without writing anything on the server."""
@@ -358,8 +362,12 @@ class SFTPDestination(Destination):
         for delay in (*CONNECT_RETRY_DELAYS, None):
             try:
                 return self._connect_once()
+            except paramiko.ChannelException as exc:
+                # The server is at its limit of sessions (MaxSessions): slow down, not a failure.
+                raise DestinationError(f"{self._where} refused a new SFTP channel ({_reason(exc)}): too many "
+                                       f"sessions at once", throttled=True) from exc
             except (OSError, *CONNECTION_ERRORS) as exc:
-                if delay is None:
+                if delay is None or getattr(self._local, "checking", False):
                     raise DestinationError(f"cannot connect to {self._where}: {_reason(exc)}") from exc
                 time.sleep(delay)
         raise AssertionError("unreachable")
@@ -377,6 +385,8 @@ class SFTPDestination(Destination):
         policy = _RecordNewKey(known_hosts) if o["accept_new_host_key"] else _RejectUnknownKey()
         client.set_missing_host_key_policy(policy)
         timeout = float(o["connect_timeout"])
+        if getattr(self._local, "checking", False):
+            timeout = min(timeout, self.check_timeout)
         try:
             client.connect(
                 o["host"],

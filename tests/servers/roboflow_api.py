@@ -13,7 +13,9 @@ Fixtures (import them, or list this module in pytest_plugins):
 State: `api.project(ws, slug).images` (StoredImage: name, split, batch, tags, data, annotation),
 `api.requests` (method, path, status), `api.fetches[image_id]` (downloads of the original),
 `api.seed(ws, project, n)` and `api.add_image(ws, project, name, data)` for imports,
-`api.fail_next(n, status, path_contains=..., retry_after=...)`, `api.stall_next(n, path_contains=...)`
+`api.fail_next(n, status, path_contains=..., retry_after=...)`, `api.stall_next(n, path_contains=...)`,
+`api.throttle(first, rate, path_contains="/upload")` (429 bursts: the first `first` matching requests,
+then all beyond `rate` per second; `api.throttled` counts them)
 (never answer, until the test ends; `api.stalled` counts the requests held so far).
 """
 
@@ -124,6 +126,10 @@ class RoboflowAPI:
             self.fetches: Counter[str] = Counter()
             self.annotation_fetches: Counter[str] = Counter()
             self._rules: list[_Rule] = []
+            self._throttle: tuple[str, float] | None = None  # (path_contains, rate)
+            self._throttle_first = 0
+            self._tokens, self._tokens_at = 0.0, time.monotonic()
+            self.throttled = 0  # requests answered 429 by throttle()
             self.stalled = 0  # requests held by stall_next() rules so far
             self._release = threading.Event()
         self.add_project(WORKSPACE, PROJECT)
@@ -183,6 +189,29 @@ class RoboflowAPI:
         with self.lock:
             header = None if retry_after is None else str(retry_after)
             self._rules.append(_Rule(n, path_contains, status, header, body))
+
+    def throttle(self, first: int, rate: float, *, path_contains: str = "/upload") -> None:
+        """429 bursts, as Roboflow's rate limiter answers: the first `first` matching requests,
+        then every one beyond `rate` per second (a bucket holding one second's worth)."""
+        with self.lock:
+            self._throttle, self._throttle_first = (path_contains, rate), first
+            self._tokens, self._tokens_at = 0.0, time.monotonic()
+
+    def _throttled(self, path: str) -> bool:
+        with self.lock:
+            if self._throttle is None or self._throttle[0] not in path:
+                return False
+            if self._throttle_first > 0:
+                self._throttle_first -= 1
+            else:
+                now, rate = time.monotonic(), self._throttle[1]
+                self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+                self._tokens_at = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return False
+            self.throttled += 1
+            return True
 
     def stall_next(self, n: int, *, path_contains: str = "") -> threading.Event:
         """Never answer the next n matching requests (until release_stalls() or the test's end):
@@ -265,6 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
             api._release.wait()
             self.close_connection = True
             return
+        if rule is None and api._throttled(url.path):
+            return self._send(url.path, 429, {"error": {"message": "rate limit exceeded"}})
         if rule is not None:
             headers = {"Retry-After": rule.retry_after} if rule.retry_after is not None else {}
             payload = rule.body if rule.body is not None else {"error": {"message": f"injected HTTP {rule.status}"}}

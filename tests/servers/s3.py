@@ -8,8 +8,8 @@ Fixtures (list this module in pytest_plugins):
                      of a user allowed s3:* (the session's own "testing" credentials are refused)
 - fault_proxy        function: the proxy (fault_proxy_server, session) in front of s3_server, rules and
                      records reset per test; .endpoint_url, .fail_next(n, kind, method="PUT",
-                     path_contains=None), .count(method, path_contains, outcome), .count_by_path("PUT"),
-                     .requests
+                     path_contains=None), .throttle(first, rate, answer="503") (a throttle storm),
+                     .count(method, path_contains, outcome), .count_by_path("PUT"), .requests
 - make_s3_destination function: factory of S3Destinations on a fresh bucket, closed at teardown
 - s3_destination     function: an S3Destination on a fresh bucket under a prefix
 - local_destination  function: a LocalDestination into tmp_path
@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -251,6 +252,7 @@ ERRORS = {
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
     "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
+    "429": (429, "Too Many Requests", "TooManyRequests", "Too many requests, please slow down."),
 }
 FAULT_KINDS = (*ERRORS, "drop")
 # Hop-by-hop headers, and Expect: the proxy answers 100-continue itself.
@@ -274,6 +276,29 @@ class Rule:
         )
 
 
+class Throttle:
+    """A throttle storm on one method: the first `first` requests answer `answer`, then `rate`
+    per second pass (a token bucket holding one second's worth) and the rest answer `answer`."""
+
+    def __init__(self, first: int, rate: float, answer: str, method: str):
+        self.first, self.rate, self.answer, self.method = first, rate, answer, method
+        self.tokens, self.at = 0.0, time.monotonic()
+
+    def outcome(self, method: str) -> str | None:
+        if method != self.method:
+            return None
+        if self.first > 0:
+            self.first -= 1
+            return self.answer
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return self.answer
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     method: str
@@ -289,6 +314,7 @@ class FaultProxy:
         self.upstream = (upstream_host, upstream_port)
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
+        self._throttle: Throttle | None = None
         self.requests: list[RecordedRequest] = []
         self.answers: list[tuple[str, str, int]] = []  # (method, decoded path, upstream status)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
@@ -309,6 +335,12 @@ class FaultProxy:
             raise ValueError(f"kind must be one of {FAULT_KINDS}, not {kind!r}")
         with self._lock:
             self._rules.append(Rule(n, kind, method, path_contains))
+
+    def throttle(self, first: int, rate: float, answer: str = "503", method: str = "PUT") -> None:
+        """Answer `answer` ("503" SlowDown or "429") to the first `first` requests of `method`,
+        then let `rate` per second through and answer the rest the same way."""
+        with self._lock:
+            self._throttle = Throttle(first, rate, answer, method)
 
     def count(self, method: str | None = None, path_contains: str | None = None, outcome: str | None = None) -> int:
         """How many requests arrived (forwarded or failed) matching method, a substring of the
@@ -341,6 +373,7 @@ class FaultProxy:
     def reset(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._throttle = None
             self.requests.clear()
             self.answers.clear()
 
@@ -353,6 +386,8 @@ class FaultProxy:
                     rule.remaining -= 1
                     outcome = rule.kind
                     break
+            if outcome == "forwarded" and self._throttle is not None:
+                outcome = self._throttle.outcome(method) or outcome
             self.requests.append(RecordedRequest(method, path, outcome))
             return outcome
 

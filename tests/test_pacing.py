@@ -1,0 +1,101 @@
+"""Session-wide pacing (sessions_app/pacing.py): a destination that throttles slows the session
+down instead of failing its files; the rate comes back up when the throttling stops."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sessions_app.models import FileStatus, FileUpload, SessionPace, SyncSession
+from tests.conftest import manage, write_files
+
+RATE_LINE = re.compile(r"(throttled|throttle easing): sending at ([0-9.]+)/s")
+
+
+def _config(tmp_path: Path, source: Path, destination: dict, **extra) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"project": "paced", "source_dir": str(source), "destination": destination,
+                                **extra}))
+    return str(path)
+
+
+def rates_logged(session: SyncSession) -> list[tuple[str, float]]:
+    return [(m.group(1), float(m.group(2))) for m in RATE_LINE.finditer(session.log)]
+
+
+def test_s3_throttle_storm_slows_the_session_and_fails_no_file(transactional_db, tmp_path, source, s3_server,
+                                                                fault_proxy):
+    """Issue 16 #1: 200 SlowDowns then 40 PUT/s failed 87 of 1,200 files with max_retries 3."""
+    write_files(source, {f"d{i % 10}/f{i:04d}.wav": f"{i}" for i in range(1200)})
+    bucket = s3_server.make_bucket()
+    fault_proxy.throttle(first=200, rate=40, answer="503")
+    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
+                  max_retries=3, upload_workers=8)
+    result = manage("upload", "--sync", "--config", cfg, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "; throttled: sending at " in result.stderr  # the progress bar says it
+    session = SyncSession.objects.get()
+    assert (session.uploaded_count, session.failed_count) == (1200, 0)
+    assert fault_proxy.count("PUT", outcome="503") >= 200  # the storm (and the 40/s limit, if the rate met it)
+    rates = rates_logged(session)
+    lowered = [rate for what, rate in rates if what == "throttled"]
+    assert lowered and any(what == "throttle easing" for what, _ in rates), session.log
+    lowest = lowered.index(min(lowered))
+    assert any(rate > min(lowered) for _, rate in rates[lowest + 1:]), session.log  # down, then up again
+    assert SessionPace.objects.get(session=session).throttled_count == fault_proxy.count("PUT", outcome="503")
+    attempts = FileUpload.objects.filter(session=session).values_list("attempts", flat=True)
+    assert max(attempts) > 4  # throttled attempts went beyond max_retries + 1 without failing the file
+
+
+def test_throttled_attempts_do_not_count_as_retries(transactional_db, tmp_path, source, s3_server, fault_proxy):
+    write_files(source, {"a.wav": "a"})
+    bucket = s3_server.make_bucket()
+    fault_proxy.fail_next(6, "503", method="PUT")
+    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
+                  max_retries=0)
+    result = manage("upload", "--no-progress", "--sync", "--config", cfg)
+    assert result.returncode == 0, result.stderr
+    row = FileUpload.objects.get()
+    assert (row.status, row.attempts) == (FileStatus.UPLOADED, 7)
+
+
+def test_other_errors_still_use_max_retries(transactional_db, tmp_path, source, s3_server, fault_proxy):
+    write_files(source, {"a.wav": "a"})
+    bucket = s3_server.make_bucket()
+    fault_proxy.fail_next(5, "500", method="PUT")
+    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
+                  max_retries=1)
+    result = manage("upload", "--no-progress", "--sync", "--config", cfg)
+    assert result.returncode == 1
+    row = FileUpload.objects.get()
+    assert (row.status, row.attempts) == (FileStatus.FAILED, 2)
+    assert "gave up after 2 attempts" in row.last_error
+
+
+def test_a_file_throttled_beyond_patience_pauses_the_session(transactional_db, tmp_path, source, s3_server,
+                                                              fault_proxy):
+    write_files(source, {f"f{i}.wav": "x" for i in range(5)})
+    bucket = s3_server.make_bucket()
+    fault_proxy.throttle(first=10**6, rate=0, answer="503")
+    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
+                  throttle_patience=2)
+    result = manage("upload", "--no-progress", "--no-wait", "--config", cfg)
+    assert result.returncode == 0, result.stderr
+    session = SyncSession.objects.get()
+    session.mark_scanning()
+    from sessions_app import pipeline, uploading
+
+    pipeline.scan_session(session.pk, start_uploads=False)
+    assert uploading.drain(session.pk) == "paused"
+    session.refresh_from_db()
+    assert session.status == "uploading"
+    assert (session.pending_count, session.failed_count, session.uploaded_count) == (5, 0, 0)
+    assert f"paused: " in session.log and f"python manage.py resume {session.pk}" in session.log
+    # Resuming lifts the pause; with the throttling over, everything goes up.
+    fault_proxy.reset()
+    pipeline.resume(session)
+    assert not SessionPace.objects.get(session=session).paused_at
+    assert uploading.drain(session.pk) == "done"
+    session.refresh_from_db()
+    assert (session.status, session.uploaded_count) == ("completed", 5)
