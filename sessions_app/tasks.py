@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from sessions_app import health, notifying, pipeline, queueing, retrying, shutdown
+from sessions_app import catalog, health, notifying, pipeline, queueing, retrying, shutdown
 from sessions_app.models import SyncSession
 
 
@@ -20,7 +20,8 @@ def upload(session_id: int) -> str:
 
 
 def sweep() -> str:
-    return "; ".join(pipeline.sweep() + queueing.sweep() + health.enqueue_due_checks()) or "nothing to do"
+    done = pipeline.sweep() + queueing.sweep() + health.enqueue_due_checks() + catalog.tally_changed()
+    return "; ".join(done) or "nothing to do"
 
 
 def check_health(project_id: int) -> str:

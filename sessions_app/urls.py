@@ -3,6 +3,7 @@ from django.urls import path
 from sessions_app import api, views
 
 urlpatterns = [
+    path("metrics", views.metrics, name="metrics"),
     path("api/sessions/<int:pk>/", views.session_status, name="session-status"),
     path("api/queue-upload/", api.queue_upload, name="queue-upload"),
     path("api/uploader-stats/", api.uploader_stats, name="uploader-stats"),

@@ -184,6 +184,9 @@ QUEUE_LINGER_SECONDS = env.float("QUEUE_LINGER_SECONDS", default=5)
 # How often the sweep re-checks that each SFTP destination answers.
 HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 
+# /metrics off loopback needs `Authorization: Bearer <METRICS_TOKEN>`; unset, only loopback may scrape.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
