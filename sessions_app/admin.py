@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from projects.models import Project
-from sessions_app import admin_actions
+from sessions_app import admin_actions, overview
 from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
 
@@ -76,10 +76,17 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
         "speed_display", "duration_display", "files_link", "scan_problems", "created_at", "started_at", "scan_finished_at",
         "finished_at", "heartbeat_at", "retry_round", "next_retry_at", "created_by", "error", "log", "params",
     )
-    fields = readonly_fields
+    # Folded under the summary panel the template draws from overview.session_detail().
+    fieldsets = [("All fields", {"fields": readonly_fields, "classes": ["collapse"]})]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # sessions start from a project ("Start sync") or a command
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        session = self.get_object(request, object_id)
+        if session is not None:
+            extra_context = {**(extra_context or {}), "summary": overview.session_detail(session)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False

@@ -1,8 +1,11 @@
+from django.contrib import admin
 from django.urls import path
 
 from sessions_app import api, views
 
 urlpatterns = [
+    path("admin/dashboard/", admin.site.admin_view(views.dashboard), name="dashboard"),
+    path("api/overview/", views.dashboard_data, name="dashboard-data"),
     path("metrics", views.metrics, name="metrics"),
     path("api/sessions/<int:pk>/", views.session_status, name="session-status"),
     path("api/queue-upload/", api.queue_upload, name="queue-upload"),

@@ -4,36 +4,36 @@ import hmac
 import ipaddress
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from sessions_app import metrics as metrics_
+from sessions_app import overview
 from sessions_app.models import SyncSession
 
 
 @staff_member_required
 def session_status(request: HttpRequest, pk: int) -> JsonResponse:
-    """Live counts of one session, polled by its admin page."""
+    """Live counts of one session, polled by its admin page; with ?detail=1 also its throughput
+    over time and its top failure reasons."""
     s = get_object_or_404(SyncSession, pk=pk)
-    return JsonResponse(
-        {
-            "id": s.pk,
-            "status": s.status,
-            "found": s.found_count,
-            "skipped": s.skipped_count,
-            "pending": s.pending_count,
-            "uploaded": s.uploaded_count,
-            "failed": s.failed_count,
-            "cancelled": s.cancelled_count,
-            "bytes_total": s.bytes_total,
-            "bytes_uploaded": s.bytes_uploaded,
-            "progress": round(s.progress, 1),
-            "bytes_per_second": round(s.bytes_per_second),
-        }
-    )
+    return JsonResponse(overview.session_detail(s) if request.GET.get("detail") else overview.session_summary(s))
+
+
+@staff_member_required
+def dashboard_data(request: HttpRequest) -> JsonResponse:
+    """Everything the Dashboard page draws."""
+    return JsonResponse(overview.dashboard())
+
+
+def dashboard(request: HttpRequest) -> TemplateResponse:
+    context = {**admin.site.each_context(request), "title": "Dashboard"}
+    return TemplateResponse(request, "admin/dashboard.html", context)
 
 
 def _from_loopback(request: HttpRequest) -> bool:
