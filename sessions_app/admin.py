@@ -68,7 +68,8 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     list_select_related = ("project",)
     inlines = [NotificationInline]
     actions = [admin_actions.retry_failed, admin_actions.retry_failed_including_permanent,
-               admin_actions.notify_endpoint, admin_actions.cancel_sessions, admin_actions.check_destination]
+               admin_actions.notify_endpoint, admin_actions.cancel_sessions, admin_actions.check_destination,
+               admin_actions.export_files_csv]
     change_form_template = "admin/sessions_app/syncsession/change_form.html"
     readonly_fields = (
         "project", "config_link", "kind", "status", "progress_display", "found_count", "pending_count",

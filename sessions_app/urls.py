@@ -8,6 +8,7 @@ urlpatterns = [
     path("api/overview/", views.dashboard_data, name="dashboard-data"),
     path("metrics", views.metrics, name="metrics"),
     path("api/sessions/<int:pk>/", views.session_status, name="session-status"),
+    path("api/sessions/<int:pk>/files.csv", views.session_files_csv, name="session-files-csv"),
     path("api/queue-upload/", api.queue_upload, name="queue-upload"),
     path("api/uploader-stats/", api.uploader_stats, name="uploader-stats"),
 ]

@@ -6,12 +6,13 @@ import ipaddress
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from sessions_app import exporting
 from sessions_app import metrics as metrics_
 from sessions_app import overview
 from sessions_app.models import SyncSession
@@ -23,6 +24,13 @@ def session_status(request: HttpRequest, pk: int) -> JsonResponse:
     over time and its top failure reasons."""
     s = get_object_or_404(SyncSession, pk=pk)
     return JsonResponse(overview.session_detail(s) if request.GET.get("detail") else overview.session_summary(s))
+
+
+@staff_member_required
+def session_files_csv(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    """Every file row of the session as CSV, streamed."""
+    session = get_object_or_404(SyncSession, pk=pk)
+    return exporting.response([session.pk], f"session-{session.pk}-files.csv")
 
 
 @staff_member_required
