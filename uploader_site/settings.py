@@ -187,13 +187,19 @@ HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 # /metrics off loopback needs `Authorization: Bearer <METRICS_TOKEN>`; unset, only loopback may scrape.
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
+# plain: one line of text per message; json: one JSON object per line, with session and project ids.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # Messages carry file names and remote answers: control characters are shown escaped.
     "formatters": {"plain": {"()": "sessions_app.terminal.SafeFormatter",
-                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+                   "json": {"()": "sessions_app.logcontext.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "botocore": {"level": "WARNING"},
