@@ -12,27 +12,9 @@ from django.utils.html import format_html
 
 from projects.models import Project
 from sessions_app import admin_actions, overview
+from sessions_app.display import progress_bar, seconds_text
 from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
-
-
-def progress_bar(percent: float, failed: bool = False) -> str:
-    colour = "#ba2121" if failed else "#417690"
-    return format_html(
-        '<div style="width:120px;background:#eee;border-radius:3px" title="{}%">'
-        '<div style="width:{}%;background:{};height:10px;border-radius:3px"></div></div>'
-        '<small>{}%</small>',
-        f"{percent:.1f}", f"{percent:.1f}", colour, f"{percent:.1f}",
-    )
-
-
-def seconds_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
 def skip_counts(session: SyncSession) -> dict[str, int]:
