@@ -10,7 +10,7 @@ from sessions_app import metrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "ops" / "grafana" / "uploader.json"
 # PromQL words that look like metric names but are functions, keywords or label names.
-PROMQL = {"sum", "by", "rate", "increase", "time", "project", "status", "destination", "label_values"}
+PROMQL = {"sum", "by", "rate", "increase", "delta", "clamp_min", "time", "project", "status", "destination", "label_values"}
 
 
 def queries(dashboard: dict) -> list[str]:
