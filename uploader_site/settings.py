@@ -27,6 +27,8 @@ SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
 _site = urlsplit(SITE_URL)
 _https = _site.scheme == "https"
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
+# A Prometheus on this host scrapes http://127.0.0.1/metrics; a redirect to https would lose it.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_https)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_https)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _https else 0)
