@@ -9,8 +9,10 @@ are projects, destinations and statuses: never a session id or a path.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from django.db.models import Count, OuterRef, Subquery, Sum
 from django_q.brokers import get_broker
@@ -110,10 +112,15 @@ def queues(projects: dict[int, tuple[str, str]]) -> Iterator[Metric]:
     yield depth
     tasks = _family(GaugeMetricFamily, "uploader_task_queue_depth", [])
     try:
-        tasks.add_metric([], get_broker().queue_size())
+        tasks.add_metric([], _broker().queue_size())
     except Exception:  # an unreachable broker leaves the family empty, not the whole scrape failed
         log.warning("metrics: cannot read the task queue size", exc_info=True)
     yield tasks
+
+
+@functools.cache
+def _broker() -> Any:
+    return get_broker()  # one per process: a Redis broker holds a connection pool
 
 
 def workers() -> Iterator[Metric]:
