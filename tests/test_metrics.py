@@ -150,7 +150,8 @@ def test_the_scrape_cost_does_not_grow_with_projects_sessions_or_files(make_proj
     def queries() -> list[str]:
         with CaptureQueriesContext(connection) as ctx:
             scrape()
-        return [q["sql"] for q in ctx.captured_queries]
+        # The cluster heartbeats live in the shared cache; its table's reads vary with the entries other tests left.
+        return [q["sql"] for q in ctx.captured_queries if "uploader_cache" not in q["sql"]]
 
     write_files(source, {"a.wav": "a"})
     run_session_inline(make_project({"type": "local", "path": str(tmp_path / "o1")}, project="one"))
@@ -162,7 +163,7 @@ def test_the_scrape_cost_does_not_grow_with_projects_sessions_or_files(make_proj
 
     many = queries()
 
-    assert len(many) == len(few)
+    assert len(many) == len(few), [q for q in many if q not in few]
     # The file table is read only for rows in flight (status 'uploading'), through its index.
     on_files = [q for q in many if "sessions_app_fileupload" in q]
     assert all("uploading" in q or "uploaded" in q for q in on_files), on_files
