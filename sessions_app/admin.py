@@ -14,28 +14,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from projects.models import Project
-from sessions_app import admin_actions, pacing, staging
+from sessions_app import admin_actions, overview, pacing, staging
+from sessions_app.display import progress_bar, seconds_text
 from sessions_app.project_admin import SessionsProjectAdmin
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, Notification, SyncSession
-
-
-def progress_bar(percent: float, failed: bool = False) -> str:
-    colour = "#ba2121" if failed else "#417690"
-    return format_html(
-        '<div style="width:120px;background:#eee;border-radius:3px" title="{}%">'
-        '<div style="width:{}%;background:{};height:10px;border-radius:3px"></div></div>'
-        '<small>{}%</small>',
-        f"{percent:.1f}", f"{percent:.1f}", colour, f"{percent:.1f}",
-    )
-
-
-def seconds_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
 def skip_counts(session: SyncSession) -> dict[str, int]:
@@ -71,7 +53,8 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
     list_select_related = ("project", "pace")
     inlines = [NotificationInline]
     actions = [admin_actions.retry_failed, admin_actions.retry_failed_including_permanent,
-               admin_actions.notify_endpoint, admin_actions.cancel_sessions, admin_actions.check_destination]
+               admin_actions.notify_endpoint, admin_actions.cancel_sessions, admin_actions.check_destination,
+               admin_actions.export_files_csv]
     change_form_template = "admin/sessions_app/syncsession/change_form.html"
     readonly_fields = (
         "project", "config_link", "kind", "status", "progress_display", "found_count", "pending_count",
@@ -80,10 +63,17 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
         "created_at", "started_at", "scan_finished_at",
         "finished_at", "heartbeat_at", "retry_round", "next_retry_at", "created_by", "error", "log", "params",
     )
-    fields = readonly_fields
+    # Folded under the summary panel the template draws from overview.session_detail().
+    fieldsets = [("All fields", {"fields": readonly_fields, "classes": ["collapse"]})]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # sessions start from a project ("Start sync") or a command
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        session = self.get_object(request, object_id)
+        if session is not None:
+            extra_context = {**(extra_context or {}), "summary": overview.session_detail(session)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False

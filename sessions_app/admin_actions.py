@@ -11,14 +11,14 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from django.template.response import TemplateResponse
 
 from projects.destinations import ConfigError
 from projects.errors import UploaderError
 from projects.models import ConfigHistory, Project
 from projects.outbound import check_http_url, redact_url
-from sessions_app import cancelling, enqueue, notifying, retrying, starting
+from sessions_app import cancelling, enqueue, exporting, notifying, retrying, starting
 from sessions_app.errors import EnqueueError, RetryError
 from sessions_app.models import FileStatus, Notification, SyncSession
 
@@ -141,6 +141,13 @@ def retry_selected_files(modeladmin, request: HttpRequest, queryset) -> None:
 
 
 # -- cancel -----------------------------------------------------------------------------------------
+
+
+@admin.action(description="Export files as CSV")
+def export_files_csv(modeladmin, request: HttpRequest, queryset: QuerySet[SyncSession]) -> StreamingHttpResponse:
+    ids = sorted(queryset.values_list("id", flat=True))
+    name = f"session-{ids[0]}-files.csv" if len(ids) == 1 else f"sessions-{len(ids)}-files.csv"
+    return exporting.response(ids, name)
 
 
 @admin.action(description="Cancel session", permissions=["cancel"])

@@ -11,6 +11,7 @@ when it must (see planning.py).
 - `record()`     objects that arrived (uploads), in the transaction that writes their rows' status.
 - `arrived()`, `busy_keys()`   what other sessions of the project did or are doing (claims).
 - `vouches_for()`   one file, for the upload queue.
+- `tally()`, `tally_changed()`   what the entries add up to, stored on the catalog (the sweep).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
 from projects.destinations import Destination, RemoteObject
@@ -333,3 +334,24 @@ def vouches_for(project: Project, destination: str, key: str, size: int, mtime: 
     """Does an entry say this file is at the destination (its identity) as it is now?"""
     return CatalogEntry.objects.filter(catalog__project=project, catalog__destination=destination, key=key,
                                        size=size, mtime=mtime).exists()
+
+
+# -- tallies ----------------------------------------------------------------------------------------
+
+
+def tally(catalog_id: int) -> None:
+    """Store what the catalog's entries add up to (objects, bytes)."""
+    started = timezone.now()  # changes made while counting are counted by the next tally
+    agg = CatalogEntry.objects.filter(catalog_id=catalog_id).aggregate(n=Count("id"), size=Sum("size"))
+    Catalog.objects.filter(pk=catalog_id).update(object_count=agg["n"], byte_count=agg["size"] or 0,
+                                                 tallied_at=started)
+
+
+def tally_changed() -> list[str]:
+    """Tally the catalogs never tallied or whose project had a session at work since."""
+    busy = SyncSession.objects.filter(project_id=OuterRef("project_id")).filter(
+        Q(heartbeat_at__gte=OuterRef("tallied_at")) | Q(finished_at__gte=OuterRef("tallied_at")))
+    due = list(Catalog.objects.filter(Q(tallied_at__isnull=True) | Exists(busy)).values_list("id", flat=True))
+    for catalog_id in due:
+        tally(catalog_id)
+    return [f"catalog {catalog_id}: tallied" for catalog_id in due]

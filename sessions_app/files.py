@@ -30,14 +30,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from sessions_app import bulk, catalog
 from sessions_app.errors import TransitionError
-from sessions_app.models import FileStatus, FileUpload, SyncSession
+from sessions_app.models import FileStatus, FileUpload, SyncSession, Throughput
 
 RECEIVING = FileStatus.RECEIVING
 PENDING, UPLOADING, UPLOADED = FileStatus.PENDING, FileStatus.UPLOADING, FileStatus.UPLOADED
@@ -93,6 +93,23 @@ def _bump(session_id: int, changes: dict[str, int], **fields: Any) -> None:
     updates = {name: (F(name) + n if n > 0 else _less(name, -n)) for name, n in changes.items() if n}
     if updates or fields:
         SyncSession.objects.filter(pk=session_id).update(**updates, **fields)
+
+
+def _tally(project_id: int, now: Any, changes: Counter[str]) -> None:
+    """Add a batch's outcomes to the project's hour in Throughput (the history of all sessions)."""
+    added = {"uploaded": changes["uploaded_count"], "uploaded_bytes": changes["bytes_uploaded"],
+             "failed": changes["failed_count"]}
+    if not any(added.values()):
+        return
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    rows = Throughput.objects.filter(project_id=project_id, hour=hour)
+    if rows.update(**{name: F(name) + n for name, n in added.items()}):
+        return
+    try:
+        with transaction.atomic():
+            Throughput.objects.create(project_id=project_id, hour=hour, **added)
+    except IntegrityError:  # another batch created the hour first
+        rows.update(**{name: F(name) + n for name, n in added.items()})
 
 
 def _moved(source: str, target: str, n: int) -> dict[str, int]:
@@ -356,6 +373,7 @@ def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | 
             if o.status == UPLOADED:  # its size as uploaded (or as verified at the destination)
                 changes["bytes_uploaded"] += o.row.size
         _bump(session.pk, changes, heartbeat_at=now)
+        _tally(session.project_id, now, changes)
         if catalog_id is not None:
             catalog.record(catalog_id, session.pk, [o.row for o in done])
     return len(done)

@@ -84,9 +84,14 @@ def destination_health(project: Project) -> dict[str, object]:
 def cluster_running() -> bool:
     """A qcluster is alive: its sentinel refreshed its status in the shared cache in the last
     few seconds (django-q2 keeps it 3 s) and it is not stopping."""
+    return clusters_alive() > 0
+
+
+def clusters_alive() -> int:
+    """How many qclusters refreshed their status in the shared cache lately and are not stopping."""
     try:
         stats = Stat.get_all()
     except Exception:
         log.warning("cannot read the cluster status from the cache", exc_info=True)
-        return False
-    return any(str(s.status) not in (str(Conf.STOPPING), str(Conf.STOPPED)) for s in stats)
+        return 0
+    return sum(1 for s in stats if str(s.status) not in (str(Conf.STOPPING), str(Conf.STOPPED)))

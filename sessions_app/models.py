@@ -318,6 +318,11 @@ class Catalog(models.Model):
                                   help_text="the source folder its entries came from")
     listed_at = models.DateTimeField(null=True, blank=True, help_text="last full listing of the destination")
     created_at = models.DateTimeField(default=timezone.now)
+    # What its entries add up to, as of tallied_at (catalog.tally, run by the sweep): read by
+    # /metrics and pages, which must not add up millions of entries on every request.
+    object_count = models.BigIntegerField(default=0)
+    byte_count = models.BigIntegerField(default=0)
+    tallied_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["project", "destination"]
@@ -378,3 +383,22 @@ class SessionPace(models.Model):
 
     def __str__(self) -> str:
         return f"pace of session {self.session_id}"
+
+
+class Throughput(models.Model):
+    """Files that settled per project and hour, over all its sessions: the history behind the
+    dashboard's charts and the SQL views. Written only by sessions_app.files, beside the session
+    counters; it outlives pruned rows and needs no scan of file rows to read."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="throughput")
+    hour = models.DateTimeField(help_text="start of the hour (UTC)")
+    uploaded = models.BigIntegerField(default=0)
+    uploaded_bytes = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["project", "hour"]
+        constraints = [models.UniqueConstraint(fields=["project", "hour"], name="unique_throughput_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} {self.hour:%Y-%m-%d %H}:00"

@@ -16,7 +16,7 @@ from django.utils import timezone
 from projects.models import Project
 from projects.sources.local import LocalSource
 from projects.walking import Problem
-from sessions_app import enqueue, files, following, kinds, leases, lifecycle, pacing, planning, uploading
+from sessions_app import enqueue, files, following, kinds, leases, lifecycle, logcontext, pacing, planning, uploading
 from sessions_app.errors import ResumeError, StartError
 from sessions_app.models import ACTIVE_STATUSES, SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -24,6 +24,7 @@ from sessions_app.planning import ScanStats
 log = logging.getLogger(__name__)
 
 
+@logcontext.about_session
 def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
     """Fill the session's rows in batches; start upload tasks after the first batch."""
     session = SyncSession.objects.select_related("project").get(pk=session_id)

@@ -21,6 +21,7 @@ and memory stays flat. Every database call stays on the calling thread's connect
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -226,7 +227,8 @@ def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
             except queue.Full:
                 continue
 
-    walker = threading.Thread(target=walk, name="scan-walker", daemon=True)
+    # With the caller's context: its log lines name the session (logcontext).
+    walker = threading.Thread(target=contextvars.copy_context().run, args=(walk,), name="scan-walker", daemon=True)
     walker.start()
     try:
         while (item := handover.get()) is not end:

@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from projects.admin import ProjectAdmin
 from projects.errors import UploaderError
 from projects.models import ConfigHistory, Project
-from sessions_app import admin_actions, health, importing, kinds, starting
+from sessions_app import admin_actions, display, health, importing, kinds, starting
 from sessions_app.models import SyncSession
 
 # action name -> the has_<name>_permission it needs
@@ -68,6 +68,12 @@ class SessionsProjectAdmin(ProjectAdmin):
 
     def has_start_sync_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("projects.start_sync")
+
+    @admin.display(description="last session")
+    def last_session_display(self, obj: Project) -> str:
+        last = obj.last_session()
+        url = reverse("admin:sessions_app_syncsession_change", args=[last.pk]) if last else ""
+        return display.last_session(last, url)
 
     @admin.action(description="Start sync", permissions=["start_sync"])
     def start_sync(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:

@@ -4,13 +4,14 @@ import logging
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models.signals import post_migrate
+from django.db import connections
+from django.db.models.signals import post_migrate, pre_migrate
 from django.dispatch import Signal, receiver
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.signals import post_spawn
 
-from sessions_app import enqueue
+from sessions_app import enqueue, reporting
 from sessions_app.enqueue import SWEEP_TASK
 
 log = logging.getLogger(__name__)
@@ -43,3 +44,16 @@ def recover_at_cluster_start(sender, proc_name: str = "", **kwargs) -> None:
             enqueue.recover(timezone.now())
     except Exception:  # the broker or cache away: the sweep schedule recovers later
         log.warning("recovery at cluster start not queued", exc_info=True)
+
+
+@receiver(pre_migrate)
+def drop_reporting_views(sender, using="default", **kwargs) -> None:
+    """Every migration meets the tables without the views that would pin their columns."""
+    if getattr(sender, "name", "") == "sessions_app":
+        reporting.drop_views(connections[using])
+
+
+@receiver(post_migrate)
+def create_reporting_views(sender, using="default", **kwargs) -> None:
+    if getattr(sender, "name", "") == "sessions_app":
+        reporting.create_views(connections[using])

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from django.conf import settings
 
-from sessions_app import health, notifying, pipeline, queueing, receiving, retrying, shutdown
+from sessions_app import catalog, health, notifying, pipeline, queueing, receiving, retrying, shutdown
 from sessions_app.models import SyncSession
 
 
@@ -22,7 +22,8 @@ def upload(session_id: int) -> str:
 
 
 def sweep() -> str:
-    found = pipeline.sweep() + queueing.sweep() + receiving.expire() + health.enqueue_due_checks()
+    found = (pipeline.sweep() + queueing.sweep() + receiving.expire() + health.enqueue_due_checks()
+             + catalog.tally_changed())
     return "; ".join(found) or "nothing to do"
 
 

@@ -8,6 +8,7 @@ task after UPLOAD_TASK_SECONDS so no task outlives the cluster's timeout.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import time
@@ -16,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from django.conf import settings
 
 from projects.destinations import Destination
-from sessions_app import catalog, files, kinds, leases, lifecycle, pacing, shutdown
+from sessions_app import catalog, files, kinds, leases, lifecycle, logcontext, pacing, shutdown
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
@@ -67,7 +68,9 @@ class Drainer:
                     self._wind_down(in_flight, "paused")
                 if not self.stopped and self._wants_more(len(in_flight)):
                     for row in self.claim(self._chunk_size(len(in_flight))):
-                        fut = pool.submit(self.transfer, dest, row, self.project.source_dir, self.max_tries)
+                        # In a copy of this context: the transfer's log lines name the session (logcontext).
+                        fut = pool.submit(contextvars.copy_context().run, self.transfer, dest, row,
+                                          self.project.source_dir, self.max_tries)
                         in_flight[fut] = row
                         fut.add_done_callback(finished.put)
                         self.last_claimed = time.monotonic()
@@ -171,6 +174,7 @@ class Drainer:
                 self.lease.drop(given_back)
 
 
+@logcontext.about_session
 def drain(session_id: int, deadline_seconds: float | None = None) -> str:
     """Upload what is pending; returns what happened: "idle", "handover", "paused" or "done"."""
     session = SyncSession.objects.select_related("project").get(pk=session_id)

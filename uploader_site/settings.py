@@ -27,6 +27,8 @@ SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
 _site = urlsplit(SITE_URL)
 _https = _site.scheme == "https"
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=_https)
+# A Prometheus on this host scrapes http://127.0.0.1/metrics; a redirect to https would lose it.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=_https)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=_https)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if _https else 0)
@@ -196,13 +198,22 @@ UPLOAD_MANIFEST_MAX_FILES = env.int("UPLOAD_MANIFEST_MAX_FILES", default=100_000
 # How often the sweep re-checks that each SFTP destination answers.
 HEALTH_CHECK_SECONDS = env.int("HEALTH_CHECK_SECONDS", default=300)
 
+# /metrics off loopback needs `Authorization: Bearer <METRICS_TOKEN>`; unset, only loopback may scrape.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+
+# plain: one line of text per message; json: one JSON object per line, with session and project ids.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # Messages carry file names and remote answers: control characters are shown escaped.
     "formatters": {"plain": {"()": "sessions_app.terminal.SafeFormatter",
-                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+                   "json": {"()": "sessions_app.logcontext.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {
         "botocore": {"level": "WARNING"},
