@@ -39,7 +39,8 @@ def test_a_name_that_is_not_utf8_fails_its_own_row_and_the_rest_upload(transacti
     assert row.relative_path == "caf\\xe9.wav"  # the stored (escaped) form
     assert row.error_permanent
     assert "file name is not valid UTF-8 (b'caf\\xe9.wav')" in row.last_error
-    assert sorted(os.listdir(tmp_path / "dest")) == [f"ok{i}.wav" for i in range(7)]
+    sent = sorted(name for name in os.listdir(tmp_path / "dest") if name != ".uploader-tmp")  # our temporary folder
+    assert sent == [f"ok{i}.wav" for i in range(7)]
 
 
 def test_the_stored_form_keeps_every_byte_of_the_name():
