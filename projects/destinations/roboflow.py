@@ -83,8 +83,7 @@ class RoboflowDestination(Destination):
     # -- check ------------------------------------------------------------------------------
     def check(self) -> None:
         workspace = self.options["workspace"]
-        api = RoboflowAPI(self.options["api_key_env"], min(self.options["timeout"], self.check_timeout),
-                          DestinationError)
+        api = RoboflowAPI(self.api.key_env, min(self.api.timeout, self.check_timeout), DestinationError)
         api_key = api.check_key(workspace)
         api.call(rfapi.get_workspace, api_key, workspace, what=f"workspace {workspace!r}", lookup=True)
         for project in filter(None, (self.options["project"], self.options["neither_project"])):
