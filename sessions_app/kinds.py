@@ -140,10 +140,7 @@ class StreamKind(Kind):
 
     def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
         # No network check: a producer's call must return at once; the uploads report a refusal.
-        try:
-            return project.destination()
-        except ConfigError as exc:
-            raise StartError(str(exc)) from exc
+        return _configured_destination(project)
 
     def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
         return ScanStats()  # nothing to scan: rows arrive one by one
@@ -199,10 +196,7 @@ class BrowserKind(Kind):
 
     def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
         # No network check: the page waits for the manifest's answer; the sends report a refusal.
-        try:
-            return project.destination()
-        except ConfigError as exc:
-            raise StartError(str(exc)) from exc
+        return _configured_destination(project)
 
     def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
         return ScanStats()  # the manifest inserted the rows
@@ -223,6 +217,14 @@ class BrowserKind(Kind):
 
     def progress(self, session: SyncSession) -> dict[str, Any]:
         return phases.progress(session)
+
+
+def _configured_destination(project: Project) -> Destination:
+    """The project's destination, unchecked; a config it cannot be built from is a StartError."""
+    try:
+        return project.destination()
+    except ConfigError as exc:
+        raise StartError(str(exc)) from exc
 
 
 def _where(source: Source) -> str:

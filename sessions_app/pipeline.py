@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.utils import timezone
@@ -161,14 +161,19 @@ def sweep() -> list[str]:
 
 
 def recover_at_start(started: datetime) -> list[str]:
-    """Run once a cluster starts: what a killed cluster left is resumed as soon as its leases run
-    out (at most LEASE_SECONDS), not at the sweep schedule's next round."""
-    deadline = time.monotonic() + settings.LEASE_SECONDS + 2 * leases.renew_every()
+    """Queued once a cluster starts: what a killed cluster left is resumed as soon as its leases
+    run out (at most LEASE_SECONDS), not at the sweep schedule's next round. One sweep per call;
+    while sessions are undecided it queues itself again a second later, so the worker is free for
+    the queued work in between (a one-worker cluster would otherwise idle for a whole lease)."""
     done = sweep()
-    while _undecided(started) and time.monotonic() < deadline:
-        time.sleep(1)
-        done += sweep()
+    deadline = started + timedelta(seconds=settings.LEASE_SECONDS + 2 * leases.renew_every())
+    if _undecided(started) and timezone.now() < deadline:
+        time.sleep(RECOVER_EVERY_SECONDS)
+        enqueue.recover(started)
     return done
+
+
+RECOVER_EVERY_SECONDS = 1.0
 
 
 def _undecided(started: datetime) -> bool:

@@ -8,6 +8,7 @@ from django.db import connections
 from django.db.models.signals import post_migrate, pre_migrate
 from django.dispatch import Signal, receiver
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import Schedule
 from django_q.signals import post_spawn
 
@@ -38,7 +39,10 @@ def install_sweep_schedule(sender, **kwargs) -> None:
 def recover_at_cluster_start(sender, proc_name: str = "", **kwargs) -> None:
     """django-q2 sends post_spawn from each worker process it starts (at the cluster's start, and
     when it replaces a dead worker): the first of them queues a recovery, which resumes what a
-    killed cluster left as soon as its leases run out."""
+    killed cluster left as soon as its leases run out. Not with sync=True: no cluster starts there,
+    each task runs in the caller's process, which sends post_spawn for every one of them."""
+    if Conf.SYNC:
+        return
     try:
         if cache.add("uploader:recover-at-start", proc_name, timeout=max(1, settings.LEASE_SECONDS // 3)):
             enqueue.recover(timezone.now())

@@ -15,16 +15,7 @@ from django.utils import timezone
 
 from sessions_app import receiving, tasks
 from sessions_app.models import Arrival, FileStatus, FileUpload, SessionStatus, SyncSession
-
-TUS = {"Tus-Resumable": "1.0.0"}
-OFFSET_TYPE = "application/offset+octet-stream"
-
-
-@pytest.fixture(autouse=True)
-def staging(settings, tmp_path: Path) -> Path:
-    settings.UPLOAD_STAGING_DIR = tmp_path / "staging"
-    settings.THUMBNAIL_DIR = tmp_path / "thumbnails"
-    return settings.UPLOAD_STAGING_DIR
+from tests.uploads_helpers import OFFSET_TYPE, TUS, staging  # noqa: F401 (fixture)
 
 
 @pytest.fixture

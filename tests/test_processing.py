@@ -14,15 +14,7 @@ from PIL import Image
 
 from sessions_app import uploading
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
-
-OFFSET_TYPE = "application/offset+octet-stream"
-
-
-@pytest.fixture(autouse=True)
-def staging(settings, tmp_path: Path) -> Path:
-    settings.UPLOAD_STAGING_DIR = tmp_path / "staging"
-    settings.THUMBNAIL_DIR = tmp_path / "thumbnails"
-    return settings.UPLOAD_STAGING_DIR
+from tests.uploads_helpers import OFFSET_TYPE, staging  # noqa: F401 (fixture)
 
 
 @pytest.fixture

@@ -130,7 +130,10 @@ def test_recovery_at_cluster_start_resumes_as_soon_as_the_lease_runs_out(
     session, rows = _claimed_then_killed(make_project, source, tmp_path)
     _age(session, 1, rows)  # killed a second ago, restarted now: the lease has a second to go
 
-    lines = pipeline.recover_at_start(timezone.now())
+    started, lines = timezone.now(), []
+    first = pipeline.recover_at_start(started)  # the lease still runs: nothing yet, and it comes back
+    assert first == [] and [task.name() for task in OrmQ.objects.all()] == ["cluster:recover"]
+    wait_for(lambda: lines.extend(pipeline.recover_at_start(started)) or lines, 20, what="the lease ran out")
 
     assert lines == [f"session {session.pk}: uploads restarted; 2 interrupted uploads will be verified"]
     assert not session.files.filter(status=FileStatus.UPLOADING).exists()

@@ -17,15 +17,7 @@ from tusclient import client as tus_client
 from sessions_app import receiving, uploading
 from sessions_app.models import Arrival, FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.polling import wait_for
-
-TUS = {"Tus-Resumable": "1.0.0"}
-
-
-@pytest.fixture(autouse=True)
-def staging(settings, tmp_path: Path) -> Path:
-    settings.UPLOAD_STAGING_DIR = tmp_path / "staging"
-    settings.THUMBNAIL_DIR = tmp_path / "thumbnails"
-    return settings.UPLOAD_STAGING_DIR
+from tests.uploads_helpers import TUS, staging  # noqa: F401 (fixture)
 
 
 @pytest.fixture
