@@ -50,3 +50,20 @@ def run_due_schedules() -> bool:
 def remote_keys(s3_server, bucket: str) -> dict[str, int]:
     pages = s3_server.client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", ())}
+
+
+def synced_after_a_file_vanished(make_project, source, tmp_path) -> Any:
+    """A session to a local folder whose `gone.wav` was deleted between the scan and the upload
+    (`keep.wav` is sent); run to its end in this process."""
+    from sessions_app import pipeline, starting, uploading
+    from tests.conftest import write_files
+
+    write_files(source, {"keep.wav": "k", "gone.wav": "g"})
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    session = starting.create_session(project)
+    session.mark_scanning()
+    pipeline.scan_session(session.pk, start_uploads=False)
+    (source / "gone.wav").unlink()
+    uploading.drain(session.pk)
+    session.refresh_from_db()
+    return session

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sessions_app import catalog, files, metrics, pipeline, starting
 from sessions_app.models import Catalog, FileStatus, SessionStatus
 from tests.conftest import run_session_inline, write_files
+from tests.sessions_helpers import synced_after_a_file_vanished
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 LABELS = {"project", "destination", "status"}
@@ -83,14 +84,7 @@ def test_files_of_a_running_session_show_as_pending_and_uploading(make_project, 
 
 
 def test_failed_files_are_counted_by_outcome(make_project, source, tmp_path):
-    write_files(source, {"keep.wav": "k", "gone.wav": "g"})
-    project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = starting.create_session(project)
-    session.mark_scanning()
-    pipeline.scan_session(session.pk, start_uploads=False)
-    (source / "gone.wav").unlink()
-    from sessions_app import uploading
-    uploading.drain(session.pk)
+    synced_after_a_file_vanished(make_project, source, tmp_path)
 
     samples = scrape()
 

@@ -13,6 +13,7 @@ from django.db import connection
 from sessions_app import errors, pipeline, planning, starting, uploading
 from sessions_app.models import CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, wait_for, write_files
+from tests.sessions_helpers import synced_after_a_file_vanished
 
 
 @pytest.fixture(autouse=True)
@@ -73,16 +74,8 @@ def test_access_denied_is_permanent_and_not_retried(make_project, source, s3_ser
 
 
 def test_file_deleted_between_scan_and_upload_fails_permanently_as_not_found(make_project, source, tmp_path):
-    write_files(source, {"keep.wav": "k", "gone.wav": "g"})
-    project = make_project({"type": "local", "path": str(tmp_path / "out")})
-    session = starting.create_session(project)
-    session.mark_scanning()
-    pipeline.scan_session(session.pk, start_uploads=False)
-    (source / "gone.wav").unlink()
+    session = synced_after_a_file_vanished(make_project, source, tmp_path)
 
-    uploading.drain(session.pk)
-
-    session.refresh_from_db()
     gone = session.files.get(relative_path="gone.wav")
     assert (gone.status, gone.error_permanent) == (FileStatus.FAILED, True)
     assert gone.last_error == f"file not found: {source / 'gone.wav'}"
