@@ -10,6 +10,7 @@ unless the project follows symlinks. The caller compares the opened file's ident
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat as stat_mod
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from projects.walking import identity_of, mtime_of
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in must not hang the open; regular files ignore it.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+BUFFER = io.DEFAULT_BUFFER_SIZE
 
 
 @dataclass
@@ -52,12 +54,14 @@ class LocalFile:
                 raise local_file_error(IsADirectoryError(), path)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise SourceError(f"not a regular file: {path}", permanent=True)
-            os.set_blocking(fd, True)
+            # A regular file: O_NONBLOCK (see _FILE_FLAGS) changes nothing for it, so it stays set.
         except BaseException:
             os.close(fd)
             raise
         device, inode = identity_of(st)
-        return cls(os.fdopen(fd, "rb"), st.st_size, os.path.basename(path), path, mtime_of(st), device, inode)
+        # A buffer size given: no isatty() system call to choose one.
+        return cls(open(fd, "rb", buffering=BUFFER), st.st_size, os.path.basename(path), path, mtime_of(st), device,
+                   inode)
 
     @property
     def fd_path(self) -> str:

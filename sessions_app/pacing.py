@@ -127,6 +127,13 @@ class Pacer:
     def paused(self) -> bool:
         return self._shared.paused
 
+    @property
+    def unthrottled(self) -> bool:
+        """Nothing holds transfers back: no rate, no Retry-After, no pause (a transfer the drainer's
+        own thread runs must never wait for slots only that thread's tick() hands out)."""
+        shared = self._shared
+        return shared.rate is None and not shared.paused and shared.resume_at <= time.time()
+
     def concurrency(self) -> int:
         """Transfers this task may keep in flight now."""
         limit = self._shared.concurrency

@@ -23,6 +23,9 @@ from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSessi
 
 log = logging.getLogger(__name__)
 
+INLINE_CHUNK = 1000  # rows a claim takes when the destination sends small files inline
+SEND_BATCH = 50  # small files per task of the sender thread: one thread handoff for many files
+
 
 class Drainer:
     """One task's worth of uploading for one session."""
@@ -46,6 +49,7 @@ class Drainer:
         self.lease: leases.Lease | None = None  # on the session and the rows claimed, while run() runs
         self.pacer = pacing.Pacer(session, workers=self.workers, patience=self.project.throttle_patience)
         self.given_back: list[int] = []  # rows the pacer gave back to pending (the session paused)
+        self.busy = 0  # claimed rows not yet back from their transfer
 
     def run(self, dest: Destination) -> bool:
         """Upload until nothing is left to claim; True if this task stopped early (out of time or
@@ -55,25 +59,35 @@ class Drainer:
             return self._run(dest)
 
     def _run(self, dest: Destination) -> bool:
-        in_flight: dict[Future, FileUpload] = {}
+        # Each future sends a list of rows: one row in the pool, a batch of small files in the sender.
+        in_flight: dict[Future, list[FileUpload]] = {}
         # Transfers report here as they finish: wait() over every claimed future cost O(claimed) per file.
         finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        inline_below = dest.inline_below
+        context = contextvars.copy_context  # a copy per future: its log lines name the session (logcontext)
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"upload-{self.session.pk}",
-                                initializer=pacing.use, initargs=(self.pacer,)) as pool:
+                                initializer=pacing.use, initargs=(self.pacer,)) as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix=f"send-{self.session.pk}",
+                                   initializer=pacing.use, initargs=(self.pacer,)) as sender:
             while True:
                 if not self.shutting_down and shutdown.requested():
                     self._wind_down(in_flight)
                 self.pacer.tick()
                 if self.pacer.paused and not self.stopped:
                     self._wind_down(in_flight, "paused")
-                if not self.stopped and self._wants_more(len(in_flight)):
-                    for row in self.claim(self._chunk_size(len(in_flight))):
-                        # In a copy of this context: the transfer's log lines name the session (logcontext).
-                        fut = pool.submit(contextvars.copy_context().run, self.transfer, dest, row,
-                                          self.project.source_dir, self.max_tries)
-                        in_flight[fut] = row
-                        fut.add_done_callback(finished.put)
+                if not self.stopped and self._wants_more(self.busy, inline_below):
+                    small: list[FileUpload] = []
+                    for row in self.claim(self._chunk_size(self.busy, inline_below)):
                         self.last_claimed = time.monotonic()
+                        if row.size < inline_below and self.pacer.unthrottled:
+                            small.append(row)
+                        else:
+                            self._start(pool.submit(context().run, self._send, dest, [row]), [row], in_flight,
+                                        finished)
+                    for i in range(0, len(small), SEND_BATCH):
+                        batch = small[i:i + SEND_BATCH]
+                        self._start(sender.submit(context().run, self._send, dest, batch), batch, in_flight,
+                                    finished)
                 if not in_flight:
                     if self.stopped or not self._more_coming():
                         break
@@ -89,19 +103,30 @@ class Drainer:
         self.flush()
         return self.timed_out or self.shutting_down
 
-    def _collect(self, finished: queue.SimpleQueue, in_flight: dict[Future, FileUpload]) -> None:
+    def _start(self, fut: Future, rows: list[FileUpload], in_flight: dict[Future, list[FileUpload]],
+               finished: queue.SimpleQueue) -> None:
+        in_flight[fut] = rows
+        self.busy += len(rows)
+        fut.add_done_callback(finished.put)
+
+    def _send(self, dest: Destination, rows: list[FileUpload]) -> list[Outcome]:
+        """Transfer rows one after the other (in a pool thread, or the sender thread)."""
+        return [self.transfer(dest, row, self.project.source_dir, self.max_tries) for row in rows]
+
+    def _collect(self, finished: queue.SimpleQueue, in_flight: dict[Future, list[FileUpload]]) -> None:
         """The outcomes of the transfers that finished, waiting up to a flush interval for one."""
         try:
             fut = finished.get(timeout=min(settings.UPLOAD_FLUSH_SECONDS, pacing.TICK_SECONDS))
         except queue.Empty:
             return
         while True:
-            if in_flight.pop(fut, None) is not None:  # a cancelled one was taken out already
-                outcome = fut.result()
-                if outcome.status == FileStatus.PENDING:
-                    self.given_back.append(outcome.row.pk)
-                else:
-                    self.outcomes.append(outcome)
+            if (rows := in_flight.pop(fut, None)) is not None:  # a cancelled one was taken out already
+                self.busy -= len(rows)
+                for outcome in fut.result():
+                    if outcome.status == FileStatus.PENDING:
+                        self.given_back.append(outcome.row.pk)
+                    else:
+                        self.outcomes.append(outcome)
             try:
                 fut = finished.get_nowait()
             except queue.Empty:
@@ -111,10 +136,12 @@ class Drainer:
     def timed_out(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _chunk_size(self, busy: int) -> int:
-        return max(settings.UPLOAD_CHUNK_SIZE, 2 * self.workers) - busy
+    def _chunk_size(self, busy: int, inline_below: int = 0) -> int:
+        # Files sent inline take microseconds each: a bigger chunk spreads a claim's round trips.
+        least = INLINE_CHUNK if inline_below else 2 * self.workers
+        return max(settings.UPLOAD_CHUNK_SIZE, least) - busy
 
-    def _wants_more(self, busy: int) -> bool:
+    def _wants_more(self, busy: int, inline_below: int = 0) -> bool:
         """Claim the next chunk while half of this one is still queued, so the workers never wait
         for a claim's round trips; after a short claim (nothing more pending yet), only once the
         workers run out or at the next flush. While the pacer holds concurrency down, no more than
@@ -122,7 +149,7 @@ class Drainer:
         limit = self.pacer.concurrency()
         if limit < self.workers:
             return busy < limit
-        return busy < self.workers or (not self.dry and busy <= self._chunk_size(0) // 2)
+        return busy < self.workers or (not self.dry and busy <= self._chunk_size(0, inline_below) // 2)
 
     def _more_coming(self) -> bool:
         return self.kind.more_may_come(self.session, time.monotonic() - self.last_claimed)
@@ -133,20 +160,22 @@ class Drainer:
             self.stopped = True
         self.cancelled = status == SessionStatus.CANCELLED
 
-    def _drop_unstarted(self, in_flight: dict[Future, FileUpload]) -> None:
+    def _drop_unstarted(self, in_flight: dict[Future, list[FileUpload]]) -> None:
         """Cancelled: claimed rows whose transfer has not started are not uploaded."""
-        for fut, row in list(in_flight.items()):
+        for fut, rows in list(in_flight.items()):
             if fut.cancel():
                 in_flight.pop(fut)
-                self.outcomes.append(Outcome(row, FileStatus.CANCELLED))
+                self.busy -= len(rows)
+                self.outcomes.extend(Outcome(row, FileStatus.CANCELLED) for row in rows)
 
-    def _wind_down(self, in_flight: dict[Future, FileUpload], why: str = "shutting down") -> None:
+    def _wind_down(self, in_flight: dict[Future, list[FileUpload]], why: str = "shutting down") -> None:
         """Shutting down or paused: transfers in flight finish (or give their row back);
         claimed rows not started go back to pending."""
         self.stopped = True
         self.shutting_down = self.shutting_down or why == "shutting down"
         unstarted = [fut for fut in in_flight if fut.cancel()]
-        released = [in_flight.pop(fut).pk for fut in unstarted]
+        released = [row.pk for fut in unstarted for row in in_flight.pop(fut)]
+        self.busy -= len(released)
         files.release(self.session, released)
         if self.lease:
             self.lease.drop(released)

@@ -90,6 +90,10 @@ class Destination:
     keys_fold_case: bool = False
     # Whether browser uploads send their thumbnails too (not where every file becomes a dataset image).
     stores_thumbnails: ClassVar[bool] = True
+    # Files smaller than this many bytes are sent by the upload task's own thread, one after the
+    # other: where a transfer is a few system calls (a local disk), handing it to a pool thread
+    # costs more than the transfer. 0: every file goes through the pool (network destinations).
+    inline_below: int = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

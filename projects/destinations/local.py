@@ -25,8 +25,20 @@ from projects.localfile import LocalFile
 from projects.walking import walk_sorted
 
 CHUNK = 1024 * 1024
+INLINE_BELOW = 256 * 1024
+# Mounted file systems whose files live across a network (or in a user-space process): see inline_below.
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "afs", "gpfs", "beegfs")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _temp_names = itertools.count()  # with the process id, a temporary name no other writer uses
+_pid = os.getpid()  # of this process: a forked worker reads its own (below)
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class LocalDestination(Destination):
@@ -36,6 +48,7 @@ class LocalDestination(Destination):
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
         self._folders: set[str] = set()  # made or found already
+        self._inline_below: int | None = None
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -56,6 +69,14 @@ class LocalDestination(Destination):
 
     def identity(self) -> str:
         return "file://" + os.path.normpath(self.root)
+
+    @property
+    def inline_below(self) -> int:  # type: ignore[override]
+        """Small files are copied by the upload task's own thread, unless the folder is on a network
+        file system, where each file waits for round trips and parallel transfers pay."""
+        if self._inline_below is None:
+            self._inline_below = 0 if _on_network_fs(self.root) else INLINE_BELOW
+        return self._inline_below
 
     @property
     def keys_fold_case(self) -> bool:  # type: ignore[override]
@@ -98,7 +119,7 @@ class LocalDestination(Destination):
     def put_file(self, local: LocalFile, key: str) -> UploadResult:
         # sendfile from the open file's descriptor, not copyfileobj: for a small file that halves
         # the system calls (no 1 MiB buffer allocated per read).
-        return UploadResult(size=self._write(key, lambda dst: _send(local.file.fileno(), dst)))
+        return UploadResult(size=self._write(key, lambda dst: _send(local.file.fileno(), dst, local.size)))
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         def copy(dst: int) -> int:
@@ -127,7 +148,7 @@ class LocalDestination(Destination):
         the target's name: readers never see a half-written file, and a name the target's folder
         takes is never too long as a temporary name. Returns the bytes written."""
         target = self._target(key)
-        tmp = os.path.join(self.root, TEMP_FOLDER, f"{temp_prefix(key)}{os.getpid():x}-{next(_temp_names):x}")
+        tmp = os.path.join(self.root, TEMP_FOLDER, f"{temp_prefix(key)}{_pid:x}-{next(_temp_names):x}")
         try:
             dst = self._create(tmp)
             try:
@@ -195,11 +216,31 @@ def _folder(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _send(src: int, dst: int) -> int:
+def _send(src: int, dst: int, size: int) -> int:
+    """Send the file as it was opened (`size` bytes; fewer if it shrank): a file that grew since
+    is caught after the copy (LocalFile.changes). Stopping at `size` saves the last, empty call."""
     sent = 0
-    while n := os.sendfile(dst, src, sent, CHUNK):
+    while sent < size and (n := os.sendfile(dst, src, sent, min(CHUNK, size - sent))):
         sent += n
     return sent
+
+
+def _on_network_fs(path: str) -> bool:
+    """Is `path` (or its nearest existing folder) on a network or user-space file system?"""
+    path = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                point = fields[1].replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best, kind = point, fields[2]
+    except OSError:  # not Linux: no way to tell, so no inline copies
+        return True
+    return kind in NETWORK_FS or kind.startswith("fuse")
 
 
 def _remove_quietly(path: str) -> None:
