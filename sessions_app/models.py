@@ -214,7 +214,9 @@ class SyncSession(models.Model):
 
 
 class FileUpload(models.Model):
-    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files")
+    # No index of its own: file_session_status and unique_file_per_session begin with it. Every index
+    # is written three times per file (insert, claim, outcome).
+    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files", db_index=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files")
     relative_path = models.CharField(max_length=4096)
     remote_key = models.CharField(max_length=4096, blank=True, default="")
@@ -247,7 +249,6 @@ class FileUpload(models.Model):
         ]
         indexes = [
             models.Index(fields=["session", "status", "id"], name="file_session_status"),
-            models.Index(fields=["claim_token"], name="file_claim"),
         ]
 
     def __str__(self) -> str:
