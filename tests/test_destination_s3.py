@@ -4,6 +4,7 @@ prefixes, key normalisation, paginated listing, options."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import unicodedata
 
@@ -98,6 +99,24 @@ def test_credentials_of_a_known_user_pass_and_a_wrong_secret_is_permanent(
     assert "SignatureDoesNotMatch" in info.value.message
 
 
+def test_credentials_that_expire_are_asked_for_again_and_sign_uploads(s3_auth_server, tmp_path, monkeypatch,
+                                                                     make_file):
+    # A credential_process with an expiry gives botocore refreshable credentials: the single-PUT
+    # path asks botocore for them at each signature instead of keeping a copy.
+    answer = tmp_path / "creds.json"
+    answer.write_text(json.dumps({"Version": 1, "AccessKeyId": s3_auth_server.access_key_id,
+                                  "SecretAccessKey": s3_auth_server.secret_access_key,
+                                  "Expiration": "2999-01-01T00:00:00Z"}))
+    config = tmp_path / "config"
+    config.write_text(f"[profile rotating]\ncredential_process = cat {answer}\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    base = {"bucket": s3_auth_server.bucket, "endpoint_url": s3_auth_server.endpoint_url}
+
+    with S3Destination({**base, "aws_profile": "rotating"}) as dest:
+        assert dest.upload(make_file(b"rotating"), "rotating.bin").size == 8
+        assert dest.stat("rotating.bin") == RemoteObject("rotating.bin", 8)
+
+
 def test_unknown_aws_profile_is_permanent(s3_server):
     dest = S3Destination({"bucket": "any", "endpoint_url": s3_server.endpoint_url, "aws_profile": "nobody"})
 
@@ -124,7 +143,7 @@ def test_no_credentials_anywhere_is_permanent(s3_server, monkeypatch):
 @pytest.mark.parametrize(
     ("kind", "expected", "throttled"),
     [("503", "503 SlowDown", True), ("429", "429 TooManyRequests", True), ("500", "500 InternalError", False),
-     ("drop", "Connection", False)],
+     ("drop", "connection to", False)],
 )
 def test_server_trouble_during_upload_is_transient_and_the_next_upload_succeeds(
     fault_proxy, make_s3_destination, make_file, kind, expected, throttled
@@ -286,6 +305,41 @@ def test_keys_and_prefix_are_stored_nfc_normalised(s3_server, make_s3_destinatio
     assert keys_in(s3_server, dest.bucket) == ["Müsik/café/chanson é.wav"]
     assert list(dest.list_existing()) == [RemoteObject("café/chanson é.wav", 2)]
     assert dest.stat(nfd("café/chanson é.wav")).size == 2
+
+
+def test_keys_with_characters_urls_escape_arrive_as_they_are(s3_server, make_s3_destination, make_file):
+    dest = make_s3_destination(prefix="odd names")
+    keys = ["a+b/c%20d.txt", "q?x=1#frag.bin", "semi;colon,comma=eq&amp.txt", "tilde~/sp ace/*star'quote\".bin",
+            "é/日本語/🙂.wav", "dot./..name"]
+
+    for i, key in enumerate(keys):
+        assert dest.upload(make_file(bytes(i + 1)), key).size == i + 1
+
+    assert sorted(keys_in(s3_server, dest.bucket)) == sorted(f"odd names/{k}" for k in keys)
+    assert [dest.stat(k) for k in keys] == [RemoteObject(k, i + 1) for i, k in enumerate(keys)]
+
+
+def test_an_empty_file_is_stored_empty(s3_server, make_s3_destination, make_file):
+    dest = make_s3_destination()
+
+    result = dest.upload(make_file(b""), "empty.txt")
+
+    assert result.size == 0
+    assert result.checksum == hashlib.md5(b"").hexdigest()
+    assert s3_server.client.get_object(Bucket=dest.bucket, Key="empty.txt")["Body"].read() == b""
+
+
+def test_many_threads_share_one_destination(s3_server, make_s3_destination, make_file):
+    from concurrent.futures import ThreadPoolExecutor
+
+    dest = make_s3_destination()
+    files = {f"t/{i:03d}.bin": make_file(os.urandom(i * 97)) for i in range(120)}
+
+    with ThreadPoolExecutor(12) as pool:
+        sizes = list(pool.map(lambda item: dest.upload(item[1], item[0]).size, files.items()))
+
+    assert sizes == [i * 97 for i in range(120)]
+    assert list(dest.list_existing()) == [RemoteObject(k, i * 97) for i, k in enumerate(files)]
 
 
 def test_listing_pages_through_more_than_a_thousand_keys(s3_server, fault_proxy, make_s3_destination):
