@@ -12,7 +12,7 @@ import pytest
 
 from projects.destinations import ConfigError, DestinationError, RemoteObject, build_destination
 from projects.destinations.s3 import S3Destination
-from tests.servers.s3 import raw_client
+from tests.servers.s3 import free_port, raw_client
 
 MiB = 1024 * 1024
 
@@ -340,6 +340,22 @@ def test_many_threads_share_one_destination(s3_server, make_s3_destination, make
 
     assert sizes == [i * 97 for i in range(120)]
     assert list(dest.list_existing()) == [RemoteObject(k, i * 97) for i, k in enumerate(files)]
+
+
+def test_behind_a_proxy_uploads_go_through_it(s3_server, make_s3_destination, make_file, monkeypatch):
+    # The CRT's direct connections know no proxy: behind one, botocore (which does) sends. Here the
+    # proxy does not answer, so an upload that reached moto directly would have ignored it.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    dest = make_s3_destination()
+
+    with pytest.raises(DestinationError) as info:
+        dest.upload(make_file(b"proxied"), "proxied.bin")
+
+    assert info.value.permanent is False
+    assert "proxy" in info.value.message.lower()
+    assert keys_in(s3_server, dest.bucket) == []
 
 
 def test_listing_pages_through_more_than_a_thousand_keys(s3_server, fault_proxy, make_s3_destination):

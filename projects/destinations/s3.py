@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.manager import TransferManager
 from botocore.config import Config
@@ -74,7 +75,7 @@ class S3Destination(Destination):
         self._stream_client = None
         self._check_client = None
         self._session = None
-        self._putter: CrtPutter | None = None
+        self._putter: CrtPutter | bool | None = None  # False: not on this destination
         self._transfers: TransferManager | None = None
         self._client_lock = threading.Lock()
 
@@ -133,8 +134,9 @@ class S3Destination(Destination):
             return self._check_client
 
     @property
-    def putter(self) -> CrtPutter:
-        """Single PUTs through the CRT: endpoint and credentials resolved once, by botocore."""
+    def putter(self) -> CrtPutter | None:
+        """Single PUTs through the CRT: endpoint and credentials resolved once, by botocore. None
+        behind a proxy or with a CA bundle of the AWS configuration's: botocore's put_object then."""
         client = self.client
         with self._client_lock:
             if self._putter is None:
@@ -142,8 +144,9 @@ class S3Destination(Destination):
                 if credentials is None:
                     raise DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
                                            permanent=True)
-                self._putter = CrtPutter(client, credentials, self.bucket)
-            return self._putter
+                ca_bundle = self._botocore_session.get_config_variable("ca_bundle")
+                self._putter = CrtPutter.for_client(client, credentials, self.bucket, ca_bundle) or False
+            return self._putter or None
 
     @property
     def transfers(self) -> TransferManager:
@@ -165,8 +168,10 @@ class S3Destination(Destination):
     def _make_client(self, timeout: float | None = None, **s3_options: Any):
         if self._session is None:  # one credential chain for every client and the CRT
             try:
+                self._botocore_session = botocore.session.get_session()
                 self._session = boto3.session.Session(
-                    profile_name=self.options["aws_profile"], region_name=self.options["region"]
+                    botocore_session=self._botocore_session, profile_name=self.options["aws_profile"],
+                    region_name=self.options["region"],
                 )
             except bce.ProfileNotFound:
                 raise DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
@@ -194,7 +199,7 @@ class S3Destination(Destination):
                 if client is not None:
                     client.close()
             self._client = self._stream_client = self._check_client = None
-            if self._putter is not None:
+            if self._putter:
                 self._putter.close()
             self._putter = self._transfers = None
 
@@ -245,8 +250,13 @@ class S3Destination(Destination):
             f.seek(0)  # a retry reads the open file again from its start
             if size > self.options["multipart_threshold_mb"] * MiB:
                 return self._upload_multipart(local, full_key, size)
-            headers = [("x-amz-storage-class", self.options["storage_class"])] if self.options["storage_class"] else []
-            etag = self.putter.put(f, full_key, size, headers)
+            storage = self.options["storage_class"]
+            if putter := self.putter:
+                etag = putter.put(f, full_key, size, [("x-amz-storage-class", storage)] if storage else [])
+            else:
+                extra = {"StorageClass": storage} if storage else {}
+                resp = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=f, ContentLength=size, **extra)
+                etag = resp.get("ETag", "").strip('"')
         except OSError as exc:
             raise local_file_error(exc, local.path) from exc
         except Exception as exc:

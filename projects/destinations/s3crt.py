@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 from awscrt import auth, http, io, s3
 from awscrt.exceptions import AwsCrtError
 from botocore.credentials import Credentials, RefreshableCredentials
+from botocore.utils import get_environ_proxies
 
 CONNECT_TIMEOUT_MS = 10_000
 # Time a PUT may take, on top of what its bytes need at 1 MB/s: a server that accepts a body and
@@ -44,8 +45,18 @@ class CrtPutFailed(Exception):
 class CrtPutter:
     """PUTs open local files to one bucket. Thread-safe: each calling thread has a connection."""
 
-    def __init__(self, botocore_client, credentials: Credentials, bucket: str):
+    @classmethod
+    def for_client(cls, botocore_client, credentials: Credentials, bucket: str, ca_bundle: str | None
+                   ) -> CrtPutter | None:
+        """A putter that sends where `botocore_client` would, or None where the client goes
+        through a proxy or trusts a CA bundle of its own (botocore's path then serves)."""
         url = _base_of(botocore_client, bucket)
+        proxies = {**get_environ_proxies(url.geturl()), **(botocore_client.meta.config.proxies or {})}
+        if ca_bundle or proxies.get(url.scheme):
+            return None
+        return cls(botocore_client, credentials, url)
+
+    def __init__(self, botocore_client, credentials: Credentials, url):
         self.host_header, self.path_prefix = url.netloc, url.path
         self._host, self._port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
         self._tls = None
