@@ -47,6 +47,9 @@ WALL_TARGET = 1.1
 CPU_TARGET = {"small": 0.8, "large": 1.3}
 PEER = {"small": "bare", "large": "upload_file"}  # the side each set's targets compare with
 QUIET_WAIT = 120.0  # --quiet-wait
+# botocore as a plain `pip install boto3` has it (no CRT signing), for the peers and for --before's
+# product as for ours (uploader_site sets the same).
+NO_CRT = {**os.environ, "BOTO_DISABLE_CRT": "true"}
 
 
 @dataclass
@@ -153,7 +156,7 @@ def run_bare(moto: common.Moto, admin, ds: DataSet, threads: int, mode: str = "b
     snap0 = common.snapshot()
     b0, m0, ch0, t0 = common.machine_busy(), moto.cpu(), common.children_cpu(), time.perf_counter()
     out = subprocess.run([PYTHON, __file__, "_bare", mode, moto.endpoint_url, bucket, str(ds.path), str(threads)],
-                         env=common.aws_env(), capture_output=True, text=True)
+                         env=common.aws_env(NO_CRT), capture_output=True, text=True)
     wall, cpu, m1, b1 = time.perf_counter() - t0, common.children_cpu() - ch0, moto.cpu(), common.machine_busy()
     if out.returncode:
         raise RuntimeError(f"bare program failed: {out.stderr[-2000:]}")
@@ -206,7 +209,7 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path, checkou
             "upload_workers": args.upload_workers,
             "upload_tasks": args.upload_tasks,
         }))
-        env = db.env(Q_WORKERS=str(args.q_workers or args.upload_tasks + 1), LOG_LEVEL="INFO")
+        env = db.env(Q_WORKERS=str(args.q_workers or args.upload_tasks + 1), LOG_LEVEL="INFO", BOTO_DISABLE_CRT="true")
         cluster_log = run_dir / "qcluster.log"
         cluster = common.spawn([PYTHON, manage, "qcluster"], env=env, cwd=checkout, log=cluster_log)
         common.wait_for(lambda: _cluster_up(cluster, cluster_log), 60, "qcluster to report running")
