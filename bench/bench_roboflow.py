@@ -160,6 +160,7 @@ class Product:
             raise RuntimeError(f"{what}: exit {code}\n{text[-3000:]}")
         found, uploaded, skipped, failed, seconds = match.groups()
         note = "" if int(uploaded) + int(skipped) == int(found) and not int(failed) else f"FAILED {failed}"
+        note += f"(CPU: command {common.children_cpu() - c0:.2f} s + cluster {common.tree_cpu(self.cluster.pid) - q0:.2f} s)"
         return Result(what, "product", int(uploaded), float(seconds), cpu, server.cpu() - s0, wall, note)
 
     def _spy(self, what: str) -> subprocess.Popen | None:
