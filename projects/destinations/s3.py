@@ -9,6 +9,7 @@ every transfer of the process; listings, HEADs and streams through botocore.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -355,3 +356,11 @@ class _CountingReader:
         if not data and self._size is not None and self.count < self._size:
             raise DestinationError(f"the stream ended after {self.count} of {self._size} bytes", permanent=False)
         return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # Only there so that botocore's CRT signer (used whenever awscrt is installed) takes this
+        # for a stream instead of copying it into BytesIO, which fails: it signs UNSIGNED-PAYLOAD
+        # and never seeks. Anything that really seeks gets the error a pipe would give.
+        if (offset, whence) == (0, os.SEEK_SET) and self.count == 0:
+            return 0
+        raise io.UnsupportedOperation("the stream cannot be rewound")
