@@ -217,6 +217,8 @@ class FileUpload(models.Model):
     session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files")
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files")
     relative_path = models.CharField(max_length=4096)
+    # The project destination (by name) this row sends the file to: one row per file and destination.
+    destination = models.CharField(max_length=64, default="default")
     remote_key = models.CharField(max_length=4096, blank=True, default="")
     size = models.BigIntegerField(default=0)
     mtime = models.FloatField(default=0)
@@ -243,7 +245,8 @@ class FileUpload(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["session", "relative_path"], name="unique_file_per_session"),
+            models.UniqueConstraint(fields=["session", "destination", "relative_path"],
+                                    name="unique_file_per_session_destination"),
         ]
         indexes = [
             models.Index(fields=["session", "status", "id"], name="file_session_status"),
@@ -256,6 +259,43 @@ class FileUpload(models.Model):
     @property
     def retryable(self) -> bool:
         return self.status == FileStatus.FAILED and not self.error_permanent
+
+
+class SessionDestination(models.Model):
+    """One destination of a sync session and its counters (the session's own counters are the
+    totals over its destinations). Written only by sessions_app.files, in the transaction that
+    moves the rows; its status is read from the counters (files.destination_status)."""
+
+    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="destinations")
+    name = models.CharField(max_length=64)
+    identity = models.CharField(max_length=2000, blank=True, default="", help_text="e.g. s3://bucket/prefix")
+    found_count = models.PositiveIntegerField(default=0)
+    pending_count = models.PositiveIntegerField(default=0)
+    uploaded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_uploaded = models.BigIntegerField(default=0)
+    skipped_bytes = models.BigIntegerField(default=0)
+    skips = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["session", "name"], name="unique_session_destination")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def settled_count(self) -> int:
+        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
+
+    @property
+    def progress(self) -> float:
+        if not self.found_count:
+            return 100.0 if self.session.status in ENDED_STATUSES else 0.0
+        return min(100.0, 100.0 * self.settled_count / self.found_count)
 
 
 class Arrival(models.Model):

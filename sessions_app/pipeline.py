@@ -3,6 +3,7 @@ crash, and run a whole session in this process (`--sync`). Tasks in tasks.py are
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -61,11 +62,18 @@ def _scan(session: SyncSession, start_uploads: bool) -> ScanStats:
     return stats
 
 
-def continue_uploads(session_id: int, deadline_seconds: float | None) -> str:
-    """One upload task's work; it queues its own successor when it ran out of time."""
-    outcome = uploading.drain(session_id, deadline_seconds)
+def continue_uploads(session_id: int, deadline_seconds: float | None, destination: str | None = None) -> str:
+    """One upload task's work; it queues its own successor when it ran out of time. A task for no
+    destination in particular, of a session with several, hands one task to each instead: every
+    destination drains on its own (one failing or slow does not hold up the others)."""
+    names = files.destination_names(session_id)
+    if destination is None and len(names) > 1:
+        for name in names:
+            enqueue.uploads(session_id, 1, name)
+        return f"handed to {len(names)} destinations"
+    outcome = uploading.drain(session_id, deadline_seconds, destination)
     if outcome == "handover":
-        enqueue.uploads(session_id, 1)
+        enqueue.uploads(session_id, 1, destination)
     return outcome
 
 
@@ -74,8 +82,10 @@ def run_here(session: SyncSession) -> list[threading.Thread]:
     joins them: the one that ends the session runs its follow-ups, e.g. the notification)."""
     session.mark_scanning()
     scan = following.run_in_thread(functools.partial(scan_session, session.pk, start_uploads=False))
-    # One drain suffices: it waits for rows while the scan runs and ends the session after it.
-    return [scan, following.run_in_thread(uploading.drain, session.pk)]
+    # One drain per destination suffices: it waits for rows while the scan runs; the last one to
+    # finish ends the session (start() opened the destinations' counters).
+    names = files.destination_names(session) or [None]
+    return [scan, *(following.run_in_thread(uploading.drain, session.pk, None, name) for name in names)]
 
 
 # -- crash recovery ---------------------------------------------------------------------------
@@ -190,7 +200,10 @@ def preview(project: Project, on_problem: Problem | None = None, *,
     file; changes nothing. Raises StartError like a start."""
     if project.pk is None:
         project.pk = Project.objects.filter(name=project.name).values_list("id", flat=True).first()
-    with kinds.SYNC.preflight(project) as dest:
-        source = LocalSource.of(project, dest.default_extensions)
-        yield from planning.preview(project, dest, lambda sort: source.entries(sort=sort, on_problem=on_problem),
-                                    check=check_destination)
+    with kinds.SYNC.preflight(project) as group:
+        for name, dest in group:  # one destination after the other (a dry run may scan twice)
+            source = LocalSource.of(project, dest.default_extensions)
+            decisions = planning.preview(project, dest, lambda sort: source.entries(sort=sort, on_problem=on_problem),
+                                         check=check_destination)
+            for decision in decisions:
+                yield dataclasses.replace(decision, destination=name) if len(group) > 1 else decision
