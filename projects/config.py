@@ -191,6 +191,14 @@ def _validate_destination(dest: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, **options}
 
 
+def check_destination_name(name: str | None, label: str = "destination_name") -> str:
+    """A destination's name (empty: the default one's)."""
+    name = (name or "").strip() or DEFAULT_DESTINATION
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{label}: letters, digits, - and _ (at most 64), starting with a letter or digit")
+    return name
+
+
 def _validate_destinations(one: dict[str, Any] | None, several: list[Any] | None) -> list[dict[str, Any]]:
     """Every destination, named, each validated by its kind: `destination` is one named default."""
     if one is not None and several is not None:
@@ -207,9 +215,9 @@ def _validate_destinations(one: dict[str, Any] | None, several: list[Any] | None
             raise ConfigError(f"destinations[{i}]: expected object, got {type_name(dest)}")
         dest = dict(dest)
         name = dest.pop("name", None)
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"destinations[{i}].name: required: letters, digits, - and _ (at most 64), "
-                              f"starting with a letter or digit")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"destinations[{i}].name: required")
+        check_destination_name(name, f"destinations[{i}].name")
         if name.lower() in seen:
             raise ConfigError(f"destinations[{i}].name: {name!r} is used twice; names are unique in a project")
         seen.add(name.lower())

@@ -73,7 +73,7 @@ class Project(models.Model):
     def destination_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(name, kind, options) of every destination, the first one first."""
         first = (self.destination_name or "default", self.destination_kind, self.destination_options)
-        if self.pk is None:
+        if self.pk is None or hasattr(self, "unsaved_extras"):  # a config not applied yet (config.unsaved_project)
             return [first, *getattr(self, "unsaved_extras", [])]
         return [first, *((d.name, d.kind, d.options) for d in self.extra_destinations.all())]
 
@@ -90,11 +90,14 @@ class Project(models.Model):
     def last_session(self):  # -> SyncSession | None
         return self.sessions.order_by("-id").first()
 
-    def describe_destination(self) -> dict[str, Any]:
-        """Where files go, from the stored options alone: no client is built, nothing is patched."""
-        if self.destination_kind not in KINDS or not isinstance(self.destination_options, dict):
-            return {"kind": self.destination_kind}
-        return destination_class(self.destination_kind).describe_options(self.destination_options)
+    def describe_destination(self, name: str | None = None) -> dict[str, Any]:
+        """Where files go (to the destination of that name; None: the first), from the stored options
+        alone: no client is built, nothing is patched."""
+        specs = self.destination_specs() if name else [(None, self.destination_kind, self.destination_options)]
+        kind, options = next(((k, o) for n, k, o in specs if n == name), (None, None))
+        if kind not in KINDS or not isinstance(options, dict):
+            return {"kind": kind}
+        return destination_class(kind).describe_options(options)
 
     def effective_config(self) -> dict[str, Any]:
         """The config as stored in ConfigHistory: options only name secrets, never hold them."""

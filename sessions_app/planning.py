@@ -129,7 +129,9 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
     plans = [_Plan(session, t, several, start_uploads) for t in targets]
     complete = True
     skips = files.Skips()
+    scanned = 0
     for batch in _walk(scan(any(p.merge.needs_order for p in plans)), batch_size):
+        scanned += len(batch)
         for plan in plans:
             plan.write(batch)
             if not plan.writer.start_uploads:  # its rows started the upload tasks: for every destination
@@ -149,7 +151,9 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
         stats.pending += plan.writer.stats.pending
         stats.skipped += plan.writer.stats.skipped
     if several:
-        log.info("session %s: one scan planned for %d destinations", session.pk, len(plans))
+        each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
+                         for p in plans)
+        session.append_log(f"scan: {scanned} files scanned once for {len(plans)} destinations ({each})")
     return stats
 
 
