@@ -40,7 +40,31 @@ class FileStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-class SyncSession(models.Model):
+class Settling:
+    """How far a set of counters (a session's, or one destination's of it) has settled."""
+
+    found_count: int
+    uploaded_count: int
+    failed_count: int
+    skipped_count: int
+    cancelled_count: int
+
+    def has_ended(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def settled_count(self) -> int:
+        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
+
+    @property
+    def progress(self) -> float:
+        """Percent of found files that are settled."""
+        if not self.found_count:
+            return 100.0 if self.has_ended() else 0.0
+        return min(100.0, 100.0 * self.settled_count / self.found_count)
+
+
+class SyncSession(Settling, models.Model):
     class Kind(models.TextChoices):
         SYNC = "sync", "Folder sync"
         STREAM = "stream", "Upload queue"
@@ -176,16 +200,8 @@ class SyncSession(models.Model):
         """Active, but no worker has shown a sign of life for SESSION_STALE_SECONDS."""
         return self.is_active and self.heartbeat_age() > timedelta(seconds=settings.SESSION_STALE_SECONDS)
 
-    @property
-    def settled_count(self) -> int:
-        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
-
-    @property
-    def progress(self) -> float:
-        """Percent of found files that are settled."""
-        if not self.found_count:
-            return 100.0 if self.status in ENDED_STATUSES else 0.0
-        return min(100.0, 100.0 * self.settled_count / self.found_count)
+    def has_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
 
     @property
     def duration(self) -> timedelta | None:
@@ -261,7 +277,7 @@ class FileUpload(models.Model):
         return self.status == FileStatus.FAILED and not self.error_permanent
 
 
-class SessionDestination(models.Model):
+class SessionDestination(Settling, models.Model):
     """One destination of a sync session and its counters (the session's own counters are the
     totals over its destinations). Written only by sessions_app.files, in the transaction that
     moves the rows; its status is read from the counters (files.destination_status)."""
@@ -287,15 +303,8 @@ class SessionDestination(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    @property
-    def settled_count(self) -> int:
-        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
-
-    @property
-    def progress(self) -> float:
-        if not self.found_count:
-            return 100.0 if self.session.status in ENDED_STATUSES else 0.0
-        return min(100.0, 100.0 * self.settled_count / self.found_count)
+    def has_ended(self) -> bool:
+        return self.session.status in ENDED_STATUSES
 
 
 class Arrival(models.Model):
