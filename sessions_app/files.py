@@ -462,13 +462,13 @@ def recover_stale(session: SyncSession, claimed_before: Any = None) -> int:
     return len(recover(session, claimed_before))
 
 
-def recover(session: SyncSession, claimed_before: Any = None) -> list[str]:
-    """recover_stale(), returning the remote keys of the rows taken back: what the vanished
-    workers may have left half-written at the destination."""
+def recover(session: SyncSession, claimed_before: Any = None) -> list[tuple[str, str]]:
+    """recover_stale(), returning the (destination, remote key) of the rows taken back: what the
+    vanished workers may have left half-written at that destination."""
     rows = session.files.filter(status=UPLOADING)
     if claimed_before is not None:  # a lease last renewed before then
         rows = rows.filter(claimed_at__lt=claimed_before)
-    taken = dict(rows.values_list("id", "remote_key"))
+    taken = {pk: (destination, key) for pk, destination, key in rows.values_list("id", "destination", "remote_key")}
     with transaction.atomic():
         moved = FileUpload.objects.filter(id__in=list(taken), status=UPLOADING)
         ids = list(moved.select_for_update().values_list("id", flat=True))

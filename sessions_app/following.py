@@ -47,9 +47,7 @@ def _draw(bar: tqdm, s: SyncSession) -> None:
     bar.n = s.settled_count
     speed = s.bytes_per_second
     pace = pacing.describe(s)
-    several = _several(s)
-    each = "".join(f"; {d.name} {d.settled_count}/{d.found_count}" + (f" ({d.failed_count} failed)" if d.failed_count
-                                                                      else "") for d in several)
+    each = "".join(_one_line(d) for d in _several(s))
     bar.set_postfix_str(
         f"{s.status}; {human_size(s.bytes_uploaded)}/{human_size(s.bytes_total)} at {human_size(speed)}/s; "
         f"{s.uploaded_count} uploaded, {s.skipped_count} skipped, {s.failed_count} failed" + each
@@ -57,6 +55,17 @@ def _draw(bar: tqdm, s: SyncSession) -> None:
         refresh=False,
     )
     bar.refresh()
+
+
+def _one_line(d: SessionDestination) -> str:
+    """One destination on the progress line: settled of found, failures, speed and ETA."""
+    duration = d.session.duration
+    secs = duration.total_seconds() if duration else 0.0
+    done = d.uploaded_count + d.failed_count
+    text = f"; {d.name} {d.settled_count}/{d.found_count}" + (f" ({d.failed_count} failed)" if d.failed_count else "")
+    if secs > 0 and d.pending_count and done:
+        text += f" at {human_size(d.bytes_uploaded / secs)}/s, ETA {d.pending_count * secs / done:.0f}s"
+    return text
 
 
 def _several(session: SyncSession) -> list[SessionDestination]:

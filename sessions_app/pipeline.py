@@ -123,16 +123,20 @@ def resumable() -> list[SyncSession]:
     return list(SyncSession.objects.filter(status__in=ACTIVE_STATUSES, kind__in=kinds.that_can_go_stale()))
 
 
-def _remove_unfinished(session: SyncSession, keys: list[str]) -> None:
-    """Temporary files the vanished workers left at the destination for these keys go."""
-    if not keys:
-        return
-    try:
-        with session.project.destination() as dest:
-            removed = dest.remove_unfinished(keys)
-    except Exception as exc:  # the destination away: the files stay, the resume goes on
-        log.warning("session %s: temporary files of interrupted uploads not removed: %s", session.pk, exc)
-        return
+def _remove_unfinished(session: SyncSession, keys: list[tuple[str, str]]) -> None:
+    """Temporary files the vanished workers left at each destination for these (destination, key) go."""
+    by_name: dict[str, list[str]] = {}
+    for name, key in keys:
+        by_name.setdefault(name, []).append(key)
+    named = bool(files.destination_names(session))  # else the rows are all of the first destination
+    removed = 0
+    for name, named_keys in by_name.items():
+        try:
+            dest = session.project.destination_named(name) if named else session.project.destination()
+            with dest:
+                removed += dest.remove_unfinished(named_keys)
+        except Exception as exc:  # the destination away: the files stay, the resume goes on
+            log.warning("session %s: temporary files of interrupted uploads not removed: %s", session.pk, exc)
     if removed:
         session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} removed {removed} temporary files of "
                            f"interrupted uploads")
