@@ -166,8 +166,12 @@ def _aggregates(rows: QuerySet[FileUpload]) -> dict[str, Any]:
 def counts(session: SyncSession) -> dict[str, int]:
     """The counters as the rows say, plus the files skipped without a row."""
     agg = session.files.aggregate(**_aggregates(session.files))
-    out = {name: agg[name] or 0 for name in COUNTERS}
     skips, skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
+    return _with_unstored(agg, skips, skipped_bytes)
+
+
+def _with_unstored(agg: dict[str, Any], skips: dict[str, int], skipped_bytes: int) -> dict[str, int]:
+    out = {name: agg.get(name) or 0 for name in COUNTERS}
     unstored = sum(skips.values())
     out["found_count"] += unstored
     out["skipped_count"] += unstored
@@ -176,7 +180,8 @@ def counts(session: SyncSession) -> dict[str, int]:
 
 
 def recount(session: SyncSession) -> None:
-    """Set the counters to what the rows say (and on the instance)."""
+    """Set the counters to what the rows say (and on the instance), the session's and each of its
+    destinations'."""
     fields = counts(session)
     SyncSession.objects.filter(pk=session.pk).update(**fields)
     for name, value in fields.items():
@@ -184,13 +189,8 @@ def recount(session: SyncSession) -> None:
     by_name = {row["destination"]: row for row in session.files.order_by().values("destination").annotate(
         **_aggregates(session.files))}
     for sd in SessionDestination.objects.filter(session_id=session.pk):
-        agg = by_name.get(sd.name, {})
-        out = {name: agg.get(name) or 0 for name in COUNTERS}
-        unstored = sum(sd.skips.values())
-        out["found_count"] += unstored
-        out["skipped_count"] += unstored
-        out["bytes_total"] += sd.skipped_bytes
-        SessionDestination.objects.filter(pk=sd.pk).update(**out)
+        SessionDestination.objects.filter(pk=sd.pk).update(
+            **_with_unstored(by_name.get(sd.name, {}), sd.skips, sd.skipped_bytes))
 
 
 # -- questions --------------------------------------------------------------------------------------

@@ -376,3 +376,34 @@ def test_admin_adds_destinations_as_inline_rows_validated_by_their_kind(db, admi
     assert [(d["name"], d["type"]) for d in recorded["destinations"]] == [("archive", "local"), ("s3", "s3")]
     listing = admin_client.get("/admin/projects/project/").content.decode()
     assert "(+ s3)" in listing
+
+
+# -- crash recovery ------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("sync_tasks", "fast_uploads")
+def test_a_resume_takes_back_each_destinations_claims_and_cleans_up_at_that_destination(
+        db, tmp_path, source, five_files):
+    from projects.destinations.base import TEMP_FOLDER, temp_prefix
+    from sessions_app import pipeline, starting, uploading
+
+    project = apply_config(source, [local_dest(tmp_path), local_dest(tmp_path, "copy")])
+    session = starting.create_session(project)
+    session.mark_scanning()
+    pipeline.scan_session(session.pk, start_uploads=False)
+    session.refresh_from_db()
+    claimed = uploading.Drainer(session, deadline=None, destination="copy").claim(2)  # then the worker "dies"
+    assert {row.destination for row in claimed} == {"copy"}
+    leftover = tmp_path / "copy" / TEMP_FOLDER / (temp_prefix(claimed[0].remote_key) + "dead")
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    assert per_destination(session) == {"archive": (5, 0, 0, 0), "copy": (5, 0, 0, 0)}
+    assert SessionDestination.objects.get(session=session, name="copy").pending_count == 5
+
+    pipeline.resume(session, force=True)  # the upload tasks run here (sync_tasks): one per destination
+
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert per_destination(session) == {"archive": (5, 5, 0, 0), "copy": (5, 5, 0, 0)}
+    assert not leftover.exists(), "the temporary file was removed at the destination it was left at"
+    assert local_files(tmp_path) == set(FILES) == local_files(tmp_path, "copy")
