@@ -28,6 +28,7 @@ def test_a_second_destination_is_added_as_an_inline_row_in_chromium(admin_page, 
     admin_page.fill("#id_extra_destinations-0-options", '{"prefix": "raw"}')
     admin_page.locator("input[name=_save]").click()
 
+    admin_page.locator(".errorlist").first.wait_for()  # the form comes back with its errors
     errors = admin_page.locator(".errorlist").all_inner_texts()
     assert any("destination.bucket: required" in e for e in errors), errors
     assert not Project.objects.exists()
