@@ -18,7 +18,11 @@ Data: N small JPEGs (24x16 px, all different), each with a YOLO label, in train/
                    moto S3 (images/<split>/<name> + annotations/<split>/<stem>.json)
           sdk      the SDK has no import into storage; the reference is a bare loop of SDK calls:
                    search_all for the ids, then ThreadPoolExecutor(--import-concurrency) of
-                   project.image(id) + a streamed GET of the original into a file + the JSON beside it
+                   project.image(id) + the JSON + a streamed GET of the original, written into a file
+                   (import->local) or put into the same moto with one shared boto3 client (import->s3)
+--only upload,import-local,import-s3 picks the pairs to run; --product PATH measures another
+checkout's code (e.g. the code before a change) against the same SDK; --py-spy DIR records the
+cluster during the product's runs (slows them: for finding costs, not for figures).
 Figures: images/s by the session's own start/end (product) or the call's wall (sdk), the product
 command's wall too, client CPU ms per image (qcluster tree + command, or this process), and the CPU
 the test server spent.
@@ -33,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import common  # noqa: E402
-from common import MANAGE, PYTHON, REPO  # noqa: E402
+from common import PYTHON, REPO  # noqa: E402
 
 WORKSPACE, KEY_ENV = "acme", "ROBOFLOW_API_KEY"
 IMPORT_PROJECT = "bench-import"
@@ -133,17 +138,21 @@ class Product:
         self.db.migrate(self.dir / "migrate.log")
         self.env = self.db.env(API_URL=server.url, Q_WORKERS="3", LOG_LEVEL="INFO", **{KEY_ENV: _api_key()})
         log = self.dir / "qcluster.log"
-        self.cluster = common.spawn([PYTHON, MANAGE, "qcluster"], env=self.env, cwd=REPO, log=log)
+        self.cluster = common.spawn([PYTHON, common.MANAGE, "qcluster"], env=self.env, cwd=common.PRODUCT, log=log)
         common.wait_for(lambda: b"running." in log.read_bytes(), 60, "qcluster to report running")
         time.sleep(1.0)  # workers forked, first broker polls done
+        self.py_spy = Path(args.py_spy) if args.py_spy else None
 
     def run(self, server: Server, what: str, *command: str) -> Result:
         out = self.dir / f"{what}.log"
+        spy = self._spy(what)
         q0, s0, c0, t0 = common.tree_cpu(self.cluster.pid), server.cpu(), common.children_cpu(), time.perf_counter()
         with open(out, "wb") as f:
-            code = subprocess.run([PYTHON, MANAGE, *command, "--no-progress"], env=self.env, cwd=REPO,
-                                  stdout=f, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run([PYTHON, common.MANAGE, *command, "--no-progress"], env=self.env,
+                                  cwd=common.PRODUCT, stdout=f, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - t0
+        if spy is not None:
+            common.stop(spy, grace=20, sig=signal.SIGINT)  # SIGINT: py-spy writes its output
         cpu = common.tree_cpu(self.cluster.pid) - q0 + common.children_cpu() - c0
         text = out.read_text()
         match = SUMMARY.search(text)
@@ -151,14 +160,29 @@ class Product:
             raise RuntimeError(f"{what}: exit {code}\n{text[-3000:]}")
         found, uploaded, skipped, failed, seconds = match.groups()
         note = "" if int(uploaded) + int(skipped) == int(found) and not int(failed) else f"FAILED {failed}"
+        note += f"(CPU: command {common.children_cpu() - c0:.2f} s + cluster {common.tree_cpu(self.cluster.pid) - q0:.2f} s)"
         return Result(what, "product", int(uploaded), float(seconds), cpu, server.cpu() - s0, wall, note)
+
+    def _spy(self, what: str) -> subprocess.Popen | None:
+        """A py-spy recording of the cluster's processes (collapsed stacks), while `what` runs. The
+        sampler takes CPU of its own on these 2 cores: figures of such a run are for finding costs only."""
+        if self.py_spy is None:
+            return None
+        self.py_spy.mkdir(parents=True, exist_ok=True)
+        out = self.py_spy / f"{what.replace('>', '')}-{self.dir.name}.txt"
+        spy = common.spawn([shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy"), "record", "--pid",
+                            str(self.cluster.pid), "--subprocesses", "--nonblocking", "--threads", "--rate", "200",
+                            "--format", "raw", "--output", str(out)], log=self.dir / "py-spy.log")
+        time.sleep(1.0)  # attached to every process
+        return spy
 
     def create_project(self, name: str, destination: dict, **fields) -> None:
         raw = {"project": name, "source_dir": str(self.dir), "destination": destination, **fields}
         code = ("import json, os; from projects import config; "
                 "config.apply(config.validate(json.loads(os.environ['BENCH_PROJECT'])), 'command_line', 'bench')")
-        subprocess.run([PYTHON, MANAGE, "shell", "-c", code], env={**self.env, "BENCH_PROJECT": json.dumps(raw)},
-                       cwd=REPO, check=True, capture_output=True)
+        subprocess.run([PYTHON, common.MANAGE, "shell", "-c", code],
+                       env={**self.env, "BENCH_PROJECT": json.dumps(raw)}, cwd=common.PRODUCT, check=True,
+                       capture_output=True)
 
     def close(self, keep: bool) -> None:
         common.stop(self.cluster, grace=15)
@@ -181,8 +205,10 @@ def product_upload(product: Product, server: Server, data: Path, n: int, workers
 
 
 def product_import(product: Product, server: Server, into: str, destination: dict, n: int, concurrency: int,
-                   i: int) -> Result:
+                   i: int, bucket: common.Moto | None = None) -> Result:
     name = f"bench-import-{into}-{i}"
+    if bucket is not None:
+        _make_bucket(bucket, destination["bucket"])
     product.create_project(name, destination)
     result = product.run(server, f"import->{into}", "import_roboflow", "--workspace", WORKSPACE, "--project",
                          IMPORT_PROJECT, "--into", name, "--api-key-env", KEY_ENV, "--concurrency", str(concurrency))
@@ -211,11 +237,15 @@ def sdk_upload(server: Server, data: Path, n: int, workers: int, i: int) -> Resu
     return Result("upload", "sdk", uploaded, wall, cpu, server.cpu() - s0, note=note)
 
 
-def sdk_import(server: Server, target: Path, n: int, concurrency: int) -> Result:
+def sdk_import(server: Server, into: str, target: Path | str, n: int, concurrency: int,
+               moto: common.Moto | None = None) -> Result:
+    """search_all for the ids, then a pool of project.image(id) + the annotation's JSON + a streamed
+    GET of the original, written to a local folder or put to S3 (one shared boto3 client, the
+    botocore settings of the product: one attempt, checksums when required, unsigned streamed body)."""
     import requests
     import roboflow
 
-    shutil.rmtree(target, ignore_errors=True)
+    put = _local_writer(Path(target)) if into == "local" else _s3_writer(moto, str(target), concurrency)
     s0, c0, t0 = server.cpu(), time.process_time(), time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # "loading Roboflow workspace..."
         project = roboflow.Roboflow(api_key=_api_key()).workspace(WORKSPACE).project(IMPORT_PROJECT)
@@ -226,22 +256,49 @@ def sdk_import(server: Server, target: Path, n: int, concurrency: int) -> Result
         session = getattr(local, "session", None) or requests.Session()
         local.session = session
         details = project.image(hit["id"])
-        folder = target / "images" / hit["split"]
-        folder.mkdir(parents=True, exist_ok=True)
-        (target / "annotations" / hit["split"]).mkdir(parents=True, exist_ok=True)
-        (target / "annotations" / hit["split"] / (Path(hit["name"]).stem + ".json")).write_text(
-            json.dumps(details.get("annotation")))
-        with session.get(details["urls"]["original"], stream=True, timeout=60) as response, \
-                open(folder / hit["name"], "wb") as f:
+        stem = Path(hit["name"]).stem
+        put(f"annotations/{hit['split']}/{stem}.json", json.dumps(details.get("annotation")).encode(), None)
+        with session.get(details["urls"]["original"], stream=True, timeout=60) as response:
             response.raise_for_status()
-            shutil.copyfileobj(response.raw, f, 1024 * 1024)
+            put(f"images/{hit['split']}/{hit['name']}", response.raw, int(response.headers["Content-Length"]))
         return 1
 
     with ThreadPoolExecutor(concurrency) as pool:
         done = sum(pool.map(fetch, hits))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return Result("import->local", "sdk", done, wall, cpu, server.cpu() - s0,
+    return Result(f"import->{into}", "sdk", done, wall, cpu, server.cpu() - s0,
                   note="" if done == n else f" ONLY {done} OF {n}")
+
+
+def _local_writer(target: Path):
+    shutil.rmtree(target, ignore_errors=True)
+
+    def put(key: str, body, size: int | None) -> None:
+        path = target / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            if isinstance(body, bytes):
+                f.write(body)
+            else:
+                shutil.copyfileobj(body, f, 1024 * 1024)
+
+    return put
+
+
+def _s3_writer(moto: common.Moto, bucket: str, concurrency: int):
+    import boto3
+    from botocore.config import Config
+
+    _make_bucket(moto, bucket)
+    client = boto3.client("s3", endpoint_url=moto.endpoint_url, region_name=common.REGION, config=Config(
+        max_pool_connections=concurrency, retries={"total_max_attempts": 1, "mode": "standard"},
+        s3={"payload_signing_enabled": False}, request_checksum_calculation="when_required",
+        response_checksum_validation="when_required"))
+
+    def put(key: str, body, size: int | None) -> None:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentLength=len(body) if size is None else size)
+
+    return put
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -259,9 +316,15 @@ def main() -> None:
     parser.add_argument("--database-url", help="postgres://...: created fresh, dropped after (default SQLite)")
     parser.add_argument("--skip-s3", action="store_true", help="no import into moto S3")
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--only", default="upload,import-local,import-s3",
+                        help="comma-separated: upload, import-local, import-s3 (each run on both sides)")
+    parser.add_argument("--product", help="measure the code of this checkout (default: this one)")
+    parser.add_argument("--py-spy", metavar="DIR", help="record the cluster with py-spy (collapsed stacks) into DIR")
     args = parser.parse_args()
     if args.command == "serve":
         return serve(args.seed, [p for p in args.projects.split(",") if p])
+    common.use_product(args.product)
+    only = set(args.only.split(","))
 
     common.install_cleanup()
     work = Path(tempfile.mkdtemp(prefix="bench-roboflow-"))
@@ -272,7 +335,7 @@ def main() -> None:
     from tests.servers.roboflow_api import point_sdk_at
 
     point_sdk_at(server.url)  # the SDK reads API_URL when imported, and it already is
-    moto = None if args.skip_s3 else common.Moto(work / "moto.log").start()
+    moto = None if args.skip_s3 or "import-s3" not in only else common.Moto(work / "moto.log").start()
     print(f"{common.machine()}\ntest server {server.url}; {args.images} images of 24x16 px with YOLO labels; "
           f"upload concurrency {args.workers}, import concurrency {args.import_concurrency}; product DB: "
           f"{args.database_url or 'SQLite (fresh file)'}", flush=True)
@@ -282,17 +345,21 @@ def main() -> None:
             print(f"\n== run {i + 1} of {args.repeat} ==", flush=True)
             product = Product(args, server, work, str(i))
             try:
-                runs = [lambda: product_upload(product, server, data, args.images, args.workers, i),
-                        lambda: sdk_upload(server, data, args.images, args.workers, i),
-                        lambda: product_import(product, server, "local", {"type": "local", "path": str(
-                            work / f"import-local-{i}")}, args.images, args.import_concurrency, i),
-                        lambda: sdk_import(server, work / f"sdk-import-{i}", args.images, args.import_concurrency)]
-                if moto is not None:
-                    bucket = f"import-{i}"
-                    _make_bucket(moto, bucket)
-                    runs.append(lambda: product_import(product, server, "s3", {
-                        "type": "s3", "bucket": bucket, "endpoint_url": moto.endpoint_url}, args.images,
-                        args.import_concurrency, i))
+                runs = []
+                if "upload" in only:
+                    runs += [lambda: product_upload(product, server, data, args.images, args.workers, i),
+                             lambda: sdk_upload(server, data, args.images, args.workers, i)]
+                if "import-local" in only:
+                    runs += [lambda: product_import(product, server, "local", {"type": "local", "path": str(
+                                 work / f"import-local-{i}")}, args.images, args.import_concurrency, i),
+                             lambda: sdk_import(server, "local", work / f"sdk-import-{i}", args.images,
+                                                args.import_concurrency)]
+                if moto is not None and "import-s3" in only:
+                    runs += [lambda: product_import(product, server, "s3", {
+                                 "type": "s3", "bucket": f"import-{i}", "endpoint_url": moto.endpoint_url},
+                                 args.images, args.import_concurrency, i, bucket=moto),
+                             lambda: sdk_import(server, "s3", f"sdk-import-{i}", args.images,
+                                                args.import_concurrency, moto)]
                 for run in runs:
                     common.wait_quiet(30)
                     results.append(run())

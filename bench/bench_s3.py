@@ -1,5 +1,5 @@
-"""Benchmark: the product (upload command + a real qcluster) against a bare concurrent boto3
-put_object loop, both on moto's standalone S3 server on loopback.
+"""Benchmark: the product (upload command + a real qcluster) against bare boto3 programs, all on
+moto's standalone S3 server on loopback.
 
 Run from the repository root:
     .venv/bin/python bench/bench_s3.py
@@ -11,9 +11,14 @@ Per data set (10,000 x 4 KiB and 8 x 64 MiB by default, generated once under --d
            one worker scans, the others upload) and `manage.py upload --config cfg.json --no-progress`
            with upload_workers=15 to a fresh bucket. Wall = the upload command's wall time; client CPU =
            CPU of the qcluster process tree + the upload command during that time.
-  bare     ThreadPoolExecutor(15) of put_object on one shared client (same botocore settings as the
-           product: one attempt, checksums when required), to another fresh bucket; its process CPU.
-Targets: product wall <= 1.1 x bare; product CPU per file <= 1.5 x bare.
+  bare     (both sets) a program of its own (a child process: start-up counted as the product's is):
+           ThreadPoolExecutor(15) of put_object on one shared client (one attempt, checksums when
+           required), to another fresh bucket.
+  upload_file  (large set) a program of its own: boto3's upload_file machinery (one transfer manager,
+           max_concurrency=15, boto3's default 8 MiB parts), to another fresh bucket: the peer of the
+           large-file target.
+Targets (issue 15): small files: product/bare wall <= 1.1 x, whole-process client CPU <= 0.8 x;
+large files: product/upload_file wall <= 1.1 x, CPU <= 1.3 x.
 """
 
 from __future__ import annotations
@@ -35,11 +40,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from common import MANAGE, PYTHON, REGION, REPO  # noqa: E402
+from common import PYTHON, REGION, REPO  # noqa: E402
 
 MiB = 1024 * 1024
-WALL_TARGET, CPU_TARGET = 1.1, 1.5
+WALL_TARGET = 1.1
+CPU_TARGET = {"small": 0.8, "large": 1.3}
+PEER = {"small": "bare", "large": "upload_file"}  # the side each set's targets compare with
 QUIET_WAIT = 120.0  # --quiet-wait
+# botocore as a plain `pip install boto3` has it (no CRT signing), for the peers and for --before's
+# product as for ours (uploader_site sets the same).
+NO_CRT = {**os.environ, "BOTO_DISABLE_CRT": "true"}
 
 
 @dataclass
@@ -137,30 +147,54 @@ def check_bucket(admin, bucket: str, ds: DataSet) -> str:
     return ""
 
 
-# -- the bare loop -------------------------------------------------------------------------------
-def run_bare(moto: common.Moto, admin, ds: DataSet, threads: int) -> Result:
-    bucket = make_bucket(admin, "bare")
+# -- the bare programs ---------------------------------------------------------------------------
+def run_bare(moto: common.Moto, admin, ds: DataSet, threads: int, mode: str = "bare") -> Result:
+    """A bare boto3 program in a child process: whole-process wall and CPU (interpreter start-up and
+    `import boto3` included, as the product's command start-up is), and its loop's own CPU."""
+    bucket = make_bucket(admin, mode.replace("_", "-"))
     common.wait_quiet(QUIET_WAIT)
     snap0 = common.snapshot()
-    b0, m0, c0, t0 = common.machine_busy(), moto.cpu(), time.process_time(), time.perf_counter()
-    s3 = client(moto.endpoint_url, max(threads, 10))
-
-    def put(rel: str) -> None:
-        with open(ds.path / rel, "rb") as f:
-            s3.put_object(Bucket=bucket, Key=rel, Body=f, ContentLength=os.fstat(f.fileno()).st_size)
-
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(put, list_files(ds.path)):
-            pass
-    wall, cpu, m1, b1 = time.perf_counter() - t0, time.process_time() - c0, moto.cpu(), common.machine_busy()
-    s3.close()
+    b0, m0, ch0, t0 = common.machine_busy(), moto.cpu(), common.children_cpu(), time.perf_counter()
+    out = subprocess.run([PYTHON, __file__, "_bare", mode, moto.endpoint_url, bucket, str(ds.path), str(threads)],
+                         env=common.aws_env(NO_CRT), capture_output=True, text=True)
+    wall, cpu, m1, b1 = time.perf_counter() - t0, common.children_cpu() - ch0, moto.cpu(), common.machine_busy()
+    if out.returncode:
+        raise RuntimeError(f"bare program failed: {out.stderr[-2000:]}")
+    loop = json.loads(out.stdout)
     others = common.top_others(snap0, common.snapshot(), {os.getpid(), *common.tree_pids(moto.proc.pid)})
-    note = check_bucket(admin, bucket, ds) + (f" [others: {others}]" if others else "")
-    return Result("bare", ds.count, ds.total, wall, cpu, m1 - m0, note, other_cpu=(b1 - b0) - cpu - (m1 - m0))
+    note = (f"(loop alone: {loop['wall']:.2f} s, CPU {loop['cpu']:.2f} s) " + check_bucket(admin, bucket, ds)
+            + (f" [others: {others}]" if others else ""))
+    return Result(mode, ds.count, ds.total, wall, cpu, m1 - m0, note, other_cpu=(b1 - b0) - cpu - (m1 - m0))
+
+
+def bare_program(mode: str, endpoint_url: str, bucket: str, root: str, threads: int) -> None:
+    """The peer as a user would write it; prints its loop's wall and CPU as JSON."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    s3 = client(endpoint_url, max(threads, 10))
+    files = list_files(Path(root))
+    if mode == "upload_file":
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        with create_transfer_manager(s3, TransferConfig(max_concurrency=threads)) as manager:
+            for future in [manager.upload(os.path.join(root, rel), bucket, rel) for rel in files]:
+                future.result()
+    else:
+        def put(rel: str) -> None:
+            with open(os.path.join(root, rel), "rb") as f:
+                s3.put_object(Bucket=bucket, Key=rel, Body=f, ContentLength=os.fstat(f.fileno()).st_size)
+
+        with ThreadPoolExecutor(threads) as pool:
+            for _ in pool.map(put, files):
+                pass
+    s3.close()
+    print(json.dumps({"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
 
 
 # -- the product ---------------------------------------------------------------------------------
-def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Result:
+def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path, checkout: Path = REPO,
+                name: str = "product") -> Result:
+    """The product of `checkout` (this one, or --before's): its manage.py, run from its folder."""
+    manage = str(checkout / "manage.py")
     run_dir = Path(tempfile.mkdtemp(prefix=f"product-{ds.name}-", dir=work))
     db = common.FreshDatabase(args.database_url, run_dir, keep=args.keep_db).create()
     cluster = None
@@ -175,9 +209,9 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
             "upload_workers": args.upload_workers,
             "upload_tasks": args.upload_tasks,
         }))
-        env = db.env(Q_WORKERS=str(args.q_workers or args.upload_tasks + 1), LOG_LEVEL="INFO")
+        env = db.env(Q_WORKERS=str(args.q_workers or args.upload_tasks + 1), LOG_LEVEL="INFO", BOTO_DISABLE_CRT="true")
         cluster_log = run_dir / "qcluster.log"
-        cluster = common.spawn([PYTHON, MANAGE, "qcluster"], env=env, cwd=REPO, log=cluster_log)
+        cluster = common.spawn([PYTHON, manage, "qcluster"], env=env, cwd=checkout, log=cluster_log)
         common.wait_for(lambda: _cluster_up(cluster, cluster_log), 60, "qcluster to report running")
         time.sleep(args.settle)  # workers forked, first broker polls done
         idle0, t_idle = cluster_cpu(cluster), time.perf_counter()
@@ -201,8 +235,8 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
         s0, t0, epoch0 = time.process_time(), time.perf_counter(), time.time()
         with open(up_log, "wb") as out:
             upload = subprocess.Popen(
-                [PYTHON, MANAGE, "upload", "--config", str(cfg), "--no-progress"],
-                env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                [PYTHON, manage, "upload", "--config", str(cfg), "--no-progress"],
+                env=env, cwd=checkout, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             )
             common._children.append(upload)
             code = upload.wait()
@@ -227,7 +261,7 @@ def run_product(moto: common.Moto, admin, ds: DataSet, args, work: Path) -> Resu
         other = (b1 - b0) - cpu - (m1 - m0) - (s1 - s0)
         if others:
             note += f" [others: {others}]"
-        return Result("product", ds.count, ds.total, wall, cpu, m1 - m0, note, other_cpu=other)
+        return Result(name, ds.count, ds.total, wall, cpu, m1 - m0, note, other_cpu=other)
     finally:
         if cluster is not None:
             common.stop(cluster, grace=15)
@@ -280,18 +314,23 @@ def _cluster_up(cluster: subprocess.Popen, log: Path) -> bool:
 
 
 # -- main ---------------------------------------------------------------------------------------
-def summarize(ds: DataSet, product: list[Result], bare: list[Result]) -> dict:
+def summarize(ds: DataSet, runs: dict[str, list[Result]]) -> dict:
     """Best (lowest) wall and best CPU per file of each side: other users' jobs on a shared machine
-    only ever add to either."""
-    pw, bw = min(r.wall for r in product), min(r.wall for r in bare)
-    pc, bc = min(r.cpu / r.files for r in product), min(r.cpu / r.files for r in bare)
-    wall_ratio, cpu_ratio = pw / bw, pc / bc
-    ok_w, ok_c = wall_ratio <= WALL_TARGET, cpu_ratio <= CPU_TARGET
-    print(f"  product/bare (best of {len(product)} and {len(bare)}): wall {wall_ratio:.2f}x (target <= {WALL_TARGET}: "
-          f"{'met' if ok_w else 'NOT met'}), CPU per file {cpu_ratio:.2f}x (target <= {CPU_TARGET}: "
-          f"{'met' if ok_c else 'NOT met'})", flush=True)
-    return {"set": ds.label(), "product": product, "bare": bare, "wall_ratio": wall_ratio, "cpu_ratio": cpu_ratio,
-            "best": {"product": (pw, pc), "bare": (bw, bc)}}
+    only ever add to either. The targets compare the product with the set's peer."""
+    best = {side: (min(r.wall for r in rs), min(r.cpu / r.files for r in rs)) for side, rs in runs.items()}
+    peer, cpu_target = PEER[ds.name], CPU_TARGET[ds.name]
+    pairs = [("product", side) for side in runs if side != "product"]
+    if "before" in runs:
+        pairs += [("before", side) for side in runs if side not in ("product", "before")]
+    ratios = {f"{a}/{b}": (best[a][0] / best[b][0], best[a][1] / best[b][1]) for a, b in pairs}
+    for pair, (wall_ratio, cpu_ratio) in ratios.items():
+        a, b = pair.split("/")
+        line = f"  {pair} (best of {len(runs[a])} and {len(runs[b])}): wall {wall_ratio:.2f}x, CPU {cpu_ratio:.2f}x"
+        if pair == f"product/{peer}":
+            line += (f"  (targets: wall <= {WALL_TARGET}: {'met' if wall_ratio <= WALL_TARGET else 'NOT met'}; "
+                     f"CPU <= {cpu_target}: {'met' if cpu_ratio <= cpu_target else 'NOT met'})")
+        print(line, flush=True)
+    return {"set": ds.label(), "runs": runs, "ratios": ratios, "peer": peer}
 
 
 def main() -> None:
@@ -314,6 +353,8 @@ def main() -> None:
                         help="before each run, wait up to this many seconds for the machine to be idle (0: never)")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the PostgreSQL database")
     parser.add_argument("--py-spy", metavar="DIR", help="record the cluster with py-spy (collapsed stacks) into DIR")
+    parser.add_argument("--before", metavar="PATH", help="also run the product of this checkout (e.g. the code "
+                        "before a change, from `git archive`) as a side of its own, in turn with the others")
     parser.add_argument("--keep-logs", action="store_true", help="keep the per-run folder (logs, SQLite file)")
     args = parser.parse_args()
 
@@ -341,34 +382,39 @@ def main() -> None:
 
         admin = client(moto.endpoint_url, 10)
         db = "PostgreSQL " + args.database_url if args.database_url else "SQLite (fresh file)"
-        print(f"{common.machine()}\nmoto on {moto.endpoint_url}; product DB: {db}; upload_workers="
+        print(f"{common.machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\nmoto on {moto.endpoint_url}; product DB: {db}; upload_workers="
               f"{args.upload_workers} x upload_tasks={args.upload_tasks}; bare: {args.upload_workers} threads",
               flush=True)
         for ds in sets:
             print(f"\n== {ds.label()} ({ds.total / 1e6:.0f} MB) ==", flush=True)
-            product, bare = [], []
+            sides = ["bare", "product"] + (["upload_file"] if ds.name == "large" else []) + (
+                ["before"] if args.before else [])
+            runs: dict[str, list[Result]] = {side: [] for side in sides}
             for i in range(args.repeat):
-                # Alternate the order so neither side always meets a fresher moto.
-                order = ("bare", "product") if i % 2 == 0 else ("product", "bare")
-                for side in order:
-                    if side == "bare":
-                        r = run_bare(moto, admin, ds, args.upload_workers)
-                        bare.append(r)
-                    else:
+                # Rotate the order so that no side always meets a fresher moto.
+                for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+                    if side == "product":
                         r = run_product(moto, admin, ds, args, work)
-                        product.append(r)
+                    elif side == "before":
+                        r = run_product(moto, admin, ds, args, work, Path(args.before).resolve(), "before")
+                    else:
+                        r = run_bare(moto, admin, ds, args.upload_workers, side)
+                    runs[side].append(r)
                     print(r.line(), flush=True)
-            summaries.append(summarize(ds, product, bare))
+            summaries.append(summarize(ds, runs))
         print("\n| data set | side | wall s | files/s | MB/s | client CPU s / 1000 files | moto CPU s | other CPU s |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for s in summaries:
-            for side in ("product", "bare"):
-                for r in s[side]:
+            for side, rs in s["runs"].items():
+                for r in rs:
                     print(f"| {s['set']} | {side} | {r.wall:.2f} | {r.files / r.wall:.1f} | "
                           f"{r.nbytes / r.wall / 1e6:.1f} | {r.cpu / r.files * 1000:.2f} | {r.moto_cpu:.2f} | "
                           f"{r.other_cpu:.1f} |")
-            print(f"| {s['set']} | **product/bare (best)** | **{s['wall_ratio']:.2f}x** | | | "
-                  f"**{s['cpu_ratio']:.2f}x** | | |")
+            for pair, (wall_ratio, cpu_ratio) in s["ratios"].items():
+                mark = " (the targets)" if pair == f"product/{s['peer']}" else ""
+                print(f"| {s['set']} | **{pair} (best){mark}** | **{wall_ratio:.2f}x** | | | "
+                      f"**{cpu_ratio:.2f}x** | | |")
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         moto.stop()
         common.stop_all()
@@ -379,6 +425,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["_bare"]:  # the bare program, run as a child by run_bare()
+        bare_program(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]))
+        sys.exit()
     try:
         main()
     except KeyboardInterrupt:

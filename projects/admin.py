@@ -9,8 +9,19 @@ from django.utils.html import format_html
 from django.templatetags.static import static
 from django.utils.timesince import timesince
 
-from projects.forms import ProjectForm, project_fieldsets
-from projects.models import ConfigHistory, Project
+from projects.forms import ExtraDestinationForm, ExtraDestinationFormSet, ProjectForm, project_fieldsets
+from projects.models import ConfigHistory, Project, ProjectDestination
+
+
+class ExtraDestinationInline(admin.TabularInline):
+    """The project's destinations after the first: each a name, a type and its options."""
+
+    model = ProjectDestination
+    form = ExtraDestinationForm
+    formset = ExtraDestinationFormSet
+    extra = 0
+    verbose_name = "more destination"
+    verbose_name_plural = "more destinations (each synced from the same scan, with its own status and retries)"
 
 
 @admin.register(Project)
@@ -20,6 +31,7 @@ class ProjectAdmin(admin.ModelAdmin):
     search_fields = ("name", "source_dir")
     list_filter = ("destination_kind", "health_ok")
     form = ProjectForm
+    inlines = [ExtraDestinationInline]
     readonly_fields = ("created_at", "updated_at", "health_display", "api_token_display")
     fieldsets = [*project_fieldsets(), ("Status", {"fields": ["health_display", "api_token_display", "created_at",
                                                       "updated_at"]})]
@@ -27,11 +39,15 @@ class ProjectAdmin(admin.ModelAdmin):
     class Media:
         js = ["projects/project_form.js"]  # shows only the chosen destination type's options
 
+    def get_queryset(self, request: HttpRequest):
+        return super().get_queryset(request).prefetch_related("extra_destinations")
+
     @admin.display(description="destination")
     def destination_display(self, obj: Project) -> str:
         where = obj.describe_destination()
         detail = " ".join(str(v) for k, v in where.items() if k != "kind" and v)
-        return f"{obj.destination_kind}: {detail}"
+        more = [name for name, _, _ in obj.destination_specs()[1:]]
+        return f"{obj.destination_kind}: {detail}" + (f" (+ {', '.join(more)})" if more else "")
 
     @admin.display(description="destination answers")
     def health_display(self, obj: Project) -> str:
@@ -54,9 +70,10 @@ class ProjectAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">#{} {} ({}%)</a>', url, last.pk, last.get_status_display(),
                            f"{last.progress:.0f}")
 
-    def save_model(self, request: HttpRequest, obj: Project, form, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        obj.record_config(ConfigHistory.Source.ADMIN, request.user.get_username())
+    def save_related(self, request: HttpRequest, form, formsets, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # After the inline rows: the recorded config has every destination.
+        form.instance.record_config(ConfigHistory.Source.ADMIN, request.user.get_username())
 
 
 @admin.register(ConfigHistory)

@@ -16,9 +16,9 @@ from django.db import transaction
 
 from projects.destinations import destination_class
 from projects.errors import ConfigError
-from projects.models import ConfigHistory, Project
+from projects.models import ConfigHistory, Project, ProjectDestination
 from projects.outbound import check_http_url
-from projects.schema import KEYS, KINDS, env_name, option_types, project_fields, type_name
+from projects.schema import DEFAULT_DESTINATION, KEYS, KINDS, env_name, option_types, project_fields, type_name
 from projects.secrets import check_secret_options
 
 
@@ -53,7 +53,62 @@ def env_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
             if env_name(name, destination=True) in environ}
     if dest:
         out["destination"] = dest
+    if named := _named_env(environ):
+        out[NAMED] = named
     return out
+
+
+NAMED = "destinations by name"  # a layer's options for destinations named in it: {name: {option: value}}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def _named_env(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """UPLOADER_DESTINATIONS__<NAME>__<OPTION>: an option of the destination of that name (any case)."""
+    head = env_name("destinations") + "__"
+    named: dict[str, dict[str, Any]] = {}
+    for var, raw in environ.items():
+        if var.startswith(head) and "__" in var[len(head):]:
+            name, _, option = var[len(head):].partition("__")
+            option = option.lower()
+            named.setdefault(name.lower(), {})[option] = _env_value(raw, option_types(option))
+    return named
+
+
+def named_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """--destination-option NAME.OPTION=VALUE (repeatable): values parsed as JSON when they parse."""
+    named: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, eq, raw = item.partition("=")
+        name, dot, option = target.partition(".")
+        if not (eq and dot and name and option):
+            raise ConfigError(f"--destination-option {item}: expected NAME.OPTION=VALUE")
+        named.setdefault(name, {})[option] = _env_value(raw, option_types(option))
+    return named
+
+
+def _apply_named(config: dict[str, Any], named: dict[str, dict[str, Any]], *, over: bool) -> None:
+    """Options addressed to destinations by name: over the config's own (command line), or under
+    them (environment defaults). A name the config does not have is an error."""
+    if not named:
+        return
+    dests = config.get("destinations")
+    if not isinstance(dests, list):
+        dests = [{"name": DEFAULT_DESTINATION, **config["destination"]}] if isinstance(
+            config.get("destination"), dict) else []
+    by_name = {str(d.get("name", "")).lower(): d for d in dests if isinstance(d, dict)}
+    for name, options in named.items():
+        if name.lower() not in by_name:
+            if not over:
+                continue  # an environment default for a destination this project does not have
+            raise ConfigError(f"destinations: no destination named {name!r} (known: {', '.join(by_name) or 'none'})")
+        target = by_name[name.lower()]
+        for option, value in options.items():
+            if over or option not in target:
+                target[option] = value
+    if "destinations" in config:
+        config["destinations"] = dests
+    elif dests:
+        config["destination"] = {k: v for k, v in dests[0].items() if k != "name"}
 
 
 def _env_value(raw: str, types: tuple[type, ...]) -> Any:
@@ -68,14 +123,23 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win; "destination" merges option by option. None in an override means unset."""
+    """Later layers win; "destination" merges option by option. None in an override means unset.
+    A layer's options for destinations by name (NAMED) apply after the layers: the first layer's
+    (the environment's) as defaults, the others' over the config's."""
     out: dict[str, Any] = {}
-    for layer in layers:
+    named = []
+    for i, layer in enumerate(layers):
         for key, value in layer.items():
-            if key == "destination" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key == NAMED:
+                named.append((value, i > 0))
+            elif key == "destination" and isinstance(value, dict) and isinstance(out.get(key), dict):
                 out[key] = {**out[key], **value}
             else:
                 out[key] = value
+        if "destinations" in layer and "destination" not in layer:
+            out.pop("destination", None)  # a list replaces the one destination of a layer below
+    for value, over in named:
+        _apply_named(out, value, over=over)
     return out
 
 
@@ -92,7 +156,8 @@ def validate(raw: dict[str, Any]) -> dict[str, Any]:
         clean[key] = None if value is None else opt.check(key, value)
     _check_lists(clean)
     check_secret_options(clean)  # notify_secret_env
-    clean["destination"] = _validate_destination(clean["destination"])
+    clean["destinations"] = _validate_destinations(clean["destination"], clean["destinations"])
+    clean["destination"] = {k: v for k, v in clean["destinations"][0].items() if k != "name"}
     clean["source_dir"] = os.path.abspath(os.path.expanduser(clean["source_dir"]))
     if clean["notify_url"]:
         check_http_url(clean["notify_url"], "notify_url")
@@ -126,6 +191,43 @@ def _validate_destination(dest: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, **options}
 
 
+def check_destination_name(name: str | None, label: str = "destination_name") -> str:
+    """A destination's name (empty: the default one's)."""
+    name = (name or "").strip() or DEFAULT_DESTINATION
+    if not _NAME.fullmatch(name):
+        raise ConfigError(f"{label}: letters, digits, - and _ (at most 64), starting with a letter or digit")
+    return name
+
+
+def _validate_destinations(one: dict[str, Any] | None, several: list[Any] | None) -> list[dict[str, Any]]:
+    """Every destination, named, each validated by its kind: `destination` is one named default."""
+    if one is not None and several is not None:
+        raise ConfigError("destination: give destination (one) or destinations (several), not both")
+    if several is None:
+        if one is None:
+            raise ConfigError("destination: required")
+        return [{"name": DEFAULT_DESTINATION, **_validate_destination(one)}]
+    if not several:
+        raise ConfigError("destinations: must name at least one destination")
+    out, seen = [], set()
+    for i, dest in enumerate(several):
+        if not isinstance(dest, dict):
+            raise ConfigError(f"destinations[{i}]: expected object, got {type_name(dest)}")
+        dest = dict(dest)
+        name = dest.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"destinations[{i}].name: required")
+        check_destination_name(name, f"destinations[{i}].name")
+        if name.lower() in seen:
+            raise ConfigError(f"destinations[{i}].name: {name!r} is used twice; names are unique in a project")
+        seen.add(name.lower())
+        try:
+            out.append({"name": name, **_validate_destination(dest)})
+        except ConfigError as exc:
+            raise ConfigError(f"destination {name}: {exc}") from None
+    return out
+
+
 def check_source_dir(path: str) -> None:
     if not os.path.exists(path):
         raise ConfigError(f"source_dir: folder not found: {path}")
@@ -139,7 +241,9 @@ def unsaved_project(clean: dict[str, Any]) -> Project:
     """The project a validated config describes, not saved (a dry run, a preflight before any
     change); the stored project's id when there is one."""
     fields = project_fields(clean)
+    extras = fields.pop("extra_destinations")
     project = Project(**fields)
+    project.unsaved_extras = extras
     project.pk = Project.objects.filter(name=project.name).values_list("pk", flat=True).first()
     return project
 
@@ -148,6 +252,7 @@ def unsaved_project(clean: dict[str, Any]) -> Project:
 def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Project, ConfigHistory]:
     """Create or update the project from a validated config and record its ConfigHistory."""
     fields = project_fields(clean)
+    extras = fields.pop("extra_destinations")
     name = fields.pop("name")
     # NO KEY UPDATE, not update_or_create's FOR UPDATE: running sessions' inserts check their
     # foreign key to the project (KEY SHARE) and must not wait behind a start.
@@ -158,7 +263,18 @@ def apply(clean: dict[str, Any], source: str, created_by: str = "") -> tuple[Pro
         for attr, value in fields.items():
             setattr(project, attr, value)
         project.save()
+    set_extra_destinations(project, extras)
     return project, project.record_config(source, created_by)
+
+
+def set_extra_destinations(project: Project, specs: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """The project's destinations after the first become these (name, kind, options)."""
+    kept = []
+    for name, kind, options in specs:
+        row, _ = ProjectDestination.objects.update_or_create(project=project, name=name,
+                                                             defaults={"kind": kind, "options": options})
+        kept.append(row.pk)
+    project.extra_destinations.exclude(pk__in=kept).delete()
 
 
 def load(config_file: str | None, overrides: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -174,4 +290,6 @@ def load(config_file: str | None, overrides: dict[str, Any], environ: dict[str, 
     given = {k: v for k, v in overrides.items() if v is not None}
     if "destination" in overrides:
         given["destination"] = {k: v for k, v in overrides["destination"].items() if v is not None}
+        if not given["destination"]:
+            del given["destination"]
     return validate(merge(env_defaults(environ), file_layer, given))

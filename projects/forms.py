@@ -12,7 +12,7 @@ from django.utils.html import escape
 
 from projects import config, destinations, schema
 from projects.errors import ConfigError
-from projects.models import Project
+from projects.models import Project, ProjectDestination
 from projects.outbound import redact_url
 
 _SEPARATORS = re.compile(r"[,\n]")
@@ -67,7 +67,12 @@ def schema_field(opt: schema.Option, label: str) -> forms.Field:
 def _declared_fields() -> dict[str, forms.Field]:
     fields: dict[str, forms.Field] = {}
     for key, opt in schema.KEYS.items():
-        if key == "destination":
+        if key == "destinations":  # the first destination is the form's; the others are inline rows
+            fields["destination_name"] = forms.CharField(
+                label="destination name", required=False, initial=schema.DEFAULT_DESTINATION,
+                help_text="how sessions, retries and overrides name this destination; more destinations: the "
+                          "rows below")
+        elif key == "destination":
             choices = [("", "---------")] + [(k, schema.KINDS[k].label) for k in destinations.KINDS]
             fields["destination_kind"] = forms.ChoiceField(
                 label="destination type", choices=choices, required=False,
@@ -85,7 +90,8 @@ def project_fieldsets() -> list[tuple[str, dict[str, Any]]]:
     """Source · Destination (the type, then each type's options) · Transfers and retries · Notifications."""
     out: list[tuple[str, dict[str, Any]]] = []
     for group in schema.GROUPS:
-        names = [field_name(key) for key, opt in schema.KEYS.items() if opt.group == group]
+        names = [field_name(key) if key != "destinations" else "destination_name"
+                 for key, opt in schema.KEYS.items() if opt.group == group]
         out.append((group, {"fields": names}))
         if group == schema.DESTINATION:
             out += [(f"Destination: {declared.label}",
@@ -114,6 +120,12 @@ class _ProjectForm(forms.ModelForm):
             self.add_error(self.field_of(exc.message, data.get("destination_kind")), exc.message)
             return data
         fields = schema.project_fields(clean)
+        del fields["extra_destinations"]  # the inline rows
+        try:
+            fields["destination_name"] = config.check_destination_name(data.get("destination_name"))
+        except ConfigError as exc:
+            self.add_error("destination_name", exc.message)
+            return data
         for name, value in fields.items():
             setattr(self.instance, name, value)
         data.update(fields)  # the admin copies cleaned_data onto the project: the normalised values
@@ -123,6 +135,8 @@ class _ProjectForm(forms.ModelForm):
         """The form's values in config-file form; an empty field is a key not given (its default)."""
         raw: dict[str, Any] = {}
         for key in schema.KEYS:
+            if key == "destinations":
+                continue  # the form's destination is named by its own field
             value = data.get(field_name(key))
             if key == "destination":
                 value = {"type": value or None, **self.destination_options(value)}
@@ -143,6 +157,55 @@ class _ProjectForm(forms.ModelForm):
             name = option_field_name(kind or "", option.split("/")[0])
             return name if name in self.fields else "destination_kind"
         return field_name(key) if key in schema.KEYS else None
+
+
+class ExtraDestinationForm(forms.ModelForm):
+    """One more destination of the project, an inline row: a name, a type and that type's options
+    as JSON, validated by its kind exactly like the project's first destination."""
+
+    kind = forms.ChoiceField(label="type", choices=[(k, schema.KINDS[k].label) for k in destinations.KINDS])
+    options = forms.JSONField(initial=dict, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+                              help_text="that type's options as a JSON object, e.g. {\"bucket\": \"b\", "
+                                        "\"prefix\": \"raw\"} (the options table of the README)")
+
+    class Meta:
+        model = ProjectDestination
+        fields = ["name", "kind", "options"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            data["name"] = config.check_destination_name(data.get("name"), "name")
+        except ConfigError as exc:
+            self.add_error("name", exc.message)
+            return data
+        options = data.get("options")
+        if not isinstance(options, dict):
+            self.add_error("options", "expected a JSON object of the type's options")
+            return data
+        try:
+            data["options"] = destinations.destination_class(data["kind"]).validate_options(
+                {"type": data["kind"], **options})
+        except ConfigError as exc:
+            self.add_error("options", exc.message)
+        return data
+
+
+class ExtraDestinationFormSet(forms.BaseInlineFormSet):
+    """Names are unique in the project, the first destination's (the project form's) included."""
+
+    def clean(self) -> None:
+        super().clean()
+        seen = {(self.instance.destination_name or schema.DEFAULT_DESTINATION).lower()}
+        for form in self.forms:
+            if not form.cleaned_data or form.cleaned_data.get("DELETE") or "name" not in form.cleaned_data:
+                continue
+            name = form.cleaned_data["name"]
+            if name.lower() in seen:
+                form.add_error("name", f"{name!r} is used twice; names are unique in a project")
+            seen.add(name.lower())
 
 
 class _Meta:

@@ -9,7 +9,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-from projects.destinations import KINDS, Destination, build_destination, destination_class
+from projects.destinations import KINDS, ConfigError, Destination, build_destination, destination_class
 from projects.outbound import redact_url
 from projects.schema import KEYS, NotifyOn, config_of
 
@@ -26,6 +26,9 @@ class Project(models.Model):
 
     name = models.CharField(max_length=200, unique=True)
     source_dir = models.CharField(max_length=1024)
+    # The first destination: its name (a single `destination` key is named "default"), kind and
+    # options. More destinations are ProjectDestination rows (the `destinations` key).
+    destination_name = models.CharField(max_length=64, default="default")
     destination_kind = models.CharField(max_length=32)
     destination_options = models.JSONField(default=dict, blank=True)
     extensions = models.JSONField(default=list, blank=True)
@@ -67,19 +70,40 @@ class Project(models.Model):
     def destination(self) -> Destination:
         return build_destination(self.destination_kind, self.destination_options)
 
+    def destination_specs(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(name, kind, options) of every destination, the first one first."""
+        first = (self.destination_name or "default", self.destination_kind, self.destination_options)
+        if self.pk is None or hasattr(self, "unsaved_extras"):  # a config not applied yet (config.unsaved_project)
+            return [first, *getattr(self, "unsaved_extras", [])]
+        return [first, *((d.name, d.kind, d.options) for d in self.extra_destinations.all())]
+
+    def destination_names(self) -> list[str]:
+        return [name for name, _, _ in self.destination_specs()]
+
+    def destination_named(self, name: str) -> Destination:
+        for spec_name, kind, options in self.destination_specs():
+            if spec_name == name:
+                return build_destination(kind, options)
+        raise ConfigError(f"project {self.name}: no destination named {name!r} "
+                          f"(it has: {', '.join(self.destination_names())})")
+
     def last_session(self):  # -> SyncSession | None
         return self.sessions.order_by("-id").first()
 
-    def describe_destination(self) -> dict[str, Any]:
-        """Where files go, from the stored options alone: no client is built, nothing is patched."""
-        if self.destination_kind not in KINDS or not isinstance(self.destination_options, dict):
-            return {"kind": self.destination_kind}
-        return destination_class(self.destination_kind).describe_options(self.destination_options)
+    def describe_destination(self, name: str | None = None) -> dict[str, Any]:
+        """Where files go (to the destination of that name; None: the first), from the stored options
+        alone: no client is built, nothing is patched."""
+        specs = self.destination_specs() if name else [(None, self.destination_kind, self.destination_options)]
+        kind, options = next(((k, o) for n, k, o in specs if n == name), (None, None))
+        if kind not in KINDS or not isinstance(options, dict):
+            return {"kind": kind}
+        return destination_class(kind).describe_options(options)
 
     def effective_config(self) -> dict[str, Any]:
         """The config as stored in ConfigHistory: options only name secrets, never hold them."""
-        options = destination_class(self.destination_kind).redact_options(self.destination_options)
-        config = config_of(self, options)
+        specs = [(name, kind, destination_class(kind).redact_options(options))
+                 for name, kind, options in self.destination_specs()]
+        config = config_of(self, specs)
         config["notify_url"] = redact_url(config["notify_url"]) if config["notify_url"] else None
         return config
 
@@ -107,6 +131,23 @@ class Project(models.Model):
         Project.objects.filter(pk=self.pk).update(
             health_ok=ok, health_message=self.health_message, health_checked_at=self.health_checked_at
         )
+
+
+class ProjectDestination(models.Model):
+    """A project's second, third... destination (the first is on the project's own columns):
+    named, with its kind and options, validated by its kind like the first one."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="extra_destinations")
+    name = models.CharField(max_length=64)
+    kind = models.CharField(max_length=32)
+    options = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="unique_destination_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
 
 
 def hash_token(token: str) -> str:

@@ -7,12 +7,13 @@ retries or sleeps of its own (retries are the pipeline's).
 
 Three process-wide hooks, installed once and touching only what the SDK does:
 
-- Timeouts. The SDK sends its auth, workspace, project, search and image requests without a
+- Timeouts and connections. The SDK sends its auth, workspace, project, search and image requests without a
   timeout, so a silent server would hang a worker for ever. All its traffic goes through the
   functions of `roboflow.util.http` and its `Session` class, looked up at call time, so we wrap
   those. A ContextVar carries the caller's timeout into the calling thread only; other SDK
   users in the process get DEFAULT_TIMEOUT where the SDK set none. The wrapper also records the
-  response, for the status and Retry-After that the SDK's exceptions drop.
+  response, for the status and Retry-After that the SDK's exceptions drop. Inside our calls the
+  module-level functions (a new connection per request) go through a kept-alive session per thread.
 - Stdout. `contextlib.redirect_stdout` swaps the process-wide sys.stdout and, across threads,
   restores it out of order. Instead sys.stdout becomes a proxy that sends to logging the writes
   of threads inside one of our SDK calls and passes every other write through untouched (so the
@@ -281,13 +282,43 @@ class _MaskApiKeys(logging.Filter):
         return True
 
 
+_kept_alive = threading.local()
+
+
+def _session_of_thread() -> _BoundedSession:
+    session = getattr(_kept_alive, "session", None)
+    if session is None or _kept_alive.pid != os.getpid():
+        session = _kept_alive.session = _BoundedSession()
+        _kept_alive.pid = os.getpid()
+    return session
+
+
+def _kept_alive_in_calls(method: str | None, send: Callable[..., requests.Response]) -> Callable[..., requests.Response]:
+    """One of the SDK's module-level request functions (requests.get & co: a new session and a new
+    TCP connection per request, which cost an import more CPU than the request itself). Inside one
+    of our calls it goes through the calling thread's kept-alive session instead, with the SDK's
+    User-Agent; elsewhere it is the SDK's, bounded."""
+    bounded = _bounded(send)
+
+    @functools.wraps(send)
+    def wrapper(*args: Any, **kwargs: Any) -> requests.Response:
+        if _current.get() is None:
+            return bounded(*args, **kwargs)
+        # The SDK's functions take the url (request: method and url) positionally, the rest by name.
+        verb, url = args if method is None else (method, args[0])
+        return _session_of_thread().request(verb, url, **kwargs)  # its User-Agent is the SDK's
+
+    return wrapper
+
+
 def _install_hooks() -> None:
     global _installed
     with _install_lock:
         if _installed:
             return
         for name in ("request", "get", "post", "put", "patch", "delete", "head"):
-            setattr(sdk_http, name, _bounded(getattr(sdk_http, name)))
+            method = None if name == "request" else name.upper()
+            setattr(sdk_http, name, _kept_alive_in_calls(method, getattr(sdk_http, name)))
         sdk_http.Session = _BoundedSession  # type: ignore[misc]
         for name in _URLLIB3_LOGGERS:
             logging.getLogger(name).addFilter(_MaskApiKeys())

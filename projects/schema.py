@@ -71,13 +71,19 @@ class Kind:
 
 
 SOURCE, DESTINATION, TRANSFERS, NOTIFICATIONS, BROWSER = GROUPS
+DEFAULT_DESTINATION = "default"  # the name of the one destination a `destination` key gives
 # Threads per task and processes per session: more is a typo, and would exhaust the machine.
 MAX_WORKERS, MAX_TASKS = 1000, 256
 
 KEYS: dict[str, Option] = {
     "project": Option((str,), required=True, help="unique project name", group=SOURCE, field="name"),
     "source_dir": Option((str,), required=True, help="the folder to sync", group=SOURCE),
-    "destination": Option((dict,), required=True, help="type plus that kind's options (below)", group=DESTINATION),
+    "destination": Option((dict,), group=DESTINATION,
+                          help="type plus that kind's options (below): the one destination, named `default`; "
+                               "required unless `destinations` is given"),
+    "destinations": Option((list,), group=DESTINATION,
+                           help="several destinations: a list of objects, each a `name` (unique in the project: "
+                                "letters, digits, `-`, `_`) plus a type and its options; instead of `destination`"),
     "extensions": Option((list,), default=[], group=SOURCE,
                          help="include only these extensions (case-insensitive); empty: every file"),
     "exclude": Option((list,), default=[], group=SOURCE,
@@ -206,14 +212,17 @@ def attribute(key: str) -> str:
 
 
 def project_fields(clean: dict[str, Any]) -> dict[str, Any]:
-    """The Project attributes of a validated config."""
+    """The Project attributes of a validated config; `extra_destinations` is the list of
+    (name, kind, options) of the destinations after the first (ProjectDestination rows)."""
     fields: dict[str, Any] = {}
     for key, opt in KEYS.items():
         value = clean[key]
         if key == "destination":
-            options = dict(value)
-            fields["destination_kind"] = options.pop("type")
-            fields["destination_options"] = options
+            continue
+        if key == "destinations":
+            specs = [destination_spec(d) for d in value]
+            fields["destination_name"], fields["destination_kind"], fields["destination_options"] = specs[0]
+            fields["extra_destinations"] = specs[1:]
         elif opt.optional_string:
             fields[attribute(key)] = value or ""
         else:
@@ -221,12 +230,23 @@ def project_fields(clean: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def config_of(project: Any, destination_options: dict[str, Any]) -> dict[str, Any]:
-    """A project's config in config-file form, with the destination options given."""
+def destination_spec(dest: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """(name, kind, options) of a validated destination object."""
+    options = dict(dest)
+    return options.pop("name"), options.pop("type"), options
+
+
+def config_of(project: Any, specs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+    """A project's config in config-file form, with its destinations' (name, kind, options) given:
+    one destination named `default` as `destination`, otherwise the `destinations` list."""
     config: dict[str, Any] = {}
     for key, opt in KEYS.items():
         if key == "destination":
-            config[key] = {"type": project.destination_kind, **destination_options}
+            if len(specs) == 1 and specs[0][0] == DEFAULT_DESTINATION:
+                config[key] = {"type": specs[0][1], **specs[0][2]}
+        elif key == "destinations":
+            if "destination" not in config:
+                config[key] = [{"name": name, "type": kind, **options} for name, kind, options in specs]
         elif opt.optional_string:
             config[key] = getattr(project, attribute(key)) or None
         elif opt.types == (list,):
@@ -242,6 +262,8 @@ def readme_tables() -> str:
     lines = ["| key | type | default | environment | meaning |", "| --- | --- | --- | --- | --- |"]
     for key, opt in KEYS.items():
         env = env_name("type", destination=True) if key == "destination" else env_name(key)
+        if key == "destinations":
+            env = f"{env}__<NAME>__<OPTION>"
         lines.append(f"| `{key}` | {type_names(opt.types)} | {_default_text(opt)} | `{env}` | {_meaning(opt)} |")
     lines += ["", "| destination type | option | type | default | environment | meaning |",
               "| --- | --- | --- | --- | --- | --- |"]

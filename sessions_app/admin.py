@@ -131,10 +131,10 @@ class SyncSessionAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
 
 @admin.register(FileUpload)
 class FileUploadAdmin(admin_actions.PermissionsMixin, admin.ModelAdmin):
-    list_display = ("thumbnail_display", "relative_path", "session_link", "status", "size_display", "attempts",
-                    "retries", "error_display", "uploaded_at")
+    list_display = ("thumbnail_display", "relative_path", "session_link", "destination", "status", "size_display",
+                    "attempts", "retries", "error_display", "uploaded_at")
     list_display_links = ("relative_path",)
-    list_filter = ("status", "error_permanent", "skip_reason", "project")
+    list_filter = ("status", "destination", "error_permanent", "skip_reason", "project")
     search_fields = ("relative_path", "remote_key", "last_error")
     list_select_related = ("session",)
     show_full_result_count = False  # COUNT(*) over millions of rows on every page view is not free

@@ -310,10 +310,12 @@ def lock_project(session: SyncSession) -> list[SyncSession]:
     return others_since(session)
 
 
-def busy_keys(others: Sequence[SyncSession]) -> QuerySet:
-    """Remote keys other running sessions are uploading right now (a subquery)."""
+def busy_keys(others: Sequence[SyncSession], destination: str | None = None) -> QuerySet:
+    """Remote keys other running sessions are uploading right now (a subquery); to the project's
+    destination of that name, when given."""
     running = [s.pk for s in others if s.status in ACTIVE_STATUSES]
-    return FileUpload.objects.filter(session_id__in=running, status=FileStatus.UPLOADING).values("remote_key")
+    rows = FileUpload.objects.filter(session_id__in=running, status=FileStatus.UPLOADING)
+    return (rows if destination is None else rows.filter(destination=destination)).values("remote_key")
 
 
 def arrived(catalog_id: int, rows: Sequence[FileUpload]) -> dict[int, int | None]:

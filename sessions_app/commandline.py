@@ -25,6 +25,8 @@ def add_config_arguments(parser: CommandParser) -> None:
     parser.add_argument("--endpoint-url")
     parser.add_argument("--aws-profile")
     parser.add_argument("--dest-path", help="target folder of a local destination")
+    parser.add_argument("--destination-option", action="append", default=[], metavar="NAME.OPTION=VALUE",
+                        help="an option of the destination named NAME (of `destinations`); repeatable")
     parser.add_argument("--workers", type=int, dest="upload_workers", help="concurrent transfers per task")
     parser.add_argument("--tasks", type=int, dest="upload_tasks", help="parallel upload tasks")
     parser.add_argument("--max-retries", type=int)
@@ -67,6 +69,8 @@ def overrides_from(options: dict[str, Any]) -> dict[str, Any]:
         "notify_url": options.get("notify_url"),
         "destination": dest,
     }
+    if options.get("destination_option"):
+        out[config_mod.NAMED] = config_mod.named_overrides(options["destination_option"])
     if options.get("extensions"):
         out["extensions"] = [e.strip() for e in options["extensions"].split(",") if e.strip()]
     return out

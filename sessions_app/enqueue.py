@@ -29,8 +29,12 @@ def scan(session_id: int) -> str:
     return _enqueue("scan", session_id, name=f"session-{session_id}:scan")
 
 
-def uploads(session_id: int, count: int) -> list[str]:
-    return [_enqueue("upload", session_id, name=f"session-{session_id}:upload") for _ in range(max(1, count))]
+def uploads(session_id: int, count: int, destination: str | None = None) -> list[str]:
+    """`count` upload tasks; without a destination, each one hands a task to every destination of
+    the session (pipeline.continue_uploads)."""
+    args = (session_id, destination) if destination else (session_id,)
+    name = f"session-{session_id}:upload" + (f":{destination}" if destination else "")
+    return [_enqueue("upload", *args, name=name) for _ in range(max(1, count))]
 
 
 def recover(started: datetime) -> str:

@@ -20,6 +20,10 @@ move a row twice, and adjusts the session's counters by what it actually moved, 
 transaction. A move the graph does not allow raises TransitionError. `recount()` recomputes
 the counters from the rows (the truth) and the skips counted without rows (`SyncSession.skips`).
 An object that arrives (`record`) gets its catalog entry in the same transaction as its status.
+
+A sync session has a row per file and destination (`FileUpload.destination`) and a counter row
+per destination (`SessionDestination`): a verb given a destination bumps its counters beside the
+session's (which are the totals over the destinations).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from django.utils import timezone
 
 from sessions_app import bulk, catalog
 from sessions_app.errors import TransitionError
-from sessions_app.models import FileStatus, FileUpload, SyncSession, Throughput
+from sessions_app.models import SessionStatus, FileStatus, FileUpload, SessionDestination, SyncSession, Throughput
 
 RECEIVING = FileStatus.RECEIVING
 PENDING, UPLOADING, UPLOADED = FileStatus.PENDING, FileStatus.UPLOADING, FileStatus.UPLOADED
@@ -89,10 +93,37 @@ def _less(name: str, n: int) -> Any:
     return Greatest(F(name) - n, 0)
 
 
-def _bump(session_id: int, changes: dict[str, int], **fields: Any) -> None:
+def _bump(session_id: int, changes: dict[str, int], destination: str | None = None, **fields: Any) -> None:
     updates = {name: (F(name) + n if n > 0 else _less(name, -n)) for name, n in changes.items() if n}
     if updates or fields:
         SyncSession.objects.filter(pk=session_id).update(**updates, **fields)
+    if destination is not None and updates:
+        SessionDestination.objects.filter(session_id=session_id, name=destination).update(**updates)
+
+
+def open_destinations(session: SyncSession, identities: dict[str, str]) -> None:
+    """The session's destinations ({name: identity}) get their counter rows (a sync's start)."""
+    SessionDestination.objects.bulk_create(
+        [SessionDestination(session=session, name=name, identity=identity) for name, identity in identities.items()],
+        ignore_conflicts=True)
+
+
+def destination_names(session: SyncSession | int) -> list[str]:
+    """The names of the session's destinations, in the project's order (none: a session of one
+    destination whose rows are not told apart, e.g. the upload queue)."""
+    session_id = session if isinstance(session, int) else session.pk
+    return list(SessionDestination.objects.filter(session_id=session_id).values_list("name", flat=True))
+
+
+def destination_status(sd: SessionDestination) -> str:
+    """Where one destination of a session stands, from its counters and the session's status: a
+    destination with nothing left open has ended even while another one still uploads."""
+    status = sd.session.status
+    if status in (SessionStatus.QUEUED, SessionStatus.SCANNING, SessionStatus.FAILED) or sd.pending_count:
+        return status
+    if status == SessionStatus.CANCELLED and sd.cancelled_count:
+        return status
+    return SessionStatus.COMPLETED_WITH_ERRORS if sd.failed_count else SessionStatus.COMPLETED
 
 
 def _tally(project_id: int, now: Any, changes: Counter[str]) -> None:
@@ -119,9 +150,8 @@ def _moved(source: str, target: str, n: int) -> dict[str, int]:
     return changes
 
 
-def counts(session: SyncSession) -> dict[str, int]:
-    """The counters as the rows say, plus the files skipped without a row."""
-    agg = session.files.aggregate(
+def _aggregates(rows: QuerySet[FileUpload]) -> dict[str, Any]:
+    return dict(
         found_count=Count("id"),
         pending_count=Count("id", filter=Q(status__in=OPEN)),
         uploaded_count=Count("id", filter=Q(status=UPLOADED)),
@@ -131,8 +161,17 @@ def counts(session: SyncSession) -> dict[str, int]:
         bytes_total=Sum("size"),
         bytes_uploaded=Sum("size", filter=Q(status=UPLOADED)),
     )
-    out = {name: agg[name] or 0 for name in COUNTERS}
+
+
+def counts(session: SyncSession) -> dict[str, int]:
+    """The counters as the rows say, plus the files skipped without a row."""
+    agg = session.files.aggregate(**_aggregates(session.files))
     skips, skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
+    return _with_unstored(agg, skips, skipped_bytes)
+
+
+def _with_unstored(agg: dict[str, Any], skips: dict[str, int], skipped_bytes: int) -> dict[str, int]:
+    out = {name: agg.get(name) or 0 for name in COUNTERS}
     unstored = sum(skips.values())
     out["found_count"] += unstored
     out["skipped_count"] += unstored
@@ -141,11 +180,17 @@ def counts(session: SyncSession) -> dict[str, int]:
 
 
 def recount(session: SyncSession) -> None:
-    """Set the counters to what the rows say (and on the instance)."""
+    """Set the counters to what the rows say (and on the instance), the session's and each of its
+    destinations'."""
     fields = counts(session)
     SyncSession.objects.filter(pk=session.pk).update(**fields)
     for name, value in fields.items():
         setattr(session, name, value)
+    by_name = {row["destination"]: row for row in session.files.order_by().values("destination").annotate(
+        **_aggregates(session.files))}
+    for sd in SessionDestination.objects.filter(session_id=session.pk):
+        SessionDestination.objects.filter(pk=sd.pk).update(
+            **_with_unstored(by_name.get(sd.name, {}), sd.skips, sd.skipped_bytes))
 
 
 # -- questions --------------------------------------------------------------------------------------
@@ -155,8 +200,9 @@ def has_open(session: SyncSession) -> bool:
     return session.files.filter(status__in=OPEN).exists()
 
 
-def has_pending(session: SyncSession) -> bool:
-    return session.files.filter(status=PENDING).exists()
+def has_pending(session: SyncSession, destination: str | None = None) -> bool:
+    rows = session.files.filter(status=PENDING)
+    return (rows if destination is None else rows.filter(destination=destination)).exists()
 
 
 def in_flight(session: SyncSession) -> bool:
@@ -181,7 +227,7 @@ def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUp
     for row in rows:
         check(NEW, row.status)
     with transaction.atomic():
-        new = bulk.insert_new(FileUpload, rows, ("session_id", "relative_path"))
+        new = bulk.insert_new(FileUpload, rows, ("session_id", "destination", "relative_path"))
         pending = sum(1 for r in new if r.status == PENDING)
         _bump(session.pk, {"found_count": len(new), "pending_count": pending, "skipped_count": len(new) - pending,
                            "bytes_total": sum(r.size for r in new)}, heartbeat_at=timezone.now())
@@ -192,26 +238,34 @@ PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "s
                    "verify_remote")
 
 
-def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool = False) -> int:
+def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool = False,
+                destination: str | None = None) -> int:
     """Insert a batch of pending rows given as plain tuples of PLANNED_COLUMNS (no model instances:
     COPY on PostgreSQL) and count them. Rows a crashed run of the same scan inserted are left
     alone (the scan's end recounts); on the `first_run` of a session's scan there are none, and
     the rows go in without that check. Call inside the batch's transaction. Returns how many went in."""
-    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows, new=first_run)
-    _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)})
+    columns = PLANNED_COLUMNS
+    if destination is not None:  # the rows of that destination (else of the one, "default")
+        columns, rows = columns + ("destination",), [row + (destination,) for row in rows]
+    inserted = bulk.insert_tuples(FileUpload, columns, rows, new=first_run)
+    _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)},
+          destination)
     return inserted
 
 
-def add_refused(session: SyncSession, rows: Sequence[tuple[str, str, int, float, str]]) -> int:
+def add_refused(session: SyncSession, rows: Sequence[tuple[str, str, int, float, str]],
+                destination: str = "default") -> int:
     """Insert files the plan refuses (path, key, size, mtime, why) as permanently failed rows and
     count them. Returns how many went in (a re-run scan's are there already)."""
     check(NEW, FAILED)
     objs = [FileUpload(session_id=session.pk, project_id=session.project_id, relative_path=path, remote_key=key,
-                       size=size, mtime=mtime, status=FAILED, last_error=why, error_permanent=True)
+                       size=size, mtime=mtime, status=FAILED, last_error=why, error_permanent=True,
+                       destination=destination)
             for path, key, size, mtime, why in rows]
     with transaction.atomic():
-        new = bulk.insert_new(FileUpload, objs, ("session_id", "relative_path"))
-        _bump(session.pk, {"found_count": len(new), "failed_count": len(new), "bytes_total": sum(r.size for r in new)})
+        new = bulk.insert_new(FileUpload, objs, ("session_id", "destination", "relative_path"))
+        _bump(session.pk, {"found_count": len(new), "failed_count": len(new), "bytes_total": sum(r.size for r in new)},
+              destination)
     return len(new)
 
 
@@ -231,9 +285,18 @@ class Skips:
         self.size += size
 
 
-def count_skips(session: SyncSession, skips: Skips) -> None:
-    """Write a scan's skip counts so far (and what they add to the counters); the heartbeat too."""
+def count_skips(session: SyncSession, skips: Skips, by_destination: dict[str, Skips] | None = None) -> None:
+    """Write a scan's skip counts so far (and what they add to the counters); the heartbeat too.
+    `by_destination`: each destination's (with one destination, `skips` itself)."""
     files, size = skips.files - skips.saved[0], skips.size - skips.saved[1]
+    for name, mine in (by_destination or {}).items():
+        n, n_bytes = mine.files - mine.saved[0], mine.size - mine.saved[1]
+        if n or n_bytes:
+            SessionDestination.objects.filter(session_id=session.pk, name=name).update(
+                found_count=F("found_count") + n, skipped_count=F("skipped_count") + n,
+                bytes_total=F("bytes_total") + n_bytes, skipped_bytes=F("skipped_bytes") + n_bytes,
+                skips=mine.by_reason)
+        mine.saved = (mine.files, mine.size)
     _bump(session.pk, {"found_count": files, "skipped_count": files, "bytes_total": size, "skipped_bytes": size},
           skips=skips.by_reason, heartbeat_at=timezone.now())
     skips.saved = (skips.files, skips.size)
@@ -243,6 +306,7 @@ def restart_skips(session: SyncSession) -> None:
     """A scan that runs again (resumed) counts its skips again: the earlier run's go."""
     if session.skips or session.skipped_bytes:
         SyncSession.objects.filter(pk=session.pk).update(skips={}, skipped_bytes=0)
+        SessionDestination.objects.filter(session_id=session.pk).update(skips={}, skipped_bytes=0)
         recount(session)
 
 
@@ -298,7 +362,7 @@ def forget(row: FileUpload) -> None:
         changes = {"found_count": -1, COUNTER[row.status]: -1, "bytes_total": -row.size}
         if row.status == UPLOADED:
             changes["bytes_uploaded"] = -row.size
-        _bump(row.session_id, changes)
+        _bump(row.session_id, changes, row.destination)
 
 
 # -- moves ------------------------------------------------------------------------------------------
@@ -310,16 +374,20 @@ def move(session_id: int, rows: QuerySet[FileUpload], sources: Iterable[str], ta
     if target not in COUNTER:
         raise TransitionError(f"a file cannot be moved to {target}")
     total = 0
+    names = destination_names(session_id) or [None]
     with transaction.atomic():
         for source in sources:
             check(source, target)
-            n = rows.filter(session_id=session_id, status=source).update(status=target, **fields)
-            _bump(session_id, _moved(source, target, n))
-            total += n
+            for name in names:  # counted per destination, when the session tells them apart
+                mine = rows if name is None else rows.filter(destination=name)
+                n = mine.filter(session_id=session_id, status=source).update(status=target, **fields)
+                _bump(session_id, _moved(source, target, n), name)
+                total += n
     return total
 
 
-def claim(session: SyncSession, n: int, catalog_id: int | None = None) -> list[FileUpload]:
+def claim(session: SyncSession, n: int, catalog_id: int | None = None,
+          destination: str | None = None) -> list[FileUpload]:
     """Up to n pending rows, in id order, now uploading under one claim token; racing claimers
     never get the same row. While another session of the project runs (or ran since this one
     began), a file it is uploading waits for that upload's outcome, and a claimed file the
@@ -331,25 +399,28 @@ def claim(session: SyncSession, n: int, catalog_id: int | None = None) -> list[F
     with transaction.atomic():
         others = catalog.lock_project(session)
         qs = FileUpload.objects.filter(session_id=session.pk, status=PENDING).order_by("id")
+        if destination is not None:
+            qs = qs.filter(destination=destination)
         if others:
-            qs = qs.exclude(remote_key__in=catalog.busy_keys(others))
+            qs = qs.exclude(remote_key__in=catalog.busy_keys(others, destination))
         if connection.features.has_select_for_update_skip_locked:
             qs = qs.select_for_update(skip_locked=True)
         # One statement: pick, move and read back the rows.
         rows = bulk.update_returning(qs[:n], {"status": PENDING}, status=UPLOADING, claim_token=uuid.uuid4(),
                                      claimed_at=timezone.now())
-        _bump(session.pk, _moved(PENDING, UPLOADING, len(rows)))
+        _bump(session.pk, _moved(PENDING, UPLOADING, len(rows)), destination)
     if not others or catalog_id is None:
         return rows
     done = catalog.arrived(catalog_id, rows)
     for row in rows:
         if row.pk in done:
             row.skip_reason, row.note = catalog.SKIP_ARRIVED, f"uploaded by session {done[row.pk]}"
-    record(session, [Outcome(row, SKIPPED) for row in rows if row.pk in done])
+    record(session, [Outcome(row, SKIPPED) for row in rows if row.pk in done], destination=destination)
     return [row for row in rows if row.pk not in done]
 
 
-def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | None = None) -> int:
+def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | None = None,
+           destination: str | None = None) -> int:
     """Write a batch of transfer outcomes (one statement per batch on PostgreSQL) and the counters
     they change, with the session's heartbeat, in one transaction; with `catalog_id`, the catalog
     entries of the objects that arrived too. Only rows still uploading are written (a resume may
@@ -372,7 +443,7 @@ def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | 
             changes.update(_moved(UPLOADING, o.status, 1))
             if o.status == UPLOADED:  # its size as uploaded (or as verified at the destination)
                 changes["bytes_uploaded"] += o.row.size
-        _bump(session.pk, changes, heartbeat_at=now)
+        _bump(session.pk, changes, destination, heartbeat_at=now)
         _tally(session.project_id, now, changes)
         if catalog_id is not None:
             catalog.record(catalog_id, session.pk, [o.row for o in done])
@@ -391,13 +462,13 @@ def recover_stale(session: SyncSession, claimed_before: Any = None) -> int:
     return len(recover(session, claimed_before))
 
 
-def recover(session: SyncSession, claimed_before: Any = None) -> list[str]:
-    """recover_stale(), returning the remote keys of the rows taken back: what the vanished
-    workers may have left half-written at the destination."""
+def recover(session: SyncSession, claimed_before: Any = None) -> list[tuple[str, str]]:
+    """recover_stale(), returning the (destination, remote key) of the rows taken back: what the
+    vanished workers may have left half-written at that destination."""
     rows = session.files.filter(status=UPLOADING)
     if claimed_before is not None:  # a lease last renewed before then
         rows = rows.filter(claimed_at__lt=claimed_before)
-    taken = dict(rows.values_list("id", "remote_key"))
+    taken = {pk: (destination, key) for pk, destination, key in rows.values_list("id", "destination", "remote_key")}
     with transaction.atomic():
         moved = FileUpload.objects.filter(id__in=list(taken), status=UPLOADING)
         ids = list(moved.select_for_update().values_list("id", flat=True))

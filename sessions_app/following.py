@@ -9,8 +9,8 @@ from typing import TextIO
 from django.db import connection
 from tqdm import tqdm
 
-from sessions_app import pacing
-from sessions_app.models import ENDED_STATUSES, FileStatus, SessionStatus, SyncSession
+from sessions_app import files, pacing
+from sessions_app.models import ENDED_STATUSES, FileStatus, SessionDestination, SessionStatus, SyncSession
 from sessions_app.terminal import safe
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_BAD_INPUT = 0, 1, 2
@@ -47,31 +47,59 @@ def _draw(bar: tqdm, s: SyncSession) -> None:
     bar.n = s.settled_count
     speed = s.bytes_per_second
     pace = pacing.describe(s)
+    each = "".join(_one_line(d) for d in _several(s))
     bar.set_postfix_str(
         f"{s.status}; {human_size(s.bytes_uploaded)}/{human_size(s.bytes_total)} at {human_size(speed)}/s; "
-        f"{s.uploaded_count} uploaded, {s.skipped_count} skipped, {s.failed_count} failed" + (f"; {pace}" if pace else ""),
+        f"{s.uploaded_count} uploaded, {s.skipped_count} skipped, {s.failed_count} failed" + each
+        + (f"; {pace}" if pace else ""),
         refresh=False,
     )
     bar.refresh()
+
+
+def _one_line(d: SessionDestination) -> str:
+    """One destination on the progress line: settled of found, failures, speed and ETA."""
+    duration = d.session.duration
+    secs = duration.total_seconds() if duration else 0.0
+    done = d.uploaded_count + d.failed_count
+    text = f"; {d.name} {d.settled_count}/{d.found_count}" + (f" ({d.failed_count} failed)" if d.failed_count else "")
+    if secs > 0 and d.pending_count and done:
+        text += f" at {human_size(d.bytes_uploaded / secs)}/s, ETA {d.pending_count * secs / done:.0f}s"
+    return text
+
+
+def _several(session: SyncSession) -> list[SessionDestination]:
+    """The session's destinations when it has more than one (one: the totals say it all)."""
+    rows = list(session.destinations.all())
+    for row in rows:
+        row.session = session
+    return rows if len(rows) > 1 else []
 
 
 def summary(session: SyncSession) -> str:
     d = session.duration
     secs = d.total_seconds() if d else 0.0
     rate = f", {session.uploaded_count / secs:.1f} files/s, {human_size(session.bytes_per_second)}/s" if secs else ""
-    return (
+    lines = [
         f"session {session.pk} {session.status}: {session.found_count} found, {session.uploaded_count} uploaded, "
         f"{session.skipped_count} skipped, {session.failed_count} failed, {session.cancelled_count} cancelled; "
         f"{human_size(session.bytes_uploaded)} in {secs:.1f}s{rate}"
-    )
+    ]
+    for dest in _several(session):
+        lines.append(f"  destination {dest.name} {files.destination_status(dest)}: {dest.found_count} found, "
+                     f"{dest.uploaded_count} uploaded, {dest.skipped_count} skipped, {dest.failed_count} failed, "
+                     f"{dest.cancelled_count} cancelled; {human_size(dest.bytes_uploaded)}")
+    return "\n".join(lines)
 
 
 def failure_report(session: SyncSession, limit: int = 10) -> str:
     failed = session.files.filter(status=FileStatus.FAILED).order_by("id")
     lines = [f"{session.failed_count} files failed; the first {min(limit, session.failed_count)}:"]
+    named = bool(_several(session))
     for f in failed[:limit]:
         kind = "permanent" if f.error_permanent else "transient"
-        lines.append(f"  {safe(f.relative_path)}: {safe(f.last_error)} ({kind})")
+        where = f"{f.destination}: " if named else ""
+        lines.append(f"  {where}{safe(f.relative_path)}: {safe(f.last_error)} ({kind})")
     lines.append(f"all of them: {session.admin_url()} (or the Files page filtered by status)")
     return "\n".join(lines)
 

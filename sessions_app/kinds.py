@@ -18,7 +18,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 
-from projects.destinations import ConfigError, Destination
+from projects.destinations import ConfigError, Destination, build_destination
+from projects.destinations.group import DestinationGroup
 from projects.errors import RemoteError
 from projects.models import Project
 from projects.names import KeyCollisions, stored_form
@@ -62,14 +63,18 @@ class Kind:
         """Fill the session's rows (the scan step)."""
         raise NotImplementedError
 
+    def opened(self, session: SyncSession, dest: Destination) -> None:
+        """The session was just created, to go to `dest` (what preflight returned)."""
+
     def transfer(self, session: SyncSession) -> Transfer:
         return transferring.local_transfer(session.project.follow_symlinks)
 
-    def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
-        """Should a drainer with nothing to claim wait for more rows? While the scan inserts them,
-        and while pending rows wait for another session's upload of the same files (files.claim)."""
+    def more_may_come(self, session: SyncSession, idle_seconds: float, destination: str | None = None) -> bool:
+        """Should a drainer (of `destination`'s rows) with nothing to claim wait for more rows? While
+        the scan inserts them, and while pending rows wait for another session's upload of the same
+        files (files.claim)."""
         return SyncSession.objects.filter(pk=session.pk, status=SessionStatus.SCANNING).exists() or (
-            files.has_pending(session))
+            files.has_pending(session, destination))
 
     def ran_dry(self, session: SyncSession) -> None:
         """A drainer found nothing left and the session did not end."""
@@ -98,33 +103,51 @@ def _check(end: Destination | Source, what: str, close_on_failure: Destination, 
 class SyncKind(Kind):
     name = SyncSession.Kind.SYNC
 
-    def preflight(self, project: Project, params: dict[str, Any] | None = None) -> Destination:
+    def preflight(self, project: Project, params: dict[str, Any] | None = None) -> DestinationGroup:
+        """The source folder and every destination of the project, each checked (a refused one is
+        named); all of them, open."""
         try:
             LocalSource.of(project).check()
-            dest = project.destination()
+            group = DestinationGroup({name: build_destination(kind, options)
+                                      for name, kind, options in project.destination_specs()})
         except ConfigError as exc:
             raise StartError(str(exc)) from exc
-        _check(dest, f"destination {project.destination_kind}", dest, project.preflight_timeout)
-        return dest
+        for name, dest in group:
+            what = f"destination {name} ({dest.kind})" if len(group) > 1 else f"destination {dest.kind}"
+            _check(dest, what, group, project.preflight_timeout)
+        return group
 
-    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+    def opened(self, session: SyncSession, dest: DestinationGroup) -> None:
+        files.open_destinations(session, dest.identities())
+
+    def plan(self, session: SyncSession, dest: DestinationGroup, start_uploads: bool) -> ScanStats:
         project = session.project
         problems = ProblemLog(session)
         source = LocalSource.of(project, dest.default_extensions)
+        self.opened(session, dest)  # a session created without start() (tests, old sessions)
 
         def scan(sort: bool):  # key order only matters when merging with the catalog
             return source.entries(method=settings.SCAN_METHOD, sort=sort, on_problem=problems.add,
                                   on_progress=lambda n: log.info("session %s: scanned %d files", session.pk, n),
                                   progress_every=settings.SCAN_PROGRESS_EVERY)
 
-        names = KeyCollisions(project.source_dir, source.filter.accepts, dest.key_for, fold_case=dest.keys_fold_case)
-        stats = planning.plan_session(session, dest, scan, batch_size=settings.SCAN_BATCH_SIZE,
-                                      start_uploads=start_uploads, names=names)
+        targets = []
+        for name, one in dest:
+            accepts = None
+            if one.default_extensions != dest.default_extensions:  # it takes fewer files than the scan yields
+                accepts = LocalSource.of(project, one.default_extensions).filter.accepts
+            names = KeyCollisions(project.source_dir, accepts or source.filter.accepts, one.key_for,
+                                  fold_case=one.keys_fold_case)
+            targets.append(planning.Target(name, one, names, accepts))
+        stats = planning.plan_session(session, targets, scan, batch_size=settings.SCAN_BATCH_SIZE,
+                                      start_uploads=start_uploads)
         problems.save()
         return stats
 
     def describe(self, session: SyncSession) -> str:
-        return f"sync of {_where(LocalSource.of(session.project))} to {session.project.destination_kind}"
+        names = files.destination_names(session)
+        where = ", ".join(names) if len(names) > 1 else session.project.destination_kind
+        return f"sync of {_where(LocalSource.of(session.project))} to {where}"
 
 
 class StreamKind(Kind):
@@ -145,7 +168,7 @@ class StreamKind(Kind):
     def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
         return ScanStats()  # nothing to scan: rows arrive one by one
 
-    def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
+    def more_may_come(self, session: SyncSession, idle_seconds: float, destination: str | None = None) -> bool:
         # Linger: a producer queueing file after file is served by this task, not a task per file.
         return idle_seconds < settings.QUEUE_LINGER_SECONDS
 
@@ -204,7 +227,7 @@ class BrowserKind(Kind):
     def transfer(self, session: SyncSession) -> Transfer:
         return processing.Processor(session.project)
 
-    def more_may_come(self, session: SyncSession, idle_seconds: float) -> bool:
+    def more_may_come(self, session: SyncSession, idle_seconds: float, destination: str | None = None) -> bool:
         # Linger while files keep arriving: one drainer serves a drop, not a task per file.
         return files.has_pending(session) or idle_seconds < settings.QUEUE_LINGER_SECONDS
 

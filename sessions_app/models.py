@@ -40,7 +40,31 @@ class FileStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-class SyncSession(models.Model):
+class Settling:
+    """How far a set of counters (a session's, or one destination's of it) has settled."""
+
+    found_count: int
+    uploaded_count: int
+    failed_count: int
+    skipped_count: int
+    cancelled_count: int
+
+    def has_ended(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def settled_count(self) -> int:
+        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
+
+    @property
+    def progress(self) -> float:
+        """Percent of found files that are settled."""
+        if not self.found_count:
+            return 100.0 if self.has_ended() else 0.0
+        return min(100.0, 100.0 * self.settled_count / self.found_count)
+
+
+class SyncSession(Settling, models.Model):
     class Kind(models.TextChoices):
         SYNC = "sync", "Folder sync"
         STREAM = "stream", "Upload queue"
@@ -176,16 +200,8 @@ class SyncSession(models.Model):
         """Active, but no worker has shown a sign of life for SESSION_STALE_SECONDS."""
         return self.is_active and self.heartbeat_age() > timedelta(seconds=settings.SESSION_STALE_SECONDS)
 
-    @property
-    def settled_count(self) -> int:
-        return self.uploaded_count + self.failed_count + self.skipped_count + self.cancelled_count
-
-    @property
-    def progress(self) -> float:
-        """Percent of found files that are settled."""
-        if not self.found_count:
-            return 100.0 if self.status in ENDED_STATUSES else 0.0
-        return min(100.0, 100.0 * self.settled_count / self.found_count)
+    def has_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
 
     @property
     def duration(self) -> timedelta | None:
@@ -219,6 +235,8 @@ class FileUpload(models.Model):
     session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files", db_index=False)
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files")
     relative_path = models.CharField(max_length=4096)
+    # The project destination (by name) this row sends the file to: one row per file and destination.
+    destination = models.CharField(max_length=64, default="default")
     remote_key = models.CharField(max_length=4096, blank=True, default="")
     size = models.BigIntegerField(default=0)
     mtime = models.FloatField(default=0)
@@ -245,7 +263,8 @@ class FileUpload(models.Model):
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["session", "relative_path"], name="unique_file_per_session"),
+            models.UniqueConstraint(fields=["session", "destination", "relative_path"],
+                                    name="unique_file_per_session_destination"),
         ]
         indexes = [
             models.Index(fields=["session", "status", "id"], name="file_session_status"),
@@ -257,6 +276,36 @@ class FileUpload(models.Model):
     @property
     def retryable(self) -> bool:
         return self.status == FileStatus.FAILED and not self.error_permanent
+
+
+class SessionDestination(Settling, models.Model):
+    """One destination of a sync session and its counters (the session's own counters are the
+    totals over its destinations). Written only by sessions_app.files, in the transaction that
+    moves the rows; its status is read from the counters (files.destination_status)."""
+
+    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="destinations")
+    name = models.CharField(max_length=64)
+    identity = models.CharField(max_length=2000, blank=True, default="", help_text="e.g. s3://bucket/prefix")
+    found_count = models.PositiveIntegerField(default=0)
+    pending_count = models.PositiveIntegerField(default=0)
+    uploaded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_uploaded = models.BigIntegerField(default=0)
+    skipped_bytes = models.BigIntegerField(default=0)
+    skips = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["session", "name"], name="unique_session_destination")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def has_ended(self) -> bool:
+        return self.session.status in ENDED_STATUSES
 
 
 class Arrival(models.Model):

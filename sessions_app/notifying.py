@@ -25,7 +25,7 @@ from projects.errors import NotifyError
 from projects.models import Project
 from projects.outbound import redact_url
 from projects.secrets import SecretRefused, read_secret
-from sessions_app import enqueue
+from sessions_app import enqueue, files
 from sessions_app.models import FileStatus, Notification, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,31 @@ def build_payload(session: SyncSession) -> dict[str, Any]:
         "admin_url": session.admin_url(),
         "failed_files": [{"path": p, "error": e, "permanent": perm} for p, e, perm in failed[:MAX_FAILED_LISTED]],
         "failed_files_truncated": len(failed) > MAX_FAILED_LISTED,
+        "destinations": _per_destination(session),
     }
 
 
-def _destination(project: Project) -> dict[str, Any]:
+def _per_destination(session: SyncSession) -> list[dict[str, Any]]:
+    """Each destination of a sync (by name): its status, counts and its own failures."""
+    out = []
+    for sd in session.destinations.all():
+        sd.session = session
+        failed = list(session.files.filter(status=FileStatus.FAILED, destination=sd.name).order_by("id")
+                      .values_list("relative_path", "last_error", "error_permanent")[: MAX_FAILED_LISTED + 1])
+        out.append({
+            "name": sd.name, "destination": _destination(session.project, sd.name),
+            "status": files.destination_status(sd), "total_files": sd.found_count,
+            "files_uploaded": sd.uploaded_count, "files_skipped": sd.skipped_count, "files_failed": sd.failed_count,
+            "files_cancelled": sd.cancelled_count, "bytes_uploaded": sd.bytes_uploaded, "bytes_total": sd.bytes_total,
+            "failed_files": [{"path": p, "error": e, "permanent": perm} for p, e, perm in failed[:MAX_FAILED_LISTED]],
+            "failed_files_truncated": len(failed) > MAX_FAILED_LISTED,
+        })
+    return out
+
+
+def _destination(project: Project, name: str | None = None) -> dict[str, Any]:
     try:
-        described = project.describe_destination()
+        described = project.describe_destination(name)
     except ConfigError:
         described = {"kind": project.destination_kind}
     # describe() has no secrets, but a URL option could still carry user:password.

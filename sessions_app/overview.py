@@ -18,8 +18,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from projects.models import Project
-from sessions_app import pacing
-from sessions_app.models import ACTIVE_STATUSES, FileStatus, FileUpload, SessionStatus, SyncSession, Throughput
+from sessions_app import files, pacing
+from sessions_app.models import (
+    ACTIVE_STATUSES, FileStatus, FileUpload, SessionDestination, SessionStatus, SyncSession, Throughput,
+)
 
 REASONS = 10
 LIVE = 20
@@ -56,22 +58,48 @@ def reasons(rows: QuerySet[FileUpload], n: int = REASONS) -> list[dict[str, Any]
 
 
 def session_summary(session: SyncSession) -> dict[str, Any]:
-    """The session's figures for its page: counts, speed, ETA and the status line."""
-    speed = session.bytes_per_second
-    eta = None
-    duration = session.duration
-    transferred = session.uploaded_count + session.failed_count
-    if session.status == SessionStatus.UPLOADING and transferred and duration and duration.total_seconds() > 0:
-        eta = session.pending_count * duration.total_seconds() / transferred  # at the rate so far
+    """The session's figures for its page: counts, speed, ETA and the status line, in total and
+    per destination."""
     return {
         "id": session.pk, "kind": session.kind, "status": session.status, "status_label": session.get_status_display(),
-        "found": session.found_count, "skipped": session.skipped_count, "pending": session.pending_count,
-        "uploaded": session.uploaded_count, "failed": session.failed_count, "cancelled": session.cancelled_count,
-        "bytes_total": session.bytes_total, "bytes_uploaded": session.bytes_uploaded,
-        "progress": round(session.progress, 1), "bytes_per_second": round(speed),
-        "eta_seconds": round(eta) if eta is not None else None,
+        **figures(session, session, session.status),
         "status_line": status_line(session),
+        "destinations": destination_figures(session),
     }
+
+
+def figures(counters: SyncSession | SessionDestination, session: SyncSession, status: str) -> dict[str, Any]:
+    """Counts, bytes, progress, speed and ETA of a session or of one of its destinations."""
+    duration = session.duration
+    seconds = duration.total_seconds() if duration else 0.0
+    transferred = counters.uploaded_count + counters.failed_count
+    eta = None
+    if status == SessionStatus.UPLOADING and transferred and seconds > 0:
+        eta = counters.pending_count * seconds / transferred  # at the rate so far
+    return {
+        "found": counters.found_count, "skipped": counters.skipped_count, "pending": counters.pending_count,
+        "uploaded": counters.uploaded_count, "failed": counters.failed_count, "cancelled": counters.cancelled_count,
+        "bytes_total": counters.bytes_total, "bytes_uploaded": counters.bytes_uploaded,
+        "progress": round(counters.progress, 1),
+        "bytes_per_second": round(counters.bytes_uploaded / seconds) if seconds > 0 else 0,
+        "eta_seconds": round(eta) if eta is not None else None,
+    }
+
+
+def destination_figures(session: SyncSession) -> list[dict[str, Any]]:
+    """Each destination's name, where it is, its status and figures (a session that does not tell
+    its destinations apart: one, with the session's)."""
+    rows = list(session.destinations.all())
+    if not rows:
+        project = session.project
+        return [{"name": project.destination_name, "destination": "", "status": session.status,
+                 **figures(session, session, session.status)}]
+    out = []
+    for sd in rows:
+        sd.session = session
+        status = files.destination_status(sd)
+        out.append({"name": sd.name, "destination": sd.identity, "status": status, **figures(sd, session, status)})
+    return out
 
 
 def status_line(session: SyncSession) -> str:

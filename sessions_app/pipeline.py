@@ -3,6 +3,7 @@ crash, and run a whole session in this process (`--sync`). Tasks in tasks.py are
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -61,11 +62,18 @@ def _scan(session: SyncSession, start_uploads: bool) -> ScanStats:
     return stats
 
 
-def continue_uploads(session_id: int, deadline_seconds: float | None) -> str:
-    """One upload task's work; it queues its own successor when it ran out of time."""
-    outcome = uploading.drain(session_id, deadline_seconds)
+def continue_uploads(session_id: int, deadline_seconds: float | None, destination: str | None = None) -> str:
+    """One upload task's work; it queues its own successor when it ran out of time. A task for no
+    destination in particular, of a session with several, hands one task to each instead: every
+    destination drains on its own (one failing or slow does not hold up the others)."""
+    names = files.destination_names(session_id)
+    if destination is None and len(names) > 1:
+        for name in names:
+            enqueue.uploads(session_id, 1, name)
+        return f"handed to {len(names)} destinations"
+    outcome = uploading.drain(session_id, deadline_seconds, destination)
     if outcome == "handover":
-        enqueue.uploads(session_id, 1)
+        enqueue.uploads(session_id, 1, destination)
     return outcome
 
 
@@ -74,8 +82,10 @@ def run_here(session: SyncSession) -> list[threading.Thread]:
     joins them: the one that ends the session runs its follow-ups, e.g. the notification)."""
     session.mark_scanning()
     scan = following.run_in_thread(functools.partial(scan_session, session.pk, start_uploads=False))
-    # One drain suffices: it waits for rows while the scan runs and ends the session after it.
-    return [scan, following.run_in_thread(uploading.drain, session.pk)]
+    # One drain per destination suffices: it waits for rows while the scan runs; the last one to
+    # finish ends the session (start() opened the destinations' counters).
+    names = files.destination_names(session) or [None]
+    return [scan, *(following.run_in_thread(uploading.drain, session.pk, None, name) for name in names)]
 
 
 # -- crash recovery ---------------------------------------------------------------------------
@@ -113,16 +123,20 @@ def resumable() -> list[SyncSession]:
     return list(SyncSession.objects.filter(status__in=ACTIVE_STATUSES, kind__in=kinds.that_can_go_stale()))
 
 
-def _remove_unfinished(session: SyncSession, keys: list[str]) -> None:
-    """Temporary files the vanished workers left at the destination for these keys go."""
-    if not keys:
-        return
-    try:
-        with session.project.destination() as dest:
-            removed = dest.remove_unfinished(keys)
-    except Exception as exc:  # the destination away: the files stay, the resume goes on
-        log.warning("session %s: temporary files of interrupted uploads not removed: %s", session.pk, exc)
-        return
+def _remove_unfinished(session: SyncSession, keys: list[tuple[str, str]]) -> None:
+    """Temporary files the vanished workers left at each destination for these (destination, key) go."""
+    by_name: dict[str, list[str]] = {}
+    for name, key in keys:
+        by_name.setdefault(name, []).append(key)
+    named = bool(files.destination_names(session))  # else the rows are all of the first destination
+    removed = 0
+    for name, named_keys in by_name.items():
+        try:
+            dest = session.project.destination_named(name) if named else session.project.destination()
+            with dest:
+                removed += dest.remove_unfinished(named_keys)
+        except Exception as exc:  # the destination away: the files stay, the resume goes on
+            log.warning("session %s: temporary files of interrupted uploads not removed: %s", session.pk, exc)
     if removed:
         session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} removed {removed} temporary files of "
                            f"interrupted uploads")
@@ -190,7 +204,10 @@ def preview(project: Project, on_problem: Problem | None = None, *,
     file; changes nothing. Raises StartError like a start."""
     if project.pk is None:
         project.pk = Project.objects.filter(name=project.name).values_list("id", flat=True).first()
-    with kinds.SYNC.preflight(project) as dest:
-        source = LocalSource.of(project, dest.default_extensions)
-        yield from planning.preview(project, dest, lambda sort: source.entries(sort=sort, on_problem=on_problem),
-                                    check=check_destination)
+    with kinds.SYNC.preflight(project) as group:
+        for name, dest in group:  # one destination after the other (a dry run may scan twice)
+            source = LocalSource.of(project, dest.default_extensions)
+            decisions = planning.preview(project, dest, lambda sort: source.entries(sort=sort, on_problem=on_problem),
+                                         check=check_destination)
+            for decision in decisions:
+                yield dataclasses.replace(decision, destination=name) if len(group) > 1 else decision

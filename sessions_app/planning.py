@@ -14,6 +14,10 @@ How far the catalog is trusted this time (`Mode`, decided by `mode_for`):
 - fresh:  the source folder changed: the catalog's entries came from another folder, so every
           file is planned as new.
 
+With several destinations, one scan is planned against each destination's catalog in turn, batch
+by batch: each destination gets its own rows (`FileUpload.destination`), skips and counters, so a
+destination whose catalog has a file costs nothing for it while another one gets a row.
+
 The scan walks in a thread of its own and hands batches over a bounded queue to the calling
 thread, which merges and writes (COPY on PostgreSQL): walking, planning and inserting overlap,
 and memory stays flat. Every database call stays on the calling thread's connection.
@@ -54,6 +58,18 @@ class Decision:
     entry: Entry
     key: str
     skip_reason: str  # "" means upload
+    destination: str = ""  # its name, when the project has several
+
+
+@dataclass
+class Target:
+    """One destination of a sync's plan: its name, the open destination, the names its keys refuse
+    (projects/names.py) and, when it takes fewer files than the scan yields, what it accepts."""
+
+    name: str
+    dest: Destination
+    names: KeyCollisions | None = None
+    accepts: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -103,35 +119,88 @@ Scan = Callable[[bool], Iterator[Entry]]  # sort -> the scan's entries
 CANCEL_CHECK_SECONDS = 0.5
 
 
-def plan_session(session: SyncSession, dest: Destination, scan: Scan, *, batch_size: int,
+def plan_session(session: SyncSession, targets: Destination | list[Target], scan: Scan, *, batch_size: int,
                  start_uploads: bool, names: KeyCollisions | None = None) -> ScanStats:
-    """Plan every scanned file of the session and write what needs work; upload tasks start with
-    the first pending rows. Stops early when the session is cancelled. `names` fails the files
-    whose name cannot be a key (projects/names.py)."""
-    project = session.project
-    known = catalog.open_for(project, dest)
-    mode = mode_for(project, known, dest, check=bool(session.params.get("check_destination")))
-    notes = [mode.why] if mode.why else []
-    if mode.listing:
-        notes += catalog.reconcile(known, dest.list_existing()).lines()
-    if notes:
-        session.append_log("\n".join(notes))
-    writer = _Writer(session, known.pk, start_uploads)
-    merge = _Merge(dest, known.pk if mode.trusted and known.entries.exists() else None,
-                   catalog.in_doubt(project.pk, session.pk), names)
+    """Plan every scanned file of the session for each destination and write what needs work;
+    upload tasks start with the first pending rows. Stops early when the session is cancelled.
+    A bare destination is one target named "default", whose names are `names`."""
+    if isinstance(targets, Destination):
+        targets = [Target("default", targets, names)]
+    several = len(targets) > 1
+    plans = [_Plan(session, t, several, start_uploads) for t in targets]
     complete, asked = True, time.monotonic()
-    for batch in _walk(scan(merge.needs_order), batch_size):
-        writer.write(*merge.plan(batch))
-        if merge.refused:
-            files.add_refused(session, [(r.path, r.key, r.entry.size, r.entry.mtime, r.reason) for r in merge.refused])
+    skips = files.Skips()
+    scanned = 0
+    for batch in _walk(scan(any(p.merge.needs_order for p in plans)), batch_size):
+        scanned += len(batch)
+        for plan in plans:
+            plan.write(batch)
+            if not plan.writer.start_uploads:  # its rows started the upload tasks: for every destination
+                for other in plans:
+                    other.writer.start_uploads = False
         # A cancel is noticed within a second; a query per batch cost a tenth of a no-op re-sync.
         if time.monotonic() - asked >= CANCEL_CHECK_SECONDS:
             asked = time.monotonic()
             if cancelled(session):
                 complete = False
                 break
-    writer.finish(known, mode, complete and not cancelled(session))
-    return writer.stats
+        skips = _count(session, plans, skips) if several else skips
+    if several:
+        _count(session, plans, skips, final=True)
+    complete = complete and not cancelled(session)
+    for plan in plans:
+        plan.writer.finish(plan.known, plan.mode, complete)
+    stats = ScanStats()
+    for plan in plans:
+        stats.files += plan.writer.stats.files
+        stats.pending += plan.writer.stats.pending
+        stats.skipped += plan.writer.stats.skipped
+    if several:
+        each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
+                         for p in plans)
+        session.append_log(f"scan: {scanned} files scanned once for {len(plans)} destinations ({each})")
+    return stats
+
+
+def _count(session: SyncSession, plans: list[_Plan], skips: files.Skips, final: bool = False) -> files.Skips:
+    """Several destinations: their skips, summed for the session, at most once a second."""
+    if not final and time.monotonic() - plans[0].writer.written_at < COUNT_EVERY_SECONDS:
+        return skips
+    total = files.Skips(saved=skips.saved)
+    for plan in plans:
+        total.add(plan.writer.skips.by_reason, plan.writer.skips.size)
+    files.count_skips(session, total, {plan.target.name: plan.writer.skips for plan in plans})
+    for plan in plans:
+        plan.writer.written_at = time.monotonic()
+    return total
+
+
+class _Plan:
+    """One destination's side of a session's plan: its catalog, mode, merge and writer."""
+
+    def __init__(self, session: SyncSession, target: Target, several: bool, start_uploads: bool):
+        project, dest = session.project, target.dest
+        self.session, self.target = session, target
+        self.known = catalog.open_for(project, dest)
+        self.mode = mode_for(project, self.known, dest, check=bool(session.params.get("check_destination")))
+        notes = [self.mode.why] if self.mode.why else []
+        if self.mode.listing:
+            notes += catalog.reconcile(self.known, dest.list_existing()).lines()
+        if notes:
+            head = f"destination {target.name}: " if several else ""
+            session.append_log("\n".join(head + line for line in notes))
+        self.writer = _Writer(session, self.known.pk, start_uploads, target.name, saves_skips=not several)
+        trusted = self.mode.trusted and self.known.entries.exists()
+        self.merge = _Merge(dest, self.known.pk if trusted else None,
+                            catalog.in_doubt(project.pk, session.pk), target.names)
+
+    def write(self, batch: list[Entry]) -> None:
+        if self.target.accepts is not None:
+            batch = [e for e in batch if self.target.accepts(e.relative_path)]
+        self.writer.write(*self.merge.plan(batch))
+        if self.merge.refused:
+            files.add_refused(self.session, [(r.path, r.key, r.entry.size, r.entry.mtime, r.reason)
+                                             for r in self.merge.refused], self.target.name)
 
 
 class _Merge:
@@ -168,13 +237,17 @@ class _Writer:
     skip counts alone at most once a second (a no-op re-sync writes the session row, not a row
     per file)."""
 
-    def __init__(self, session: SyncSession, catalog_id: int, start_uploads: bool):
+    def __init__(self, session: SyncSession, catalog_id: int, start_uploads: bool, destination: str = "default",
+                 *, saves_skips: bool = True):
         self.session, self.catalog_id, self.start_uploads = session, catalog_id, start_uploads
+        # Its rows carry the destination's name and count on its counters. With several
+        # destinations their skips are written together (plan_session), not by each writer.
+        self.destination, self.saves_skips = destination, saves_skips
         self.stats = ScanStats()
         self.skips = files.Skips()
         self.written_at = 0.0
         files.restart_skips(session)  # a re-run scan counts its skips again
-        self.first_run = not session.files.exists()  # no rows of a crashed run to collide with
+        self.first_run = not session.files.filter(destination=destination).exists()
 
     def write(self, rows: list[tuple], adopted: list[tuple], skips: dict[str, int], skipped_bytes: int) -> None:
         self.skips.add(skips, skipped_bytes)
@@ -183,22 +256,25 @@ class _Writer:
         if rows or adopted:
             with transaction.atomic():
                 inserted = files.add_pending(self.session, [(self.session.pk, self.session.project_id) + row
-                                                            for row in rows], first_run=self.first_run)
+                                                            for row in rows],
+                                             first_run=self.first_run, destination=self.destination)
                 catalog.adopt(self.catalog_id, self.session.pk, adopted)
-                self._save_skips()
+                if self.saves_skips:
+                    self._save_skips()
             self.stats.pending += inserted
-        elif time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS:
+        elif self.saves_skips and time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS:
             self._save_skips()
         if rows and self.start_uploads:
             enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
             self.start_uploads = False
 
     def _save_skips(self) -> None:
-        files.count_skips(self.session, self.skips)
+        files.count_skips(self.session, self.skips, {self.destination: self.skips})
         self.written_at = time.monotonic()
 
     def finish(self, known: Catalog, mode: Mode, complete: bool) -> None:
-        self._save_skips()
+        if self.saves_skips:
+            self._save_skips()
         if not complete:
             return
         notes = catalog.extras(known, self.session) if mode.listing else []

@@ -26,7 +26,7 @@ from projects import backoff
 from sessions_app import enqueue, following
 from sessions_app.enqueue import ROUND_TASK
 from sessions_app.errors import RetryError
-from sessions_app.files import requeue
+from sessions_app.files import destination_names, has_pending, requeue
 from sessions_app.models import ENDED_STATUSES, FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,18 @@ def give_up_exhausted(session: SyncSession) -> int:
 
 def queue_retry_round(session: SyncSession, *, include_permanent: bool = False,
                       files: QuerySet[FileUpload] | None = None, auto: bool = False,
-                      start: bool = True) -> Queued:
+                      start: bool = True, destination: str | None = None) -> Queued:
     """Re-queue the session's failed files (transient only, unless include_permanent) and the
-    files a cancel left behind; reopen the session and start upload tasks. `files` narrows the
-    choice (admin "Retry selected"). Nothing to retry: nothing changes."""
+    files a cancel left behind; reopen the session and start upload tasks for the destinations
+    that have files to retry. `files` narrows the choice (admin "Retry selected"), and so does
+    `destination` (a name). Nothing to retry: nothing changes."""
     session.refresh_from_db()
+    names = destination_names(session)
+    if destination is not None and destination not in names:
+        raise RetryError(f"session {session.pk} has no destination named {destination!r} "
+                         f"(it has: {', '.join(names) or 'one, unnamed'})")
+    if destination is not None:
+        files = (files if files is not None else session.files.all()).filter(destination=destination)
     if session.is_active:
         raise RetryError(f"session {session.pk} is still {session.status}; retry its files when it has ended")
     if not session.scan_finished_at:
@@ -122,8 +129,17 @@ def queue_retry_round(session: SyncSession, *, include_permanent: bool = False,
     session.append_log(f"{timezone.now():%Y-%m-%d %H:%M:%S} {queued.text()}"
                        f"{' (automatic)' if auto else ''}{' incl. permanent' if include_permanent else ''}")
     if start:
-        enqueue.uploads(session.pk, session.project.upload_tasks)
+        _start_uploads(session, [destination] if destination else names)
     return queued
+
+
+def _start_uploads(session: SyncSession, names: list[str]) -> None:
+    """Upload tasks for each destination with files to send again (none for the others)."""
+    if not names:
+        enqueue.uploads(session.pk, session.project.upload_tasks)
+    for name in names:
+        if has_pending(session, name):
+            enqueue.uploads(session.pk, session.project.upload_tasks, name)
 
 
 def _candidates(session: SyncSession, include_permanent: bool,

@@ -106,7 +106,9 @@ def _create_leased(kind: kinds.Kind, dest: Destination, candidate: Project,
         try:
             with transaction.atomic():
                 project, config = prepare()
-                return create_session(project, config, kind=kind, lease=kind.lease(project, dest), **create)
+                session = create_session(project, config, kind=kind, lease=kind.lease(project, dest), **create)
+                kind.opened(session, dest)
+                return session
         except IntegrityError:  # a start racing this one took the lease (or made the new project) first
             conflicts += 1
     raise StartError(f"project {candidate.name}: could not take the lease of {dest.identity()}")

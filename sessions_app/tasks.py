@@ -16,9 +16,9 @@ def scan(session_id: int) -> str:
     return f"scanned {stats.files} files: {stats.pending} to upload, {stats.skipped} skipped"
 
 
-def upload(session_id: int) -> str:
+def upload(session_id: int, destination: str | None = None) -> str:
     with shutdown.graceful():
-        return pipeline.continue_uploads(session_id, settings.UPLOAD_TASK_SECONDS)
+        return pipeline.continue_uploads(session_id, settings.UPLOAD_TASK_SECONDS, destination)
 
 
 def sweep() -> str:

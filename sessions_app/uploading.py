@@ -30,8 +30,9 @@ SEND_BATCH = 50  # small files per task of the sender thread: one thread handoff
 class Drainer:
     """One task's worth of uploading for one session."""
 
-    def __init__(self, session: SyncSession, *, deadline: float | None):
+    def __init__(self, session: SyncSession, *, deadline: float | None, destination: str | None = None):
         self.session = session
+        self.destination = destination  # the rows of this destination only (None: every row)
         self.project = session.project
         self.kind = kinds.of(session)
         self.transfer = self.kind.transfer(session)
@@ -152,7 +153,7 @@ class Drainer:
         return busy < self.workers or (not self.dry and busy <= self._chunk_size(0, inline_below) // 2)
 
     def _more_coming(self) -> bool:
-        return self.kind.more_may_come(self.session, time.monotonic() - self.last_claimed)
+        return self.kind.more_may_come(self.session, time.monotonic() - self.last_claimed, self.destination)
 
     def _check_stop(self) -> None:
         status = SyncSession.objects.values_list("status", flat=True).get(pk=self.session.pk)
@@ -183,7 +184,7 @@ class Drainer:
                  self.session.pk, why, len(in_flight), len(released))
 
     def claim(self, n: int) -> list[FileUpload]:
-        rows = files.claim(self.session, n, self.catalog_id)
+        rows = files.claim(self.session, n, self.catalog_id, self.destination)
         self.dry = len(rows) < n
         if self.lease:
             self.lease.hold(row.pk for row in rows)
@@ -194,7 +195,7 @@ class Drainer:
         outcomes, self.outcomes = self.outcomes, []
         given_back, self.given_back = self.given_back, []
         self.last_flush, self.dry = time.monotonic(), False
-        files.record(self.session, outcomes, self.catalog_id)
+        files.record(self.session, outcomes, self.catalog_id, self.destination)
         if self.lease:
             self.lease.drop(o.row.pk for o in outcomes)
         if given_back:
@@ -204,23 +205,33 @@ class Drainer:
 
 
 @logcontext.about_session
-def drain(session_id: int, deadline_seconds: float | None = None) -> str:
-    """Upload what is pending; returns what happened: "idle", "handover", "paused" or "done"."""
+def drain(session_id: int, deadline_seconds: float | None = None, destination: str | None = None) -> str:
+    """Upload what is pending to `destination` (by name; None: to each of the session's in turn);
+    returns what happened: "idle", "handover", "paused" or "done"."""
     session = SyncSession.objects.select_related("project").get(pk=session_id)
     if session.status not in (SessionStatus.SCANNING, SessionStatus.UPLOADING):
         return "idle"
     deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
-    dest = session.project.destination()
+    for name in [destination] if destination else (files.destination_names(session) or [None]):
+        outcome = _drain_one(session, deadline, name)
+        if outcome != "done":
+            return outcome
+    if not lifecycle.end_if_settled(session):
+        kinds.of(session).ran_dry(session)
+    return "done"
+
+
+def _drain_one(session: SyncSession, deadline: float | None, name: str | None) -> str:
+    """One destination's pending rows (None: every row, to the project's one destination)."""
+    dest = session.project.destination_named(name) if name else session.project.destination()
     dest.bind(project=session.project.name, session_id=session.pk, source_dir=session.project.source_dir)
     try:
-        drainer = Drainer(session, deadline=deadline)
+        drainer = Drainer(session, deadline=deadline, destination=name)
         timed_out = drainer.run(dest)
     finally:
         dest.close()
     if drainer.pacer.paused:
         return "paused"  # until `resume`: the pacer logged why
-    if timed_out and files.has_pending(session):
+    if timed_out and files.has_pending(session, name):
         return "handover"
-    if not lifecycle.end_if_settled(session):
-        kinds.of(session).ran_dry(session)
     return "done"

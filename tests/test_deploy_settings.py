@@ -87,3 +87,13 @@ def test_every_setting_read_from_the_environment_is_documented():
 
     assert read and not [name for name in sorted(read) if f"`{name}`" not in readme]
     assert not [name for name in sorted(read) if not re.search(rf"^#? ?{name}=", example, re.M)]
+
+
+def test_with_redis_the_shared_cache_keys_carry_the_cluster_name_as_django_q2_keys_do():
+    env = production_env("https://uploader.example", REDIS_URL="redis://127.0.0.1:6379/0", Q_CLUSTER_NAME="staging")
+    code = ("import json; from django.conf import settings; "
+            "print(json.dumps([settings.CACHES['default'].get('KEY_PREFIX'), settings.Q_CLUSTER['name']]))")
+    done = manage(env, "shell", "-v", "0", "-c", code)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["staging", "staging"]

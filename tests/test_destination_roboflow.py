@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import socket
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable
@@ -474,6 +475,27 @@ def test_many_threads_upload_at_once(roboflow_destination, roboflow_api):
         image = stored(roboflow_api, f"img{i}.png")
         assert image.split == ("train", "valid", "test")[i % 3]
         assert image.annotation is not None and image.annotation.text == f"0 0.5 0.5 0.{i % 9 + 1} 0.1\n"
+
+
+def test_images_of_one_name_sent_at_once_each_arrive_under_it_and_no_link_folder_stays(
+    make_destination, roboflow_api, tmp_path, monkeypatch
+):
+    # The SDK names an image after the path it reads: each is sent through a link of its own name.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
+    dest = make_destination()
+    jobs = [(put(dest, f"{split}/images/same.png"), f"{split}/images/same.png") for split in ("train", "valid", "test")]
+    jobs += [(put(dest, f"batch{i}/{split}/images/same.png"), f"batch{i}/{split}/images/same.png")
+             for i in range(5) for split in ("train", "valid", "test")]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda job: dest.upload(*job), jobs))
+    images = roboflow_api.project(WORKSPACE, PROJECT).images
+    for (path, key), result in zip(jobs, results):
+        image = images[result.remote_id]
+        assert (image.name, image.split, image.data) == ("same.png", key.split("/")[-3], Path(path).read_bytes())
+    assert list((tmp_path / "temp").iterdir())  # the threads' link folders, kept between images
+    dest.close()
+    assert list((tmp_path / "temp").iterdir()) == []
 
 
 # -- the API key stays secret; SDK chatter goes to logging ----------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,44 @@ def test_sigkill_of_the_whole_cluster_is_recovered_by_the_restarted_cluster_alon
     for i in range(n):
         key = f"/rec/2026/batch/{i:04d}.wav"
         assert fault_proxy.succeeded("PUT", key) == 1, f"file {i} stored {fault_proxy.succeeded('PUT', key)} times"
+
+
+def test_two_clusters_sharing_redis_and_the_database_share_a_session_and_store_each_file_once(
+    cluster_factory, s3_server, fault_proxy, source, tmp_path, monkeypatch
+):
+    """The Deployment section's set-up: qclusters on two "machines" (own working directory each)
+    with one DATABASE_URL, REDIS_URL and Q_CLUSTER_NAME; a fresh name keeps other Redis users out."""
+    import redis
+    from django_q.conf import Conf
+
+    name, redis_url = f"test-{uuid.uuid4().hex[:12]}", "redis://127.0.0.1:6379/0"
+    # This process queues as the README's web machine would: the name is the queue's and the signing salt.
+    for attribute, value in (("ORM", None), ("REDIS", redis_url), ("CLUSTER_NAME", name), ("PREFIX", name)):
+        monkeypatch.setattr(Conf, attribute, value)
+    n = 300
+    write_files(source, {f"batch/{i:04d}.wav": b"z" * (500 + i) for i in range(n)})
+    bucket = s3_server.make_bucket()
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    try:
+        clusters = []
+        for home in machines:
+            home.mkdir()
+            clusters.append(cluster_factory(REDIS_URL=redis_url, Q_CLUSTER_NAME=name, HOME=str(home),
+                                            DATA_DIR=str(home / "data")))
+        wait_for(lambda: all("running." in c.output() for c in clusters), 60, what="both clusters running")
+        call_command("upload", "--config", _config(tmp_path, source, fault_proxy.endpoint_url, bucket,
+                                                   upload_tasks=4, upload_workers=2), "--no-wait")
+        session = wait_for(lambda: SyncSession.objects.filter(status=SessionStatus.COMPLETED).first(), 90,
+                           what="session completed")
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        keys = [*client.scan_iter(match=f"django_q:{name}:*"), *client.scan_iter(match=f"{name}:*")]
+        if keys:
+            client.delete(*keys)
+
+    assert (session.found_count, session.uploaded_count, session.failed_count) == (n, n, 0)
+    for i in range(n):
+        key = f"/rec/2026/batch/{i:04d}.wav"
+        assert fault_proxy.succeeded("PUT", key) == 1, f"file {i} stored {fault_proxy.succeeded('PUT', key)} times"
+    for cluster in clusters:  # both pushers wait on the one Redis list: its tasks go to each in turn
+        assert "Processed 'sessions_app.tasks." in cluster.output()

@@ -164,8 +164,11 @@ else:
 # django-q2 keeps each cluster's heartbeat (its Stat) in this cache: it must be shared by every
 # process, or the web server could never tell whether a qcluster is alive (LocMem is per process).
 # The database needs no extra service and works across machines; Redis when we have it.
+# Its keys are prefixed with the cluster's name, as django-q2's own Redis keys are: deployments that
+# share one Redis under different Q_CLUSTER_NAMEs do not see each other's keys.
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "KEY_PREFIX": Q_CLUSTER["name"]}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "uploader_cache"}}
 

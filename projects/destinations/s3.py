@@ -1,12 +1,15 @@
 """Amazon S3 and S3-compatible servers, through boto3.
 
 Credentials come from the default chain or a named AWS profile; nothing secret is an option.
-Small files go up with one put_object (a third of upload_file's client CPU per file);
-files above the multipart threshold go through boto3's transfer manager.
+Files up to the multipart threshold go up in one PUT through the AWS Common Runtime's S3 client
+(projects/destinations/s3crt.py: about a third of botocore's put_object CPU per small file); files
+above it in parts through boto3's transfer manager, one per destination, its threads shared by
+every transfer of the process; listings, HEADs and streams through botocore.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections.abc import Iterator
@@ -15,10 +18,12 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions as bce
-from boto3.s3.transfer import TransferConfig
+import botocore.session
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from s3transfer.manager import TransferManager
 from botocore.config import Config
 
-from projects.outbound import check_http_url, redact_url
+from projects.outbound import check_http_url
 from projects.destinations.base import (
     ConfigError,
     Destination,
@@ -29,8 +34,8 @@ from projects.destinations.base import (
     local_file_error,
     normalize_key,
 )
+from projects.destinations.s3crt import CrtPutFailed, CrtPutter
 from projects.localfile import LocalFile
-from projects.outbound import check_http_url, redact_url
 
 MiB = 1024 * 1024
 MAX_PUT_SIZE = 5 * 1024 * MiB  # S3's limit for one PUT
@@ -70,6 +75,9 @@ class S3Destination(Destination):
         self._client = None
         self._stream_client = None
         self._check_client = None
+        self._session = None
+        self._putter: CrtPutter | bool | None = None  # False: not on this destination
+        self._transfers: TransferManager | None = None
         self._client_lock = threading.Lock()
 
     @classmethod
@@ -126,13 +134,49 @@ class S3Destination(Destination):
                 self._check_client = self._make_client(timeout=self.check_timeout)
             return self._check_client
 
+    @property
+    def putter(self) -> CrtPutter | None:
+        """Single PUTs through the CRT: endpoint and credentials resolved once, by botocore. None
+        behind a proxy or with a CA bundle of the AWS configuration's: botocore's put_object then."""
+        client = self.client
+        with self._client_lock:
+            if self._putter is None:
+                credentials = self._session.get_credentials()
+                if credentials is None:
+                    raise DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
+                                           permanent=True)
+                ca_bundle = self._botocore_session.get_config_variable("ca_bundle")
+                self._putter = CrtPutter.for_client(client, credentials, self.bucket, ca_bundle) or False
+            return self._putter or None
+
+    @property
+    def transfers(self) -> TransferManager:
+        """boto3's transfer manager for multipart uploads, one per destination and process: parts
+        of all files share max_pool_connections threads (the connections the client has); parts
+        grow from multipart_chunk_mb when a file would need more than S3's 10,000."""
+        client = self.client
+        with self._client_lock:
+            if self._transfers is None:
+                config = TransferConfig(
+                    multipart_threshold=self.options["multipart_threshold_mb"] * MiB,
+                    multipart_chunksize=self.options["multipart_chunk_mb"] * MiB,
+                    max_concurrency=self.options["max_pool_connections"],
+                    preferred_transfer_client="classic",  # its retries are off with the client's
+                )
+                self._transfers = create_transfer_manager(client, config)
+            return self._transfers
+
     def _make_client(self, timeout: float | None = None, **s3_options: Any):
-        try:
-            session = boto3.session.Session(
-                profile_name=self.options["aws_profile"], region_name=self.options["region"]
-            )
-        except bce.ProfileNotFound:
-            raise DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
+        if self._session is None:  # one credential chain for every client and the CRT
+            try:
+                self._botocore_session = botocore.session.get_session()
+                self._session = boto3.session.Session(
+                    botocore_session=self._botocore_session, profile_name=self.options["aws_profile"],
+                    region_name=self.options["region"],
+                )
+            except bce.ProfileNotFound:
+                raise DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
+        session = self._session
         config = Config(
             max_pool_connections=self.options["max_pool_connections"],
             # Retries are ours (counted per file, with backoff) and so is slowing down when throttled
@@ -150,10 +194,15 @@ class S3Destination(Destination):
 
     def close(self) -> None:
         with self._client_lock:
+            if self._transfers is not None:
+                self._transfers.shutdown()  # before its client closes
             for client in (self._client, self._stream_client, self._check_client):
                 if client is not None:
                     client.close()
             self._client = self._stream_client = self._check_client = None
+            if self._putter:
+                self._putter.close()
+            self._putter = self._transfers = None
 
     # -- the contract ----------------------------------------------------------------------
     def check(self) -> None:
@@ -201,14 +250,19 @@ class S3Destination(Destination):
         try:
             f.seek(0)  # a retry reads the open file again from its start
             if size > self.options["multipart_threshold_mb"] * MiB:
-                return self._upload_multipart(f, full_key, size)
-            extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
-            resp = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=f, ContentLength=size, **extra)
+                return self._upload_multipart(local, full_key, size)
+            storage = self.options["storage_class"]
+            if putter := self.putter:
+                etag = putter.put(f, full_key, size, [("x-amz-storage-class", storage)] if storage else [])
+            else:
+                extra = {"StorageClass": storage} if storage else {}
+                resp = self.client.put_object(Bucket=self.bucket, Key=full_key, Body=f, ContentLength=size, **extra)
+                etag = resp.get("ETag", "").strip('"')
         except OSError as exc:
             raise local_file_error(exc, local.path) from exc
         except Exception as exc:
             raise self._error(exc, full_key)
-        return UploadResult(size=size, checksum=resp.get("ETag", "").strip('"'))
+        return UploadResult(size=size, checksum=etag)
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         full_key = self.full_key(key)
@@ -229,14 +283,12 @@ class S3Destination(Destination):
             raise self._error(exc, full_key)
         return UploadResult(size=body.count)
 
-    def _upload_multipart(self, f, full_key: str, size: int) -> UploadResult:
-        config = TransferConfig(
-            multipart_threshold=self.options["multipart_threshold_mb"] * MiB,
-            multipart_chunksize=self.options["multipart_chunk_mb"] * MiB,
-            max_concurrency=4,
-        )
+    def _upload_multipart(self, local: LocalFile, full_key: str, size: int) -> UploadResult:
         extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else None
-        self.client.upload_fileobj(f, self.bucket, full_key, ExtraArgs=extra, Config=config)
+        # By the open file's /proc path: each part is read from the file as it is sent, not copied
+        # into memory first (as upload_fileobj does); the parts of every large file of the process
+        # share the manager's threads.
+        self.transfers.upload(local.fd_path, self.bucket, full_key, extra_args=extra).result()
         head = self.client.head_object(Bucket=self.bucket, Key=full_key)
         if head["ContentLength"] != size:
             raise DestinationError(f"size after upload is {head['ContentLength']}, expected {size}")
@@ -250,11 +302,14 @@ class S3Destination(Destination):
             err = exc.response.get("Error", {})
             code = err.get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            message = err.get("Message") or code or str(exc)
-            permanent = status < 500 and status != 429 and code not in TRANSIENT_CODES
-            throttled = status == 429 or code in THROTTLE_CODES
-            return DestinationError(f"{what}: {status} {code}: {message}".strip(), permanent=permanent,
-                                    retry_after=_retry_after(exc.response), throttled=throttled)
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            return _answer_error(what, status, code, err.get("Message") or code or str(exc), headers)
+        if isinstance(exc, CrtPutFailed):
+            if exc.status:
+                return _answer_error(what, exc.status, exc.code, exc.message, exc.headers)
+            # Connection refused / reset / closed, no answer in time: try again.
+            where = self.options["endpoint_url"] or "S3"
+            return DestinationError(f"{what}: connection to {where} failed: {exc.message}", permanent=False)
         if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
             return DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
                                     permanent=True)
@@ -271,8 +326,17 @@ class S3Destination(Destination):
         return DestinationError(f"{what}: {type(exc).__name__}: {exc}", permanent=False)
 
 
-def _retry_after(response: dict[str, Any]) -> float | None:
-    value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after", "")
+def _answer_error(what: str, status: int, code: str, message: str, headers: dict[str, str]) -> DestinationError:
+    """The server answered with an error: permanent unless it says "later"; throttled when it
+    says "too many requests"."""
+    permanent = status < 500 and status != 429 and code not in TRANSIENT_CODES
+    throttled = status == 429 or code in THROTTLE_CODES
+    return DestinationError(f"{what}: {status} {code}: {message}".strip(), permanent=permanent,
+                            retry_after=_retry_after(headers), throttled=throttled)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("retry-after", "")
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:
@@ -292,3 +356,11 @@ class _CountingReader:
         if not data and self._size is not None and self.count < self._size:
             raise DestinationError(f"the stream ended after {self.count} of {self._size} bytes", permanent=False)
         return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        # Only there so that botocore's CRT signer (used whenever awscrt is installed) takes this
+        # for a stream instead of copying it into BytesIO, which fails: it signs UNSIGNED-PAYLOAD
+        # and never seeks. Anything that really seeks gets the error a pipe would give.
+        if (offset, whence) == (0, os.SEEK_SET) and self.count == 0:
+            return 0
+        raise io.UnsupportedOperation("the stream cannot be rewound")

@@ -123,6 +123,7 @@ class RoboflowAPI:
             self.keys: dict[str, str] = {API_KEY: WORKSPACE}  # api key -> the workspace it belongs to
             self.workspaces: dict[str, dict[str, StoredProject]] = {WORKSPACE: {}}
             self.requests: list[tuple[str, str, int]] = []
+            self.peers: list[tuple[str, int]] = []  # (path, the client's port) of each request
             self.fetches: Counter[str] = Counter()
             self.annotation_fetches: Counter[str] = Counter()
             self._rules: list[_Rule] = []
@@ -220,6 +221,11 @@ class RoboflowAPI:
         with self.lock:
             self._rules.append(rule)
         return rule.arrived
+
+    def connections(self, path_contains: str = "") -> int:
+        """How many TCP connections the requests whose path contains `path_contains` came on."""
+        with self.lock:
+            return len({port for path, port in self.peers if path_contains in path})
 
     def count(self, path_contains: str = "", method: str | None = None) -> int:
         with self.lock:
@@ -438,6 +444,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         with self.server.api.lock:
             self.server.api.requests.append((self.command, path, status))
+            self.server.api.peers.append((path, self.client_address[1]))
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", content_type)

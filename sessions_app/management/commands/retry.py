@@ -30,6 +30,8 @@ class Command(BaseCommand):
         parser.add_argument("--auto", action="store_true", help="more rounds with backoff until nothing is left")
         parser.add_argument("--include-permanent", action="store_true",
                             help="also files whose error was permanent (the cause was fixed)")
+        parser.add_argument("--destination", metavar="NAME",
+                            help="only the files that failed at the destination of this name")
         parser.add_argument("--wait", action="store_true", help="follow the round(s) and print the statistics")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -40,7 +42,7 @@ class Command(BaseCommand):
         done_before = retrying.done_count(session)
         try:
             queued = retrying.queue_retry_round(session, include_permanent=options["include_permanent"],
-                                                auto=options["auto"])
+                                                auto=options["auto"], destination=options["destination"])
         except (RetryError, EnqueueError) as exc:
             raise CommandError(safe(exc), returncode=2)
         self.stdout.write(queued.text())

@@ -82,7 +82,8 @@ class Command(BaseCommand):
                     continue
                 upload += 1
                 nbytes += d.entry.size
-                self.stdout.write(f"upload {safe(d.entry.relative_path)} -> {safe(d.key)} ({d.entry.size} bytes)")
+                where = f"{d.destination}: " if d.destination else ""
+                self.stdout.write(f"upload {safe(d.entry.relative_path)} -> {where}{safe(d.key)} ({d.entry.size} bytes)")
         except UploaderError as exc:
             raise CommandError(safe(exc), returncode=2)
         self.stdout.write(f"dry run: {upload} files ({following.human_size(nbytes)}) would be uploaded, "

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('sessions_app', '0007_observability'),
+        ('sessions_app', '0008_file_per_destination'),
     ]
 
     operations = [
