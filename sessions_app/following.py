@@ -15,6 +15,7 @@ from sessions_app.terminal import safe
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_BAD_INPUT = 0, 1, 2
 NO_CLUSTER_HINT_AFTER = 15.0
+END_CHECK_SECONDS = 0.1
 
 
 def human_size(n: float) -> str:
@@ -37,9 +38,21 @@ def follow(session: SyncSession, out: TextIO, *, progress: bool = True, poll: fl
                     time.monotonic() - started > NO_CLUSTER_HINT_AFTER:
                 bar.write("still queued: is a worker running? start one with `python manage.py qcluster`")
                 hinted = True
-            time.sleep(poll)
+            _wait_for_change(session.pk, poll, stop)
     finally:
         bar.close()
+
+
+def _wait_for_change(session_id: int, poll: float, stop: threading.Event | None) -> None:
+    """Until the next redraw, `poll` seconds away, or until the session ends: its status alone is
+    asked every END_CHECK_SECONDS, so a command returns within that of its session's end (with
+    only the redraws it took up to half a second)."""
+    deadline = time.monotonic() + poll
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(END_CHECK_SECONDS, left))
+        if (stop is not None and stop.is_set()) or \
+                SyncSession.objects.filter(pk=session_id).values_list("status", flat=True).first() in ENDED_STATUSES:
+            return
 
 
 def _draw(bar: tqdm, s: SyncSession) -> None:
