@@ -370,11 +370,7 @@ def main() -> None:
     finally:
         if moto is not None:
             moto.stop()
-        common.stop_all()
-        if args.keep_logs:
-            print(f"logs kept under {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        common.finish(work, args.keep_logs)
 
 
 def _make_bucket(moto: common.Moto, bucket: str) -> None:

@@ -417,11 +417,7 @@ def main() -> None:
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         moto.stop()
-        common.stop_all()
-        if args.keep_logs:
-            print(f"logs kept under {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        common.finish(work, args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -329,11 +329,7 @@ def main() -> None:
         report(runs)
     finally:
         bench.close()
-        common.stop_all()
-        if args.keep_logs:
-            print(f"logs kept under {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        common.finish(work, args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,6 +76,15 @@ def stop(proc: subprocess.Popen, grace: float = 10.0, sig: int = signal.SIGTERM)
 def stop_all() -> None:
     for proc in list(reversed(_children)):
         stop(proc, grace=5.0)
+
+
+def finish(work: Path, keep_logs: bool) -> None:
+    """A bench's end: every child stopped, its work folder removed (or kept, and said so)."""
+    stop_all()
+    if keep_logs:
+        print(f"logs kept under {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _on_signal(signum, frame):

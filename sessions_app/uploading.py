@@ -51,6 +51,7 @@ class Drainer:
         self.pacer = pacing.Pacer(session, workers=self.workers, patience=self.project.throttle_patience)
         self.given_back: list[int] = []  # rows the pacer gave back to pending (the session paused)
         self.busy = 0  # claimed rows not yet back from their transfer
+        self.inline_below = 0  # the destination's (run() sets it): smaller files go to the sender thread
 
     def run(self, dest: Destination) -> bool:
         """Upload until nothing is left to claim; True if this task stopped early (out of time or
@@ -64,7 +65,7 @@ class Drainer:
         in_flight: dict[Future, list[FileUpload]] = {}
         # Transfers report here as they finish: wait() over every claimed future cost O(claimed) per file.
         finished: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        inline_below = dest.inline_below
+        self.inline_below = dest.inline_below
         context = contextvars.copy_context  # a copy per future: its log lines name the session (logcontext)
         with ThreadPoolExecutor(self.workers, thread_name_prefix=f"upload-{self.session.pk}",
                                 initializer=pacing.use, initargs=(self.pacer,)) as pool, \
@@ -76,11 +77,11 @@ class Drainer:
                 self.pacer.tick()
                 if self.pacer.paused and not self.stopped:
                     self._wind_down(in_flight, "paused")
-                if not self.stopped and self._wants_more(self.busy, inline_below):
+                if not self.stopped and self._wants_more(self.busy):
                     small: list[FileUpload] = []
-                    for row in self.claim(self._chunk_size(self.busy, inline_below)):
+                    for row in self.claim(self._chunk_size(self.busy)):
                         self.last_claimed = time.monotonic()
-                        if row.size < inline_below and self.pacer.unthrottled:
+                        if row.size < self.inline_below and self.pacer.unthrottled:
                             small.append(row)
                         else:
                             self._start(pool.submit(context().run, self._send, dest, [row]), [row], in_flight,
@@ -137,12 +138,12 @@ class Drainer:
     def timed_out(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
-    def _chunk_size(self, busy: int, inline_below: int = 0) -> int:
+    def _chunk_size(self, busy: int) -> int:
         # Files sent inline take microseconds each: a bigger chunk spreads a claim's round trips.
-        least = INLINE_CHUNK if inline_below else 2 * self.workers
+        least = INLINE_CHUNK if self.inline_below else 2 * self.workers
         return max(settings.UPLOAD_CHUNK_SIZE, least) - busy
 
-    def _wants_more(self, busy: int, inline_below: int = 0) -> bool:
+    def _wants_more(self, busy: int) -> bool:
         """Claim the next chunk while half of this one is still queued, so the workers never wait
         for a claim's round trips; after a short claim (nothing more pending yet), only once the
         workers run out or at the next flush. While the pacer holds concurrency down, no more than
@@ -150,7 +151,7 @@ class Drainer:
         limit = self.pacer.concurrency()
         if limit < self.workers:
             return busy < limit
-        return busy < self.workers or (not self.dry and busy <= self._chunk_size(0, inline_below) // 2)
+        return busy < self.workers or (not self.dry and busy <= self._chunk_size(0) // 2)
 
     def _more_coming(self) -> bool:
         return self.kind.more_may_come(self.session, time.monotonic() - self.last_claimed, self.destination)

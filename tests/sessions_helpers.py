@@ -4,9 +4,11 @@ run in this process, and django-q2 tasks executed in-process (its documented `sy
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import Schedule
@@ -67,3 +69,14 @@ def synced_after_a_file_vanished(make_project, source, tmp_path) -> Any:
     uploading.drain(session.pk)
     session.refresh_from_db()
     return session
+
+
+def run_retry(*args: str) -> tuple[int, str, str]:
+    """`manage.py retry ARGS --no-progress`: (exit code, stdout, stderr)."""
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("retry", *args, "--no-progress", stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -11,17 +10,9 @@ from django_q.models import OrmQ, Schedule
 from sessions_app import retrying
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.conftest import manage, run_session_inline, wait_for, write_files
-from tests.sessions_helpers import fast_uploads, remote_keys, run_due_schedules, s3_project, sync_tasks  # noqa: F401
-
-
-def _retry(*args: str) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("retry", *args, "--no-progress", stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
+from tests.sessions_helpers import (  # noqa: F401
+    fast_uploads, remote_keys, run_due_schedules, run_retry, s3_project, sync_tasks,
+)
 
 
 def _file(name: str) -> FileUpload:
@@ -45,7 +36,7 @@ def test_round_recovers_a_file_after_a_transient_fault(make_project, s3_server, 
     assert (b.status, b.attempts, b.retries, b.error_permanent) == (FileStatus.FAILED, 2, 0, False)
     assert "500 InternalError" in b.last_error
 
-    code, out, _ = _retry(str(session.pk), "--wait")
+    code, out, _ = run_retry(str(session.pk), "--wait")
 
     assert code == 0
     assert f"session {session.pk}: retry round 1 queued 1 file" in out
@@ -66,7 +57,7 @@ def test_file_failing_max_retries_rounds_becomes_permanent_and_is_left_out(make_
     fault_proxy.fail_next(100, "500", path_contains="b.wav")
     session = run_session_inline(project)
 
-    code, out, err = _retry(str(session.pk), "--wait")
+    code, out, err = run_retry(str(session.pk), "--wait")
 
     assert code == 1
     assert "retried 1, now uploaded 0, still failed 1, permanent 1" in out
@@ -76,14 +67,14 @@ def test_file_failing_max_retries_rounds_becomes_permanent_and_is_left_out(make_
     assert b.last_error.startswith("gave up after 1 retry rounds: ")
     assert "500 InternalError" in b.last_error
 
-    code, out, err = _retry(str(session.pk))
+    code, out, err = run_retry(str(session.pk))
     assert code == 1
     assert "nothing to retry" in out
     assert "--include-permanent" in err
     assert _file("b.wav").attempts == 4, "a permanent file is not retried without --include-permanent"
 
     fault_proxy.reset()  # the cause is fixed
-    code, out, _ = _retry(str(session.pk), "--include-permanent", "--wait")
+    code, out, _ = run_retry(str(session.pk), "--include-permanent", "--wait")
     assert code == 0
     assert "retried 1, now uploaded 1, still failed 0, permanent 0" in out
     b = _file("b.wav")
@@ -98,10 +89,10 @@ def test_permanent_error_is_retried_only_with_include_permanent(make_project, s3
     c = _file("c.wav")
     assert (c.status, c.attempts, c.error_permanent) == (FileStatus.FAILED, 1, True)
 
-    code, out, _ = _retry(str(session.pk), "--wait")
+    code, out, _ = run_retry(str(session.pk), "--wait")
     assert (code, "nothing to retry" in out) == (1, True)
 
-    code, out, _ = _retry(str(session.pk), "--include-permanent", "--wait")
+    code, out, _ = run_retry(str(session.pk), "--include-permanent", "--wait")
     assert code == 0
     assert "retried 1, now uploaded 1" in out
     assert SyncSession.objects.get().status == SessionStatus.COMPLETED
@@ -114,7 +105,7 @@ def test_auto_rounds_back_off_until_every_file_is_uploaded(make_project, s3_serv
     fault_proxy.fail_next(12, "500", path_contains="b.wav")  # 4 tries each: the upload, rounds 1 and 2
     session = run_session_inline(project)
 
-    code, out, _ = _retry(str(session.pk), "--auto")
+    code, out, _ = run_retry(str(session.pk), "--auto")
 
     assert code == 0
     assert "retry round 1 queued 1 file" in out
@@ -143,7 +134,7 @@ def test_auto_rounds_stop_when_only_permanent_failures_are_left(make_project, s3
     fault_proxy.fail_next(1000, "500", path_contains="b.wav")
     session = run_session_inline(project)
 
-    _retry(str(session.pk), "--auto")
+    run_retry(str(session.pk), "--auto")
     wait_for(lambda: run_due_schedules() and not retrying.awaiting_round(SyncSession.objects.get()), 30,
              what="automatic rounds given up")
 
@@ -171,7 +162,7 @@ def test_without_wait_the_round_is_queued_for_the_workers(make_project, s3_serve
     a = _file("a.wav")
     assert (a.status, a.error_permanent) == (FileStatus.FAILED, True), "max_retries 0: no round is automatic"
 
-    code, out, _ = _retry(str(session.pk), "--include-permanent")
+    code, out, _ = run_retry(str(session.pk), "--include-permanent")
 
     assert code == 0 and "queued 1 file" in out
     session.refresh_from_db()

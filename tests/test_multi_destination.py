@@ -16,10 +16,10 @@ from django.core.management import call_command
 from projects import config
 from projects.models import ConfigHistory, Project, ProjectDestination
 from sessions_app import notifying
-from sessions_app.models import FileStatus, FileUpload, SessionDestination, SessionStatus, SyncSession
+from sessions_app.models import FileUpload, SessionDestination, SessionStatus, SyncSession
 from tests.conftest import manage, run_session_inline, write_files
 from tests.servers.sshd import sftp_options
-from tests.sessions_helpers import fast_uploads, remote_keys, sync_tasks  # noqa: F401
+from tests.sessions_helpers import fast_uploads, remote_keys, run_retry, sync_tasks  # noqa: F401
 
 FILES = {"a.wav": "aaaa", "b.wav": "bbbbbb", "sub/c.wav": "cc", "sub/d.wav": "ddd", "top/e.wav": "eeeee"}
 IN_SUB = {"sub/c.wav", "sub/d.wav"}
@@ -67,16 +67,6 @@ def per_destination(session: SyncSession) -> dict[str, tuple[int, int, int, int]
 def stamps(tmp_path: Path, name: str = "archive") -> dict[str, tuple[int, int]]:
     root = tmp_path / name
     return {rel: (os.stat(root / rel).st_ino, os.stat(root / rel).st_mtime_ns) for rel in local_files(tmp_path, name)}
-
-
-def _retry(*args: str) -> tuple[int, str, str]:
-    out, err = StringIO(), StringIO()
-    try:
-        call_command("retry", *args, "--no-progress", stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 # -- one sync, two destinations -------------------------------------------------------------------
@@ -134,9 +124,9 @@ def test_s3_refusing_a_subfolder_fails_only_there_and_retry_completes_only_s3(
     puts_before = fault_proxy.count("PUT")
 
     # 403 is a permanent error: a plain retry leaves it (the documented contract), the named one takes it.
-    code, out, _ = _retry(str(session.pk), "--wait")
+    code, out, _ = run_retry(str(session.pk), "--wait")
     assert (code, "nothing to retry" in out) == (1, True)
-    code, out, err = _retry(str(session.pk), "--include-permanent", "--wait")
+    code, out, err = run_retry(str(session.pk), "--include-permanent", "--wait")
 
     assert code == 0, err
     assert "retried 2, now uploaded 2" in out
@@ -161,7 +151,7 @@ def test_a_transient_outage_of_one_destination_is_completed_by_a_plain_retry(
     assert per_destination(session) == {"archive": (5, 5, 0, 0), "s3": (5, 3, 0, 2)}
     before = stamps(tmp_path)
 
-    code, out, err = _retry(str(session.pk), "--wait")
+    code, out, err = run_retry(str(session.pk), "--wait")
 
     assert code == 0, err
     assert "retried 2, now uploaded 2" in out
@@ -179,7 +169,7 @@ def test_retry_destination_narrows_to_the_named_destination(db, tmp_path, source
     session = run_session_inline(project)
     assert per_destination(session) == {"one": (5, 3, 0, 2), "two": (5, 3, 0, 2)}
 
-    code, out, err = _retry(str(session.pk), "--destination", "two", "--include-permanent", "--wait")
+    code, out, err = run_retry(str(session.pk), "--destination", "two", "--include-permanent", "--wait")
 
     assert code == 1, "the files that failed at `one` are still failed"
     assert "retried 2, now uploaded 2" in out
