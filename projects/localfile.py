@@ -13,7 +13,10 @@ import errno
 import io
 import os
 import stat as stat_mod
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from projects.errors import DestinationError, SourceError
@@ -27,16 +30,26 @@ BUFFER = io.DEFAULT_BUFFER_SIZE
 
 @dataclass
 class LocalFile:
-    """An open local file: `file` to read, its size and identity when opened, its name (the
-    remote name) and original path (for messages and for files found beside it)."""
+    """An open local file: `fd` (and `file`, a buffered reader over it) to read, its size and
+    identity when opened, its name (the remote name) and original path (for messages and for files
+    found beside it)."""
 
-    file: BinaryIO
+    fd: int
     size: int
     name: str
     path: str
     mtime: float = 0
     device: int = 0
     inode: int = 0
+    _file: BinaryIO | None = field(default=None, repr=False)
+
+    @property
+    def file(self) -> BinaryIO:
+        """Made on first use: a destination that copies by descriptor (local) needs none."""
+        if self._file is None:
+            # A buffer size given: no isatty() system call to choose one.
+            self._file = open(self.fd, "rb", buffering=BUFFER)
+        return self._file
 
     @classmethod
     def open(cls, path: str) -> LocalFile:
@@ -59,19 +72,17 @@ class LocalFile:
             os.close(fd)
             raise
         device, inode = identity_of(st)
-        # A buffer size given: no isatty() system call to choose one.
-        return cls(open(fd, "rb", buffering=BUFFER), st.st_size, os.path.basename(path), path, mtime_of(st), device,
-                   inode)
+        return cls(fd, st.st_size, os.path.basename(path), path, mtime_of(st), device, inode)
 
     @property
     def fd_path(self) -> str:
         """A path that opens this very file (for libraries that only take a path)."""
-        return f"/proc/self/fd/{self.file.fileno()}"
+        return f"/proc/self/fd/{self.fd}"
 
     def changes(self) -> str:
         """What changed since it was opened (size, mtime; another file put at its path), or "":
         the bytes read from it may then be neither the old content nor the new."""
-        st = os.fstat(self.file.fileno())
+        st = os.fstat(self.fd)
         if st.st_size != self.size:
             return f"size {self.size} -> {st.st_size} bytes"
         if mtime_of(st) != self.mtime:
@@ -85,7 +96,10 @@ class LocalFile:
         return ""
 
     def close(self) -> None:
-        self.file.close()
+        if self._file is not None:
+            self._file.close()  # closes fd too
+        else:
+            os.close(self.fd)
 
     def __enter__(self) -> LocalFile:
         return self
@@ -100,18 +114,59 @@ def open_under(root: str, relative_path: str, *, follow_symlinks: bool) -> Local
     path = os.path.join(root, relative_path)
     if follow_symlinks:
         return LocalFile.open(path)
-    *folders, name = relative_path.split("/")
+    folder, _, name = relative_path.rpartition("/")
+    kept = _kept_folders.get()
+    fd = kept.get((root, folder)) if kept is not None else None
+    if fd is None:
+        fd = _open_folder(root, folder, path)
+        if kept is not None:
+            kept[(root, folder)] = fd
+    try:
+        return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path)
+    finally:
+        if kept is None:
+            os.close(fd)
+
+
+@contextmanager
+def folders_kept() -> Iterator[None]:
+    """Within, open_under() keeps each folder it walked to open for the next file in it: a batch
+    of small files of one folder costs one walk, not one per file. As safe as a walk per file:
+    the folder was reached without symlinks when it was opened, moments before (a folder swapped
+    after a file was opened changes nothing for that file either). Closed at the end."""
+    kept: dict[tuple[str, str], int] = {}
+    token = _kept_folders.set(kept)
+    try:
+        yield
+    finally:
+        _kept_folders.reset(token)
+        for fd in kept.values():
+            os.close(fd)
+
+
+_kept_folders: ContextVar[dict[tuple[str, str], int] | None] = ContextVar("kept_folders", default=None)
+
+
+def _open_folder(root: str, folder: str, path: str) -> int:
+    """A descriptor of root/folder, reached one component at a time without following symlinks."""
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise local_file_error(exc, path) from exc
-    for i, folder in enumerate(folders):
-        fd = _step(fd, folder, _DIR_FLAGS, path, "folder " + "/".join(folders[: i + 1]))
-    return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path)
+    if not folder:
+        return fd
+    parts = folder.split("/")
+    for i, part in enumerate(parts):
+        try:
+            next_fd = _step(fd, part, _DIR_FLAGS, path, "folder " + "/".join(parts[: i + 1]))
+        finally:
+            os.close(fd)
+        fd = next_fd
+    return fd
 
 
 def _step(dir_fd: int, name: str, flags: int, path: str, what: str) -> int:
-    """Open name in dir_fd; dir_fd is closed either way (the new fd replaces it)."""
+    """Open name in dir_fd (which stays open)."""
     try:
         return os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
@@ -122,8 +177,6 @@ def _step(dir_fd: int, name: str, flags: int, path: str, what: str) -> int:
             raise SourceError(f"changed since it was scanned: {what} is no longer a folder: {path}",
                               permanent=True) from None
         raise local_file_error(exc, path) from exc
-    finally:
-        os.close(dir_fd)
 
 
 def local_file_error(exc: OSError, path: str) -> DestinationError:

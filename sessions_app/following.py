@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import TextIO
 
 from django.db import connection
@@ -23,35 +24,44 @@ def human_size(n: float) -> str:
 
 
 def follow(session: SyncSession, out: TextIO, *, progress: bool = True, poll: float = 0.5,
-           stop: threading.Event | None = None) -> SyncSession:
-    """Poll the session row until it ends, drawing a progress bar on `out`."""
+           stop: threading.Event | None = None, workers: Sequence[threading.Thread] = ()) -> SyncSession:
+    """Poll the session row until it ends, drawing a progress bar on `out`. With `workers`, the
+    threads running the session in this process (--sync), its end is their end: no queries in
+    between but the redraws (none without a progress bar)."""
     bar = tqdm(total=0, unit="file", file=out, disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}] {postfix}")
     started, hinted = time.monotonic(), False
     try:
         while True:
-            session.refresh_from_db()
-            _draw(bar, session)
-            if session.status in ENDED_STATUSES or (stop is not None and stop.is_set()):
+            finished = bool(workers) and not any(t.is_alive() for t in workers)
+            if progress or not workers or finished:
+                session.refresh_from_db()
+                _draw(bar, session)
+            if finished or session.status in ENDED_STATUSES or (stop is not None and stop.is_set()):
                 return session
             if not hinted and session.status == SessionStatus.QUEUED and \
                     time.monotonic() - started > NO_CLUSTER_HINT_AFTER:
                 bar.write("still queued: is a worker running? start one with `python manage.py qcluster`")
                 hinted = True
-            _wait_for_change(session.pk, poll, stop)
+            _wait_for_change(session.pk, poll, stop, workers)
     finally:
         bar.close()
 
 
-def _wait_for_change(session_id: int, poll: float, stop: threading.Event | None) -> None:
+def _wait_for_change(session_id: int, poll: float, stop: threading.Event | None,
+                     workers: Sequence[threading.Thread] = ()) -> None:
     """Until the next redraw, `poll` seconds away, or until the session ends: its status alone is
-    asked every END_CHECK_SECONDS, so a command returns within that of its session's end (with
-    only the redraws it took up to half a second)."""
+    asked every END_CHECK_SECONDS (or its workers looked at), so a command returns within that of
+    its session's end (with only the redraws it took up to half a second)."""
     deadline = time.monotonic() + poll
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(END_CHECK_SECONDS, left))
-        if (stop is not None and stop.is_set()) or \
-                SyncSession.objects.filter(pk=session_id).values_list("status", flat=True).first() in ENDED_STATUSES:
+        if stop is not None and stop.is_set():
+            return
+        if workers:
+            if not any(t.is_alive() for t in workers):
+                return
+        elif SyncSession.objects.filter(pk=session_id).values_list("status", flat=True).first() in ENDED_STATUSES:
             return
 
 
@@ -142,6 +152,10 @@ def run_in_thread(target, *args) -> threading.Thread:
 def report(session: SyncSession, stdout, stderr, *, limit: int = 10, retry_hint: bool = False) -> int:
     """Print the summary (stdout) and what went wrong (stderr); return the exit code."""
     stdout.write(summary(session))
+    if session.status not in ENDED_STATUSES:  # --sync: its threads stopped short of the end (a pause)
+        stderr.write(f"session {session.pk} stopped before its end ({pacing.describe(session) or session.status}): "
+                     f"`python manage.py resume {session.pk}` hands the rest to a running cluster")
+        return EXIT_FAILED_FILES
     if session.status == SessionStatus.FAILED:
         stderr.write(f"error: {safe(session.error)}")
     elif session.failed_count:

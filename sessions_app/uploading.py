@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
 
+from projects import localfile
 from projects.destinations import Destination
 from sessions_app import catalog, files, kinds, leases, lifecycle, logcontext, pacing, shutdown
 from sessions_app.files import Outcome
@@ -113,7 +114,8 @@ class Drainer:
 
     def _send(self, dest: Destination, rows: list[FileUpload]) -> list[Outcome]:
         """Transfer rows one after the other (in a pool thread, or the sender thread)."""
-        return [self.transfer(dest, row, self.project.source_dir, self.max_tries) for row in rows]
+        with localfile.folders_kept():  # a batch's files share their folders: one walk to each
+            return [self.transfer(dest, row, self.project.source_dir, self.max_tries) for row in rows]
 
     def _collect(self, finished: queue.SimpleQueue, in_flight: dict[Future, list[FileUpload]]) -> None:
         """The outcomes of the transfers that finished, waiting up to a flush interval for one."""

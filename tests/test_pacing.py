@@ -73,6 +73,21 @@ def test_other_errors_still_use_max_retries(transactional_db, tmp_path, source, 
     assert "gave up after 2 attempts" in row.last_error
 
 
+def test_a_sync_command_whose_session_pauses_exits_1_naming_resume(transactional_db, tmp_path, source, s3_server,
+                                                                    fault_proxy):
+    write_files(source, {f"f{i}.wav": "x" for i in range(3)})
+    bucket = s3_server.make_bucket()
+    fault_proxy.throttle(first=10**6, rate=0, answer="503")
+    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
+                  throttle_patience=1)
+    result = manage("upload", "--no-progress", "--sync", "--config", cfg, timeout=120)
+    session = SyncSession.objects.get()
+    assert result.returncode == 1, result.stderr
+    assert f"session {session.pk} stopped before its end (paused: " in result.stderr
+    assert f"python manage.py resume {session.pk}" in result.stderr
+    assert (session.status, session.pending_count, session.uploaded_count) == ("uploading", 3, 0)
+
+
 def test_a_file_throttled_beyond_patience_pauses_the_session(transactional_db, tmp_path, source, s3_server,
                                                               fault_proxy):
     write_files(source, {f"f{i}.wav": "x" for i in range(5)})

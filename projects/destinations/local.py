@@ -49,6 +49,7 @@ class LocalDestination(Destination):
         super().__init__(options)
         self._folders: set[str] = set()  # made or found already
         self._inline_below: int | None = None
+        self._root: str | None = None  # normalised, with a separator at the end (see _target)
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -119,7 +120,7 @@ class LocalDestination(Destination):
     def put_file(self, local: LocalFile, key: str) -> UploadResult:
         # sendfile from the open file's descriptor, not copyfileobj: for a small file that halves
         # the system calls (no 1 MiB buffer allocated per read).
-        return UploadResult(size=self._write(key, lambda dst: _send(local.file.fileno(), dst, local.size)))
+        return UploadResult(size=self._write(key, lambda dst: _send(local.fd, dst, local.size)))
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         def copy(dst: int) -> int:
@@ -148,7 +149,7 @@ class LocalDestination(Destination):
         the target's name: readers never see a half-written file, and a name the target's folder
         takes is never too long as a temporary name. Returns the bytes written."""
         target = self._target(key)
-        tmp = os.path.join(self.root, TEMP_FOLDER, f"{temp_prefix(key)}{_pid:x}-{next(_temp_names):x}")
+        tmp = f"{self._root}{TEMP_FOLDER}/{temp_prefix(key)}{_pid:x}-{next(_temp_names):x}"
         try:
             dst = self._create(tmp)
             try:
@@ -191,8 +192,10 @@ class LocalDestination(Destination):
             self._folders.add(folder)
 
     def _target(self, key: str) -> str:
-        target = os.path.normpath(os.path.join(self.root, key))
-        if not (target + os.sep).startswith(os.path.normpath(self.root) + os.sep):
+        if self._root is None:  # options are settled by now: worked out once, not once per file
+            self._root = os.path.normpath(self.root) + os.sep
+        target = os.path.normpath(os.path.join(self._root, key))
+        if not (target + os.sep).startswith(self._root):
             raise DestinationError(f"key escapes the destination folder: {key}", permanent=True)
         return target
 

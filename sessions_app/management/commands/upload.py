@@ -57,7 +57,7 @@ class Command(BaseCommand):
         self.stdout.write(f"session {session.pk} started: {session.admin_url()}")
         if options["no_wait"]:
             return
-        session = following.follow(session, self.stderr._out, progress=not options["no_progress"])
+        session = following.follow(session, self.stderr._out, progress=not options["no_progress"], workers=workers)
         for worker in workers:  # the end's follow-ups (the notification) run in the last one
             worker.join()
         self.report(session)
