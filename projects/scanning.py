@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -165,10 +166,20 @@ def _parse_find(stream, report: Problem) -> Iterator[Entry]:
         buf += chunk
         records = buf.split(b"\0")
         buf = records.pop()
+        # Regular files, nearly every record, are parsed right here: a call per record was a
+        # third of a no-op re-sync's scan.
         for rec in records:
-            entry = _parse_record(rec, report)
-            if entry is not None:
+            path_b, size, mtime, device, inode, kinds = rec.rsplit(b"\t", 5)
+            if kinds == b"ff":
+                dev, ino = int(device), int(inode)
+                yield Entry(path_b.decode(_FS_ENCODING, _FS_ERRORS), int(size), round(float(mtime), 6),
+                            dev - _2_64 if dev >= _2_63 else dev, ino - _2_64 if ino >= _2_63 else ino)
+            elif (entry := _parse_record(rec, report)) is not None:
                 yield entry
+
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsdecode's
+_2_63, _2_64 = 1 << 63, 1 << 64  # signed64(), inline
 
 
 def _parse_record(rec: bytes, report: Problem) -> Entry | None:
