@@ -40,14 +40,24 @@ class FileStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
-class Settling:
-    """How far a set of counters (a session's, or one destination's of it) has settled."""
+class Counters(models.Model):
+    """The file counters of a session, or of one destination of it, and how far they have
+    settled. Written only by sessions_app.files, in the transaction that moves the rows."""
 
-    found_count: int
-    uploaded_count: int
-    failed_count: int
-    skipped_count: int
-    cancelled_count: int
+    found_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    pending_count = models.PositiveIntegerField(default=0)
+    uploaded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_uploaded = models.BigIntegerField(default=0)
+    # Files the plan found already done are counted, not stored: {reason: files}, and their bytes.
+    skips = models.JSONField(default=dict, blank=True)
+    skipped_bytes = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
 
     def has_ended(self) -> bool:
         raise NotImplementedError
@@ -64,7 +74,7 @@ class Settling:
         return min(100.0, 100.0 * self.settled_count / self.found_count)
 
 
-class SyncSession(Settling, models.Model):
+class SyncSession(Counters):
     class Kind(models.TextChoices):
         SYNC = "sync", "Folder sync"
         STREAM = "stream", "Upload queue"
@@ -78,20 +88,9 @@ class SyncSession(Settling, models.Model):
     # Parameters of this run that are not project config (e.g. an import's source).
     params = models.JSONField(default=dict, blank=True)
 
-    found_count = models.PositiveIntegerField(default=0)
-    skipped_count = models.PositiveIntegerField(default=0)
-    pending_count = models.PositiveIntegerField(default=0)
-    uploaded_count = models.PositiveIntegerField(default=0)
-    failed_count = models.PositiveIntegerField(default=0)
-    cancelled_count = models.PositiveIntegerField(default=0)
-    bytes_total = models.BigIntegerField(default=0)
-    bytes_uploaded = models.BigIntegerField(default=0)
     scan_problems = models.PositiveIntegerField(default=0)
     # Folders the scan could not list: files it could not see are files not synced (ends with errors).
     unread_folders = models.PositiveIntegerField(default=0)
-    # Files the plan found already done are counted, not stored: {reason: files}, and their bytes.
-    skips = models.JSONField(default=dict, blank=True)
-    skipped_bytes = models.BigIntegerField(default=0)
 
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -278,24 +277,13 @@ class FileUpload(models.Model):
         return self.status == FileStatus.FAILED and not self.error_permanent
 
 
-class SessionDestination(Settling, models.Model):
+class SessionDestination(Counters):
     """One destination of a sync session and its counters (the session's own counters are the
-    totals over its destinations). Written only by sessions_app.files, in the transaction that
-    moves the rows; its status is read from the counters (files.destination_status)."""
+    totals over its destinations); its status is read from the counters (files.destination_status)."""
 
     session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="destinations")
     name = models.CharField(max_length=64)
     identity = models.CharField(max_length=2000, blank=True, default="", help_text="e.g. s3://bucket/prefix")
-    found_count = models.PositiveIntegerField(default=0)
-    pending_count = models.PositiveIntegerField(default=0)
-    uploaded_count = models.PositiveIntegerField(default=0)
-    failed_count = models.PositiveIntegerField(default=0)
-    skipped_count = models.PositiveIntegerField(default=0)
-    cancelled_count = models.PositiveIntegerField(default=0)
-    bytes_total = models.BigIntegerField(default=0)
-    bytes_uploaded = models.BigIntegerField(default=0)
-    skipped_bytes = models.BigIntegerField(default=0)
-    skips = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["id"]
