@@ -26,10 +26,13 @@ from psycopg2.extras import execute_values
 # Field types whose Python values the database drivers take as they are.
 _AS_IS = {"BigIntegerField", "BooleanField", "CharField", "FloatField", "ForeignKey", "IntegerField",
           "PositiveIntegerField", "TextField"}
+# psycopg2 (and COPY's text) take an aware datetime as it is; the values written here are ours.
+_AS_IS_POSTGRESQL = {"DateTimeField"}
 
 
 def _values(rows: Sequence[models.Model], fields: list[models.Field]) -> list[list]:
-    getters = [(f.attname, None if f.get_internal_type() in _AS_IS else f.get_db_prep_save) for f in fields]
+    as_is = _AS_IS | _AS_IS_POSTGRESQL if connection.vendor == "postgresql" else _AS_IS
+    getters = [(f.attname, None if f.get_internal_type() in as_is else f.get_db_prep_save) for f in fields]
     return [
         [v if prep is None or v is None else prep(v, connection)
          for attname, prep in getters for v in (getattr(row, attname),)]
