@@ -25,7 +25,7 @@ from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSessi
 log = logging.getLogger(__name__)
 
 INLINE_CHUNK = 1000  # rows a claim takes when the destination sends small files inline
-SEND_BATCH = 50  # small files per task of the sender thread: one thread handoff for many files
+SEND_BATCH = 200  # small files per task of the sender thread: one thread handoff for many files
 
 
 class Drainer:
