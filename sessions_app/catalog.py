@@ -278,14 +278,35 @@ def arrives(row: FileUpload) -> bool:
 def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload]) -> None:
     """Entries for rows whose objects arrived. Call inside the transaction writing their status, so
     the catalog and the rows never disagree."""
+    arrived = [r for r in rows if arrives(r)]
+    if connection.vendor == "postgresql":
+        return _record_from_rows(catalog_id, session_id, [r.pk for r in arrived])
     now = timezone.now()
     tuples = [
         (catalog_id, r.remote_key, "" if r.relative_path == r.remote_key else r.relative_path, r.size, r.mtime,
          r.checksum, r.remote_id, session_id, r.uploaded_at or now)
-        for r in rows if arrives(r)
+        for r in arrived
     ]
     bulk.upsert_tuples(CatalogEntry, ("catalog_id", "key") + ARRIVAL_FIELDS, tuples, unique=("catalog_id", "key"),
                        update=ARRIVAL_FIELDS)
+
+
+def _record_from_rows(catalog_id: int, session_id: int, ids: list[int]) -> None:
+    """The entries made by the database from the rows just written (same transaction): no value
+    of a row crosses to the database a second time (a first sync writes 200,000 of them)."""
+    if not ids:
+        return
+    qn = connection.ops.quote_name
+    entry, row = qn(CatalogEntry._meta.db_table), qn(FileUpload._meta.db_table)
+    updates = ", ".join(f"{qn(name)} = EXCLUDED.{qn(name)}" for name in ARRIVAL_FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {entry} (catalog_id, {_KEY}, relative_path, size, mtime, checksum, remote_id, session_id, "
+            f"arrived_at) SELECT DISTINCT ON (f.remote_key) %s, f.remote_key, CASE WHEN f.relative_path = f.remote_key "
+            f"THEN '' ELSE f.relative_path END, f.size, f.mtime, f.checksum, f.remote_id, %s, "
+            f"COALESCE(f.uploaded_at, now()) FROM {row} f WHERE f.id = ANY(%s) ORDER BY f.remote_key, f.id DESC "
+            f"ON CONFLICT (catalog_id, {_KEY}) DO UPDATE SET {updates}",
+            [catalog_id, session_id, ids])
 
 
 # -- other sessions of the project ---------------------------------------------------------------------
