@@ -230,7 +230,9 @@ def update_returning(selection: QuerySet, where: dict[str, Any], **sets: Any) ->
     conditions = "".join(f" AND {table}.{qn(f.column)} = %s" for f in where_fields)
     params = (list(pick_params) + [f.get_db_prep_save(v, connection) for f, v in zip(set_fields, sets.values())]
               + [f.get_db_prep_save(v, connection) for f, v in zip(where_fields, where.values())])
-    fields = meta.concrete_fields
+    # What the statement sets is not read back (a claim's token would be parsed once per row).
+    known = {meta.get_field(name).attname: v for name, v in sets.items()}
+    fields = [f for f in meta.concrete_fields if f.attname not in known]
     columns = ", ".join(f"{table}.{qn(f.column)}" for f in fields)
     # The pick is a CTE computed once: as a plain IN (subquery), PostgreSQL may run it again per
     # row, and a locking pick re-run past rows already moved returns more than its LIMIT.
@@ -244,7 +246,7 @@ def update_returning(selection: QuerySet, where: dict[str, Any], **sets: Any) ->
         found = [_converted(row, convert) for row in found]
     names = [f.attname for f in fields]
     pk_at = names.index(meta.pk.attname)
-    return _instances(model, names, sorted(found, key=lambda r: r[pk_at]))
+    return _instances(model, names, sorted(found, key=lambda r: r[pk_at]), known)
 
 
 def _converters(fields: Sequence[models.Field], table: str) -> dict[int, tuple[list, Any]]:
@@ -266,16 +268,22 @@ def _converted(row: Sequence, convert: dict[int, tuple[list, Any]]) -> list:
     return row
 
 
-def _instances(model: type[models.Model], names: list[str], rows: Sequence[Sequence]) -> list[models.Model]:
-    """What Model.from_db makes of each row, a thousand rows a claim: without the model's init
-    signals when nothing listens to them (Model.__init__ is most of from_db's cost)."""
+def _instances(model: type[models.Model], names: list[str], rows: Sequence[Sequence],
+               known: dict[str, Any]) -> list[models.Model]:
+    """What Model.from_db makes of each row (with the `known` values of the other fields), a
+    thousand rows a claim: without the model's init signals when nothing listens to them
+    (Model.__init__ is most of from_db's cost)."""
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
-        return [model.from_db(connection.alias, names, row) for row in rows]
+        out = [model.from_db(connection.alias, names, row) for row in rows]
+        for obj in out:
+            obj.__dict__.update(known)
+        return out
     alias, new = connection.alias, model.__new__
     out = []
     for row in rows:
         obj = new(model)
         obj.__dict__.update(zip(names, row))
+        obj.__dict__.update(known)
         obj._state = ModelState()
         obj._state.adding, obj._state.db = False, alias
         out.append(obj)
