@@ -1,9 +1,9 @@
 """Amazon S3 and S3-compatible servers, through boto3.
 
 Credentials come from the default chain or a named AWS profile; nothing secret is an option.
-Files up to the multipart threshold go up in one PUT through the AWS Common Runtime's S3 client
-(projects/destinations/s3crt.py: about a third of botocore's put_object CPU per small file); files
-above it in parts through boto3's transfer manager, one per destination, its threads shared by
+Files up to the multipart threshold go up in one PUT over a kept-alive connection per thread, signed
+by us (projects/destinations/s3put.py: about a third of botocore's put_object CPU per small file);
+files above it in parts through boto3's transfer manager, one per destination, its threads shared by
 every transfer of the process; listings, HEADs and streams through botocore.
 """
 
@@ -34,7 +34,7 @@ from projects.destinations.base import (
     local_file_error,
     normalize_key,
 )
-from projects.destinations.s3crt import CrtPutFailed, CrtPutter
+from projects.destinations.s3put import PutFailed, Putter
 from projects.localfile import LocalFile
 
 MiB = 1024 * 1024
@@ -76,7 +76,7 @@ class S3Destination(Destination):
         self._stream_client = None
         self._check_client = None
         self._session = None
-        self._putter: CrtPutter | bool | None = None  # False: not on this destination
+        self._putter: Putter | bool | None = None  # False: not on this destination
         self._transfers: TransferManager | None = None
         self._client_lock = threading.Lock()
 
@@ -135,9 +135,9 @@ class S3Destination(Destination):
             return self._check_client
 
     @property
-    def putter(self) -> CrtPutter | None:
-        """Single PUTs through the CRT: endpoint and credentials resolved once, by botocore. None
-        behind a proxy or with a CA bundle of the AWS configuration's: botocore's put_object then."""
+    def putter(self) -> Putter | None:
+        """Single PUTs: endpoint, credentials and CA bundle resolved once, by botocore. None
+        behind a proxy: botocore's put_object then."""
         client = self.client
         with self._client_lock:
             if self._putter is None:
@@ -146,7 +146,7 @@ class S3Destination(Destination):
                     raise DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
                                            permanent=True)
                 ca_bundle = self._botocore_session.get_config_variable("ca_bundle")
-                self._putter = CrtPutter.for_client(client, credentials, self.bucket, ca_bundle) or False
+                self._putter = Putter.for_client(client, credentials, self.bucket, ca_bundle) or False
             return self._putter or None
 
     @property
@@ -167,7 +167,7 @@ class S3Destination(Destination):
             return self._transfers
 
     def _make_client(self, timeout: float | None = None, **s3_options: Any):
-        if self._session is None:  # one credential chain for every client and the CRT
+        if self._session is None:  # one credential chain for every client and the putter
             try:
                 self._botocore_session = botocore.session.get_session()
                 self._session = boto3.session.Session(
@@ -304,7 +304,7 @@ class S3Destination(Destination):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             return _answer_error(what, status, code, err.get("Message") or code or str(exc), headers)
-        if isinstance(exc, CrtPutFailed):
+        if isinstance(exc, PutFailed):
             if exc.status:
                 return _answer_error(what, exc.status, exc.code, exc.message, exc.headers)
             # Connection refused / reset / closed, no answer in time: try again.
