@@ -267,12 +267,17 @@ class S3Destination(Destination):
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         full_key = self.full_key(key)
         body = _CountingReader(fileobj, size)
-        extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
+        storage = self.options["storage_class"]
+        extra = {"StorageClass": storage} if storage else {}
         try:
             if size is not None and size <= MAX_PUT_SIZE:
-                resp = self.stream_client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
-                                                     ContentLength=size, **extra)
-                return UploadResult(size=body.count, checksum=resp.get("ETag", "").strip('"'))
+                if putter := self.putter:
+                    etag = putter.put_stream(body, full_key, size, [("x-amz-storage-class", storage)] if storage else [])
+                else:
+                    resp = self.stream_client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
+                                                         ContentLength=size, **extra)
+                    etag = resp.get("ETag", "").strip('"')
+                return UploadResult(size=body.count, checksum=etag)
             # Unknown size: multipart. The transfer manager reads ahead up to max_in_memory_upload_chunks
             # parts (10 by default: the whole of many images); one keeps memory at about one part.
             part = self.options["multipart_chunk_mb"] * MiB

@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import SplitResult, quote, urlsplit
 
@@ -36,6 +37,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0  # per socket operation, as botocore's read_timeout
 INLINE_BODY = 1024 * 1024  # bodies up to this size are read whole and sent with the headers
 TLS_CHUNK = 1024 * 1024
+STREAM_CHUNK = 64 * 1024  # what a stream's body is read in: never whole
 _ERROR_FIELD = re.compile(rb"<(Code|Message)>([^<]*)</\1>")
 
 
@@ -73,43 +75,73 @@ class Putter:
         self._lock = threading.Lock()
 
     def put(self, file: BinaryIO, full_key: str, size: int, headers: list[tuple[str, str]]) -> str:
-        """Send `size` bytes of the open `file`, from its start, to full_key in one PUT; the ETag."""
-        body = file.read(size) if size <= INLINE_BODY else None  # a local error comes out as OSError
-        if body is not None and len(body) != size:
+        """Send `size` bytes of the open `file`, from its start, to full_key in one PUT; the ETag.
+        An error reading the file comes out as the OSError it is."""
+        if size > INLINE_BODY:
+            return self._put(full_key, size, headers, b"", lambda sock: self._send_file(sock, file, size))
+        body = file.read(size)
+        if len(body) != size:
             raise PutFailed(f"the file ended after {len(body)} of {size} bytes")
+        return self._put(full_key, size, headers, body)
+
+    def put_stream(self, stream: BinaryIO, full_key: str, size: int, headers: list[tuple[str, str]]) -> str:
+        """Send `size` bytes read from `stream`, a chunk at a time, to full_key in one PUT; the
+        ETag. Errors of stream.read() come out as they are."""
+        def send(sock: socket.socket) -> None:
+            left = size
+            while left:
+                chunk = stream.read(min(left, STREAM_CHUNK))
+                if not chunk:
+                    raise PutFailed(f"the stream ended after {size - left} of {size} bytes")
+                _send(sock, chunk)
+                left -= len(chunk)
+
+        return self._put(full_key, size, headers, b"", send)
+
+    def _put(self, full_key: str, size: int, headers: list[tuple[str, str]], first: bytes,
+             send_rest: Callable[[socket.socket], None] | None = None) -> str:
         path = self.path_prefix + quote(full_key, safe="/~")
         signed = self._signer.sign(self.host_header, path, [(k.lower(), v.strip()) for k, v in headers])
         connection = self._connection()
         try:
-            connection.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
-            for name, value in signed:
-                connection.putheader(name, value)
-            connection.putheader("Content-Length", str(size))
-            connection.endheaders(body)  # headers and a small body in one send
-            if body is None:
-                self._send_file(connection, file, size)
-            answer = connection.getresponse()
-            data = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop(connection)
-            raise PutFailed(_describe(exc)) from None
+            try:
+                connection.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
+                for name, value in signed:
+                    connection.putheader(name, value)
+                connection.putheader("Content-Length", str(size))
+                connection.endheaders(first)  # headers and a small body in one send
+            except (OSError, http.client.HTTPException) as exc:
+                raise PutFailed(_describe(exc)) from None
+            if send_rest is not None:
+                send_rest(connection.sock)  # network errors as PutFailed, the source's as they are
+            try:
+                answer = connection.getresponse()
+                data = answer.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise PutFailed(_describe(exc)) from None
+        except BaseException:
+            self._drop(connection)  # a request cut off half-way leaves it unusable
+            raise
         if answer.will_close:
             self._drop(connection)
         if answer.status >= 300:
             raise _answer_error(answer.status, data, dict(answer.getheaders()))
         return (answer.getheader("ETag") or "").strip('"')
 
-    def _send_file(self, connection: http.client.HTTPConnection, file: BinaryIO, size: int) -> None:
+    def _send_file(self, sock: socket.socket, file: BinaryIO, size: int) -> None:
         if self._tls is None:
-            sent = connection.sock.sendfile(file, 0, size)  # in the kernel, page cache to socket
+            try:
+                sent = sock.sendfile(file, 0, size)  # in the kernel, page cache to socket
+            except OSError as exc:
+                raise PutFailed(_describe(exc)) from None
         else:
             sent, buffer = 0, bytearray(min(size, TLS_CHUNK))
             file.seek(0)
             while sent < size and (n := file.readinto(memoryview(buffer)[: size - sent])):
-                connection.sock.sendall(memoryview(buffer)[:n])
+                _send(sock, memoryview(buffer)[:n])
                 sent += n
         if sent != size:
-            raise OSError(f"the file ended after {sent} of {size} bytes")
+            raise PutFailed(f"the file ended after {sent} of {size} bytes")
 
     def _connection(self) -> http.client.HTTPConnection:
         """This thread's connection: a new one when there is none or the server closed it (a
@@ -191,6 +223,13 @@ def _base_of(botocore_client, bucket: str) -> SplitResult:
     if not url.path.endswith("/" + probe):
         raise AssertionError(f"unexpected presigned URL path {url.path!r}")
     return url._replace(path=url.path[: -len(probe)], query="")
+
+
+def _send(sock: socket.socket, data: bytes | memoryview) -> None:
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise PutFailed(_describe(exc)) from None
 
 
 def _readable(sock: socket.socket) -> bool:
