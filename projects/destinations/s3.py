@@ -138,6 +138,8 @@ class S3Destination(Destination):
     def putter(self) -> Putter | None:
         """Single PUTs: endpoint, credentials and CA bundle resolved once, by botocore. None
         behind a proxy: botocore's put_object then."""
+        if self._putter is not None:  # every small file asks: no lock once resolved
+            return self._putter or None
         client = self.client
         with self._client_lock:
             if self._putter is None:
