@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 import roboflow
@@ -248,7 +248,27 @@ def _bounded(send: Callable[..., requests.Response]) -> Callable[..., requests.R
     return wrapper
 
 
-class _BoundedSession(sdk_http.Session):
+class EnvironmentOnceSession(requests.Session):
+    """A requests Session that reads the environment's proxies and CA bundle once per scheme and
+    host: requests reads them for every request, scanning the whole environment twice (as much
+    CPU as the rest of a small request). The environment of a running process does not change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._from_environment: dict[tuple, dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[override]
+        if proxies or not self.trust_env:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = (*urlsplit(url)[:2], stream, verify, str(cert))
+        settings = self._from_environment.get(key)
+        if settings is None:
+            settings = self._from_environment[key] = super().merge_environment_settings(url, {}, stream, verify,
+                                                                                        cert)
+        return {**settings, "proxies": dict(settings["proxies"])}
+
+
+class _BoundedSession(EnvironmentOnceSession, sdk_http.Session):
     request = _bounded(sdk_http.Session.request)  # type: ignore[assignment]
 
 

@@ -226,6 +226,22 @@ def test_result_carries_the_roboflow_image_id_and_size(roboflow_destination, rob
     assert stored(roboflow_api, "a.jpg").data == data
 
 
+def test_uploads_go_through_the_proxy_the_environment_names(make_destination, monkeypatch):
+    # requests' own reading of the environment, done once per host and thread (EnvironmentOnceSession):
+    # a fresh thread, whose sessions have read nothing yet.
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
+    dest = make_destination()
+    put(dest, "proxied.jpg")
+
+    with ThreadPoolExecutor(1) as fresh_thread:
+        errors = [fresh_thread.submit(upload_error, dest, "proxied.jpg").result() for _ in range(2)]
+
+    assert [error.permanent for error in errors] == [False, False]
+    assert all("proxy" in error.message.lower() for error in errors), [e.message for e in errors]
+
+
 def test_tags_and_default_batch_name_from_project_and_session(roboflow_destination, make_destination, roboflow_api):
     upload(make_destination(tags=["field-2024", "north cam"]), "a.png")
     image = stored(roboflow_api, "a.png")

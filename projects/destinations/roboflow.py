@@ -171,7 +171,12 @@ class _NamedPaths:
     @contextmanager
     def path_for(self, local: LocalFile) -> Iterator[str]:
         path = os.path.join(self._folder(), local.name)
-        os.symlink(local.fd_path, path)
+        try:
+            os.symlink(local.fd_path, path)
+        except FileNotFoundError:  # the folder is gone (a temporary files cleaner): a new one
+            self._local.folder = None
+            path = os.path.join(self._folder(), local.name)
+            os.symlink(local.fd_path, path)
         try:
             yield path
         finally:
@@ -179,7 +184,7 @@ class _NamedPaths:
 
     def _folder(self) -> str:
         folder = getattr(self._local, "folder", None)
-        if folder is None or not os.path.isdir(folder):
+        if folder is None:
             with self._lock:
                 if self._root is None or not os.path.isdir(self._root):
                     self._root = tempfile.mkdtemp(prefix="roboflow-upload-")  # private (0700)

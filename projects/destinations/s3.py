@@ -1,9 +1,9 @@
 """Amazon S3 and S3-compatible servers, through boto3.
 
 Credentials come from the default chain or a named AWS profile; nothing secret is an option.
-Files up to the multipart threshold go up in one PUT through the AWS Common Runtime's S3 client
-(projects/destinations/s3crt.py: about a third of botocore's put_object CPU per small file); files
-above it in parts through boto3's transfer manager, one per destination, its threads shared by
+Files up to the multipart threshold go up in one PUT over a kept-alive connection per thread, signed
+by us (projects/destinations/s3put.py: about a third of botocore's put_object CPU per small file);
+files above it in parts through boto3's transfer manager, one per destination, its threads shared by
 every transfer of the process; listings, HEADs and streams through botocore.
 """
 
@@ -22,6 +22,7 @@ import botocore.session
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from s3transfer.manager import TransferManager
 from botocore.config import Config
+from botocore.loaders import Loader
 
 from projects.outbound import check_http_url
 from projects.destinations.base import (
@@ -34,7 +35,7 @@ from projects.destinations.base import (
     local_file_error,
     normalize_key,
 )
-from projects.destinations.s3crt import CrtPutFailed, CrtPutter
+from projects.destinations.s3put import PutFailed, Putter
 from projects.localfile import LocalFile
 
 MiB = 1024 * 1024
@@ -76,7 +77,7 @@ class S3Destination(Destination):
         self._stream_client = None
         self._check_client = None
         self._session = None
-        self._putter: CrtPutter | bool | None = None  # False: not on this destination
+        self._putter: Putter | bool | None = None  # False: not on this destination
         self._transfers: TransferManager | None = None
         self._client_lock = threading.Lock()
 
@@ -135,9 +136,11 @@ class S3Destination(Destination):
             return self._check_client
 
     @property
-    def putter(self) -> CrtPutter | None:
-        """Single PUTs through the CRT: endpoint and credentials resolved once, by botocore. None
-        behind a proxy or with a CA bundle of the AWS configuration's: botocore's put_object then."""
+    def putter(self) -> Putter | None:
+        """Single PUTs: endpoint, credentials and CA bundle resolved once, by botocore. None
+        behind a proxy: botocore's put_object then."""
+        if self._putter is not None:  # every small file asks: no lock once resolved
+            return self._putter or None
         client = self.client
         with self._client_lock:
             if self._putter is None:
@@ -146,7 +149,7 @@ class S3Destination(Destination):
                     raise DestinationError("no AWS credentials found (environment, aws_profile or instance role)",
                                            permanent=True)
                 ca_bundle = self._botocore_session.get_config_variable("ca_bundle")
-                self._putter = CrtPutter.for_client(client, credentials, self.bucket, ca_bundle) or False
+                self._putter = Putter.for_client(client, credentials, self.bucket, ca_bundle) or False
             return self._putter or None
 
     @property
@@ -167,13 +170,15 @@ class S3Destination(Destination):
             return self._transfers
 
     def _make_client(self, timeout: float | None = None, **s3_options: Any):
-        if self._session is None:  # one credential chain for every client and the CRT
+        if self._session is None:  # one credential chain for every client and the putter
             try:
                 self._botocore_session = botocore.session.get_session()
                 self._session = boto3.session.Session(
                     botocore_session=self._botocore_session, profile_name=self.options["aws_profile"],
                     region_name=self.options["region"],
                 )
+                # After boto3 added its data path to this session's loader (to the first one only, kept).
+                self._botocore_session.register_component("data_loader", _shared_loader(self._botocore_session))
             except bce.ProfileNotFound:
                 raise DestinationError(f"AWS profile {self.options['aws_profile']!r} not found", permanent=True)
         session = self._session
@@ -267,12 +272,17 @@ class S3Destination(Destination):
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         full_key = self.full_key(key)
         body = _CountingReader(fileobj, size)
-        extra = {"StorageClass": self.options["storage_class"]} if self.options["storage_class"] else {}
+        storage = self.options["storage_class"]
+        extra = {"StorageClass": storage} if storage else {}
         try:
             if size is not None and size <= MAX_PUT_SIZE:
-                resp = self.stream_client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
-                                                     ContentLength=size, **extra)
-                return UploadResult(size=body.count, checksum=resp.get("ETag", "").strip('"'))
+                if putter := self.putter:
+                    etag = putter.put_stream(body, full_key, size, [("x-amz-storage-class", storage)] if storage else [])
+                else:
+                    resp = self.stream_client.put_object(Bucket=self.bucket, Key=full_key, Body=body,
+                                                         ContentLength=size, **extra)
+                    etag = resp.get("ETag", "").strip('"')
+                return UploadResult(size=body.count, checksum=etag)
             # Unknown size: multipart. The transfer manager reads ahead up to max_in_memory_upload_chunks
             # parts (10 by default: the whole of many images); one keeps memory at about one part.
             part = self.options["multipart_chunk_mb"] * MiB
@@ -304,7 +314,7 @@ class S3Destination(Destination):
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
             return _answer_error(what, status, code, err.get("Message") or code or str(exc), headers)
-        if isinstance(exc, CrtPutFailed):
+        if isinstance(exc, PutFailed):
             if exc.status:
                 return _answer_error(what, exc.status, exc.code, exc.message, exc.headers)
             # Connection refused / reset / closed, no answer in time: try again.
@@ -324,6 +334,20 @@ class S3Destination(Destination):
             return DestinationError(f"{what}: {where} {problem}", permanent=False)
         # Connection refused / reset / closed, timeouts, truncated responses: try again.
         return DestinationError(f"{what}: {type(exc).__name__}: {exc}", permanent=False)
+
+
+_loader: Loader | None = None
+_loader_lock = threading.Lock()
+
+
+def _shared_loader(session: botocore.session.Session) -> Loader:
+    """One botocore data loader per process, so that a destination built for each task does not
+    parse S3's service model and endpoint rules again (~65 ms of CPU per client)."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = session.get_component("data_loader")
+        return _loader
 
 
 def _answer_error(what: str, status: int, code: str, message: str, headers: dict[str, str]) -> DestinationError:

@@ -14,7 +14,15 @@ from roboflow.core.project import Project as SDKProject
 
 from projects.errors import ConfigError, SourceError
 from projects.secrets import check_env_name
-from projects.roboflow_sdk import DEFAULT_TIMEOUT, SLUG, WELL_KNOWN_SECRETS, RoboflowAPI, retry_after, scrub
+from projects.roboflow_sdk import (
+    DEFAULT_TIMEOUT,
+    SLUG,
+    WELL_KNOWN_SECRETS,
+    EnvironmentOnceSession,
+    RoboflowAPI,
+    retry_after,
+    scrub,
+)
 from projects.sources.base import Source
 
 DEFAULT_API_KEY_ENV = "ROBOFLOW_API_KEY"
@@ -115,7 +123,7 @@ class RoboflowSource(Source):
         # One per thread: connections are kept alive between a worker's downloads.
         session = getattr(self._http, "session", None)
         if session is None:
-            session = self._http.session = requests.Session()
+            session = self._http.session = EnvironmentOnceSession()
         return session
 
 
