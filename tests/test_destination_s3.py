@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import unicodedata
 
 import pytest
@@ -15,7 +13,6 @@ from botocore.httpsession import DEFAULT_CA_BUNDLE
 
 from projects.destinations import ConfigError, DestinationError, RemoteObject, build_destination
 from projects.destinations.s3 import S3Destination
-from tests.conftest import ROOT
 from tests.servers.s3 import free_port, raw_client
 
 MiB = 1024 * 1024
@@ -412,18 +409,6 @@ def test_checksum_of_a_single_put_is_the_md5(make_s3_destination, make_file):
     result = dest.upload(make_file(b"checksum me"), "sum.txt")
 
     assert result.checksum == hashlib.md5(b"checksum me").hexdigest()
-
-
-# -- botocore and the CRT ------------------------------------------------------------------
-def test_the_product_keeps_botocore_off_the_crt_whatever_imports_first():
-    # With awscrt installed botocore would sign through the CRT, which cannot take the streams
-    # imports send; every product process starts with uploader_site, which turns that off.
-    env = {k: v for k, v in os.environ.items() if k != "BOTO_DISABLE_CRT"}
-    code = "import botocore.compat, awscrt; print(botocore.compat.HAS_CRT)"
-    done = subprocess.run([sys.executable, "manage.py", "shell", "-v", "0", "-c", code], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
 
 
 # -- options --------------------------------------------------------------------------------

@@ -382,7 +382,7 @@ class _CountingReader:
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        # Only there so that botocore's CRT signer (used whenever awscrt is installed) takes this
+        # Only there so that botocore's CRT signer (used should awscrt be installed) takes this
         # for a stream instead of copying it into BytesIO, which fails: it signs UNSIGNED-PAYLOAD
         # and never seeks. Anything that really seeks gets the error a pipe would give.
         if (offset, whence) == (0, os.SEEK_SET) and self.count == 0:

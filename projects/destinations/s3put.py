@@ -1,9 +1,9 @@
 """Single-request PUTs of open local files: one kept-alive HTTP/1.1 connection per transfer
-thread (the standard library's http.client), SigV4 signed here.
+thread (the standard library's http.client), signed by botocore's SigV4 signer.
 
 botocore spends ~1.4-2 ms of Python per put_object (parameter validation, serialisation, a dozen
 event hooks, endpoint rules, signing). Here a 4 KiB file costs ~0.7-0.85 ms of client CPU in all,
-of which building, signing and parsing the request take ~50 us (timed apart); the rest is opening
+of which building and parsing the request take ~50 us and botocore's signature ~90 us; the rest is opening
 the file, the system calls and the kernel's TCP work (README, bench/bench_s3.py). What botocore
 decides is asked of it once per destination: the endpoint, addressing style and path before the
 key, the region, the CA bundle, the credentials (asked again at each signature: refreshable ones
@@ -18,19 +18,19 @@ retrying and slowing down belong to the session (sessions_app/pacing.py).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import re
 import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import BinaryIO
 from urllib.parse import SplitResult, quote, urlsplit
 
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.httpsession import get_cert_path
 from botocore.utils import get_environ_proxies
@@ -65,7 +65,7 @@ class Putter:
         proxies = {**get_environ_proxies(url.geturl()), **(botocore_client.meta.config.proxies or {})}
         if proxies.get(url.scheme):
             return None
-        return cls(url, Signer(credentials, botocore_client.meta.region_name), ca_bundle or get_cert_path(True))
+        return cls(url, Signer(credentials, botocore_client.meta.region_name, url.scheme), ca_bundle or get_cert_path(True))
 
     def __init__(self, url: SplitResult, signer: Signer, ca_bundle: str | None = None):
         self.host_header, self.path_prefix = url.netloc, url.path
@@ -183,38 +183,24 @@ class Putter:
 
 
 class Signer:
-    """AWS Signature Version 4 of an S3 PUT with an unsigned payload (the Authorization header)."""
+    """AWS Signature Version 4 of an S3 PUT with an unsigned payload, by botocore's own signer
+    (S3SigV4Auth): the request is ours, the signature botocore's."""
 
-    def __init__(self, credentials: Credentials, region: str):
-        self._credentials, self._region = credentials, region
-        self._key: tuple[str, str, bytes] = ("", "", b"")  # (secret, day, signing key)
+    def __init__(self, credentials: Credentials, region: str, scheme: str = "https"):
+        self._credentials, self._region, self._scheme = credentials, region, scheme
 
     def sign(self, host: str, path: str, extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """The request's headers (lower-case names), Authorization last. `path` is sent as it is
-        (S3 does not normalise it); `extra` headers named x-amz-* are signed too."""
-        frozen = self._credentials.get_frozen_credentials()  # botocore refreshes them when due
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        headers = [("host", host), ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"), ("x-amz-date", stamp), *extra]
-        if frozen.token:
-            headers.append(("x-amz-security-token", frozen.token))
-        headers.sort()
-        names = ";".join(name for name, _ in headers)
-        canonical = "PUT\n%s\n\n%s\n%s\nUNSIGNED-PAYLOAD" % (
-            path, "".join(f"{name}:{value}\n" for name, value in headers), names)
-        scope = f"{stamp[:8]}/{self._region}/s3/aws4_request"
-        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        signature = hmac.digest(self._signing_key(frozen.secret_key, stamp[:8]), to_sign.encode(), "sha256").hex()
-        headers.append(("authorization", f"AWS4-HMAC-SHA256 Credential={frozen.access_key}/{scope}, "
-                                         f"SignedHeaders={names}, Signature={signature}"))
-        return headers
+        """The request's headers, Authorization among them. `path` is sent as it is (S3 does not
+        normalise it, and neither does S3SigV4Auth); `extra` headers named x-amz-* are signed too."""
+        request = AWSRequest(method="PUT", url=f"{self._scheme}://{host}{path}", headers=dict(extra))
+        request.context["client_config"] = _UNSIGNED_PAYLOAD
+        # Frozen credentials at each signature: botocore refreshes expiring ones when due.
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        return [("host", host), *request.headers.items()]
 
-    def _signing_key(self, secret: str, day: str) -> bytes:
-        if self._key[:2] != (secret, day):  # once a day and per secret: four HMACs
-            key = ("AWS4" + secret).encode()
-            for part in (day, self._region, "s3", "aws4_request"):
-                key = hmac.digest(key, part.encode(), "sha256")
-            self._key = (secret, day, key)
-        return self._key[2]
+
+# The body is not hashed into the signature (UNSIGNED-PAYLOAD): S3 takes that over http and https.
+_UNSIGNED_PAYLOAD = Config(s3={"payload_signing_enabled": False})
 
 
 def _base_of(botocore_client, bucket: str) -> SplitResult:
