@@ -1,3 +1,5 @@
+import sys
+
 from django.apps import AppConfig
 
 
@@ -9,3 +11,8 @@ class SessionsAppConfig(AppConfig):
     def ready(self) -> None:
         # Django requires it here: receivers connect once the app registry is ready.
         from sessions_app import followups, signals  # noqa: F401 (signal receivers)
+
+        if sys.argv[1:2] == ["qcluster"]:  # before the cluster forks its workers: they share it
+            from projects.destinations import s3
+
+            s3.preload()

@@ -442,3 +442,13 @@ def test_valid_options_get_their_defaults():
     assert dest.options["addressing_style"] == "auto"
     assert dest.prefix == ""
     assert dest.describe() == {"kind": "s3", "bucket": "b", "prefix": "", "endpoint_url": "https://s3.example.com"}
+
+
+def test_a_cluster_reads_s3_models_once_for_the_destinations_of_its_workers(make_s3_destination):
+    from projects.destinations import s3
+
+    s3.preload()  # what a cluster does before it forks its workers (sessions_app.apps)
+    dest = make_s3_destination()
+    dest.client.list_objects_v2(Bucket=dest.bucket)
+
+    assert dest._botocore_session.get_component("data_loader") is s3._loader
