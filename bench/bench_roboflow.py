@@ -9,8 +9,8 @@ Run from the repository root:
 
 Data: N small JPEGs (24x16 px, all different), each with a YOLO label, in train/valid/test folders
 (images/ + labels/) with a data.yaml, generated once under --data.
-  upload  product  `manage.py upload --config` with a real qcluster (1 upload task x --workers) into a
-                   fresh Roboflow project
+  upload  product  `manage.py upload --config` with a real qcluster (--upload-tasks tasks, 2 by default as
+                   the product's own default, sharing --workers transfers) into a fresh Roboflow project
           sdk      Workspace.upload_dataset(folder, project, num_workers=--workers) in this process
                    (its per-image prints sent to /dev/null), into another fresh project
   import  product  `manage.py import_roboflow --concurrency --import-concurrency` with a real qcluster,
@@ -201,10 +201,12 @@ class Product:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def product_upload(product: Product, server: Server, data: Path, n: int, workers: int, i: int) -> Result:
+def product_upload(product: Product, server: Server, data: Path, n: int, workers: int, i: int, tasks: int = 1) -> Result:
+    """`tasks` upload tasks (worker processes) of workers // tasks transfers each: the same in flight."""
     cfg = product.dir / f"upload-{i}.json"
     cfg.write_text(json.dumps({
-        "project": f"bench-upload-{i}", "source_dir": str(data), "upload_workers": workers, "upload_tasks": 1,
+        "project": f"bench-upload-{i}", "source_dir": str(data), "upload_workers": max(1, workers // tasks),
+        "upload_tasks": tasks,
         "destination": {"type": "roboflow", "workspace": WORKSPACE, "project": f"rf-product-{i}",
                         "api_key_env": KEY_ENV},
     }))
@@ -322,6 +324,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--workers", type=int, default=10, help="upload concurrency of both sides (SDK default 10)")
     parser.add_argument("--import-concurrency", type=int, default=20)
+    parser.add_argument("--upload-tasks", type=int, default=2,
+                        help="the product's upload tasks for the upload pair (processes; --workers is split among "
+                             "them, so as many transfers are in flight as the SDK's): 2, the product's default")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--database-url", help="postgres://...: created fresh, dropped after (default SQLite)")
     parser.add_argument("--skip-s3", action="store_true", help="no import into moto S3")
@@ -357,7 +362,7 @@ def main() -> None:
             try:
                 runs = []
                 if "upload" in only:
-                    runs += [lambda: product_upload(product, server, data, args.images, args.workers, i),
+                    runs += [lambda: product_upload(product, server, data, args.images, args.workers, i, args.upload_tasks),
                              lambda: sdk_upload(server, data, args.images, args.workers, i)]
                 if "import-local" in only:
                     runs += [lambda: product_import(product, server, "local", {"type": "local", "path": str(
