@@ -73,13 +73,18 @@ def test_other_errors_still_use_max_retries(transactional_db, tmp_path, source, 
     assert "gave up after 2 attempts" in row.last_error
 
 
-def test_a_sync_command_whose_session_pauses_exits_1_naming_resume(transactional_db, tmp_path, source, s3_server,
-                                                                    fault_proxy):
-    write_files(source, {f"f{i}.wav": "x" for i in range(3)})
+def _throttled_forever(tmp_path, source, s3_server, fault_proxy, files: int, patience: int) -> str:
+    """A config of `files` files to an S3 that answers every PUT 503 SlowDown."""
+    write_files(source, {f"f{i}.wav": "x" for i in range(files)})
     bucket = s3_server.make_bucket()
     fault_proxy.throttle(first=10**6, rate=0, answer="503")
-    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
-                  throttle_patience=1)
+    return _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
+                   throttle_patience=patience)
+
+
+def test_a_sync_command_whose_session_pauses_exits_1_naming_resume(transactional_db, tmp_path, source, s3_server,
+                                                                    fault_proxy):
+    cfg = _throttled_forever(tmp_path, source, s3_server, fault_proxy, files=3, patience=1)
     result = manage("upload", "--no-progress", "--sync", "--config", cfg, timeout=120)
     session = SyncSession.objects.get()
     assert result.returncode == 1, result.stderr
@@ -90,11 +95,7 @@ def test_a_sync_command_whose_session_pauses_exits_1_naming_resume(transactional
 
 def test_a_file_throttled_beyond_patience_pauses_the_session(transactional_db, tmp_path, source, s3_server,
                                                               fault_proxy):
-    write_files(source, {f"f{i}.wav": "x" for i in range(5)})
-    bucket = s3_server.make_bucket()
-    fault_proxy.throttle(first=10**6, rate=0, answer="503")
-    cfg = _config(tmp_path, source, {"type": "s3", "bucket": bucket, "endpoint_url": fault_proxy.endpoint_url},
-                  throttle_patience=2)
+    cfg = _throttled_forever(tmp_path, source, s3_server, fault_proxy, files=5, patience=2)
     result = manage("upload", "--no-progress", "--no-wait", "--config", cfg)
     assert result.returncode == 0, result.stderr
     session = SyncSession.objects.get()
