@@ -112,20 +112,16 @@ class Server:
 def ensure_data(root: Path, n: int) -> Path:
     from tests.servers.roboflow_api import make_image
 
-    path = root / f"roboflow-yolo-{n}"
-    marker = path.with_name(path.name + ".complete")
-    if marker.exists():
-        return path
-    shutil.rmtree(path, ignore_errors=True)
-    for i in range(n):
-        split = SPLITS[i % 3]
-        (path / split / "images").mkdir(parents=True, exist_ok=True)
-        (path / split / "labels").mkdir(parents=True, exist_ok=True)
-        (path / split / "images" / f"img{i:05d}.jpg").write_bytes(make_image(i, "JPEG"))
-        (path / split / "labels" / f"img{i:05d}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.25\n")
-    (path / "data.yaml").write_text("names: [cat, dog]\nnc: 2\n")
-    marker.write_text(f"{n}\n")
-    return path
+    def fill(path: Path) -> None:
+        for i in range(n):
+            split = SPLITS[i % 3]
+            (path / split / "images").mkdir(parents=True, exist_ok=True)
+            (path / split / "labels").mkdir(parents=True, exist_ok=True)
+            (path / split / "images" / f"img{i:05d}.jpg").write_bytes(make_image(i, "JPEG"))
+            (path / split / "labels" / f"img{i:05d}.txt").write_text(f"{i % 2} 0.5 0.5 0.25 0.25\n")
+        (path / "data.yaml").write_text("names: [cat, dog]\nnc: 2\n")
+
+    return common.made_once(root / f"roboflow-yolo-{n}", fill)
 
 
 # -- the product --------------------------------------------------------------------------------

@@ -107,18 +107,14 @@ def key_hash(key: str) -> str:
 
 # -- data ----------------------------------------------------------------------------------------
 def ensure_tree(root: Path, files: int, size: int) -> Path:
-    tree = root / f"scale-out-{files}x{size}"
-    marker = tree.with_name(tree.name + ".complete")
-    if marker.exists():
-        return tree
-    shutil.rmtree(tree, ignore_errors=True)
-    for i in range(files):
-        folder = tree / f"d{i // 1000:03d}"
-        if i % 1000 == 0:
-            folder.mkdir(parents=True)
-        (folder / f"f{i:07d}.bin").write_bytes(os.urandom(size))
-    marker.write_text(f"{files}\n")
-    return tree
+    def fill(tree: Path) -> None:
+        for i in range(files):
+            folder = tree / f"d{i // 1000:03d}"
+            if i % 1000 == 0:
+                folder.mkdir(parents=True)
+            (folder / f"f{i:07d}.bin").write_bytes(os.urandom(size))
+
+    return common.made_once(root / f"scale-out-{files}x{size}", fill)
 
 
 # -- one run --------------------------------------------------------------------------------------

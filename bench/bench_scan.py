@@ -110,10 +110,20 @@ print(json.dumps({"files": stats.files, "rows": rows, "pending": pending, "secon
 
 
 def ensure_tree(root: Path, folders: int, per_folder: int) -> Path:
-    tree = root / f"scan-{folders}x{per_folder}"
-    marker = tree.with_name(tree.name + ".complete")
-    if marker.exists():
-        return tree
+    def fill(tree: Path) -> None:
+        print(f"generating {folders * per_folder:,} empty files under {tree} (once) ...", flush=True)
+        t0 = time.perf_counter()
+        flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL
+        for d in range(folders):
+            folder = tree / f"d{d:04d}"
+            folder.mkdir(parents=True)
+            fd_dir = str(folder)
+            for i in range(per_folder):
+                os.close(os.open(f"{fd_dir}/f{i:05d}.dat", flags, 0o644))
+            if (d + 1) % 100 == 0:
+                print(f"  {(d + 1) * per_folder:,} files, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    return common.made_once(root / f"scan-{folders}x{per_folder}", fill)
     print(f"generating {folders * per_folder:,} empty files under {tree} (once) ...", flush=True)
     t0 = time.perf_counter()
     shutil.rmtree(tree, ignore_errors=True)

@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,6 +35,17 @@ REGION = "us-east-1"
 
 # -- child processes --------------------------------------------------------------------------
 _children: list[subprocess.Popen] = []
+
+
+def made_once(path: Path, fill: Callable[[Path], None]) -> Path:
+    """A generated data set at `path`, made by fill(path) the first time only: a `<name>.complete`
+    marker beside it says it is whole (a set cut off half-way is made again)."""
+    marker = path.with_name(path.name + ".complete")
+    if not marker.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        fill(path)
+        marker.write_text("")
+    return path
 
 
 def spawn(cmd: list[str], *, log: Path | None = None, env: dict[str, str] | None = None, **kw) -> subprocess.Popen:

@@ -280,7 +280,8 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload]) -> None
     the catalog and the rows never disagree."""
     arrived = [r for r in rows if arrives(r)]
     if connection.vendor == "postgresql":
-        return _record_from_rows(catalog_id, session_id, [r.pk for r in arrived])
+        _record_from_rows(catalog_id, session_id, [r.pk for r in arrived])
+        return
     now = timezone.now()
     tuples = [
         (catalog_id, r.remote_key, "" if r.relative_path == r.remote_key else r.relative_path, r.size, r.mtime,
