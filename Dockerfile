@@ -8,6 +8,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
+# Compiled once here: PYTHONDONTWRITEBYTECODE would have every command compile its modules at start-up.
+RUN python -m compileall -q /app
 RUN DEBUG=1 python manage.py collectstatic --noinput
 RUN useradd --system --home-dir /data --no-create-home uploader && mkdir -p /data && chown uploader /data
 USER uploader

@@ -108,6 +108,7 @@ def _on_signal(signum, frame):
 
 
 def install_cleanup() -> None:
+    compile_product()
     atexit.register(stop_all)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -120,6 +121,20 @@ def use_product(path: str | None) -> None:
     if path:
         PRODUCT = Path(path).resolve()
         MANAGE = str(PRODUCT / "manage.py")
+    compile_product()
+
+
+_compiled: set[Path] = set()
+
+
+def compile_product() -> None:
+    """The product's modules as an installed product has them: compiled once. With
+    PYTHONDONTWRITEBYTECODE set (this machine's shell, the image's environment) nothing is cached,
+    and every command measured would compile each of its modules again at start-up (~0.3-1 s)."""
+    if PRODUCT not in _compiled:
+        subprocess.run([PYTHON, "-m", "compileall", "-q", "-x", r"/(\.venv|node_modules)/", str(PRODUCT)],
+                       stdout=subprocess.DEVNULL, check=False)
+        _compiled.add(PRODUCT)
 
 
 def free_port() -> int:
