@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, 1.8 us an
+# entry against 0.5 (a quarter of a no-op re-sync's parse). Hashed like a frozen one; never changed.
+@dataclass(slots=True, unsafe_hash=True)
 class Entry:
     relative_path: str
     size: int
