@@ -2,8 +2,9 @@
 
 One `drain()` call is one django-q2 task. It claims pending rows with a conditional update
 (safe when the broker delivers a task twice or two tasks race), keeps `upload_workers`
-transfers in flight, writes outcomes and counters in batches, and hands over to a successor
-task after UPLOAD_TASK_SECONDS so no task outlives the cluster's timeout.
+transfers in flight, writes outcomes and counters in batches (from a recorder thread, while the
+loop claims on), and hands over to a successor task after UPLOAD_TASK_SECONDS so no task
+outlives the cluster's timeout.
 """
 
 from __future__ import annotations

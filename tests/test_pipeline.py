@@ -293,3 +293,24 @@ def test_paths_stay_in_the_database_not_memory_between_batches(make_project, sou
     session = run_session_inline(project)
     assert (session.found_count, session.uploaded_count) == (50, 50)
     assert sorted(p.name for p in Path(tmp_path / "out").glob("*.wav"))[0] == "000.wav"
+
+
+def test_a_recorder_writes_in_a_thread_of_its_own_and_a_failed_write_surfaces_at_the_next_call(transactional_db):
+    threads: list[str] = []
+    with uploading.Recorder("record-test") as recorder:
+        recorder.submit(lambda: threads.append(threading.current_thread().name))
+        recorder.wait()
+        recorder.submit(lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            recorder.submit(lambda: threads.append("after the failed write"))
+
+    assert threads == ["record-test_0"]
+
+
+def test_inside_a_callers_transaction_a_recorder_writes_in_the_callers_thread(db):
+    # A test's transaction: rows written in it are invisible to another thread's connection.
+    threads: list[str] = []
+    with uploading.Recorder("record-test") as recorder:
+        recorder.submit(lambda: threads.append(threading.current_thread().name))
+
+    assert threads == [threading.current_thread().name]
