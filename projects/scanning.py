@@ -136,7 +136,8 @@ def find_walk(root: str, sort: bool = True, on_problem: Problem | None = None) -
     slices = _slices(root) if sort else None
     try:
         if slices is None:
-            procs = _find(["find", root, "-mindepth", "1"], _FIND_FORMAT, None, sort, errors)
+            # "root/": a root that is a symlink to a folder is walked, as by scandir and by the slices.
+            procs = _find(["find", os.path.join(root, ""), "-mindepth", "1"], _FIND_FORMAT, None, sort, errors)
             try:
                 yield from _parse_find(procs[-1].stdout, report)
             finally:

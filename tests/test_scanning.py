@@ -126,3 +126,15 @@ def test_a_root_of_many_entries_is_walked_in_slices_in_the_same_key_order_as_sca
 
     assert [e.relative_path for e in by_find] == sorted(tree)
     assert by_find == list(scan(str(tmp_path), ScanFilter(), method="scandir"))
+
+
+@pytest.mark.parametrize("method", ["find", "scandir"])
+@pytest.mark.parametrize("tree", [{"only/one.wav": "1"}, {"a.wav": "1", "b/c.wav": "2", "d.wav": "3"}],
+                         ids=["one entry: one find", "several: in slices"])
+def test_a_source_folder_that_is_a_symlink_to_a_folder_is_walked(tmp_path, method, tree):
+    write_files(tmp_path / "real", tree)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+
+    entries = list(scan(str(tmp_path / "link"), ScanFilter(), method=method))
+
+    assert [e.relative_path for e in entries] == sorted(tree)
