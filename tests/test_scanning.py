@@ -117,7 +117,7 @@ def test_unsorted_find_yields_the_same_set(tmp_path):
 
 def test_a_root_of_many_entries_is_walked_in_slices_in_the_same_key_order_as_scandir(tmp_path):
     # More top-level entries than slices: files and folders whose names sort around each other
-    # ("a", "a.b", "a-b/", "a0", "a/"), names find could take for options or operators, and the rest.
+    # ("a", "a.b", "a-b/", "a0", "ab/"), names find could take for options or operators, and the rest.
     tree = {"a": "1", "a.b": "2", "a-b/x": "3", "a0": "4", "ab/c/d": "5", "-name": "6", "(": "7", "!/x": "8",
             "-type/d": "9", "sp ace/f": "10", **{f"d{i:02d}/f{j}": str(j) for i in range(40) for j in range(3)}}
     write_files(tmp_path, tree)
