@@ -439,10 +439,10 @@ def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | 
     with transaction.atomic():
         done = [by_pk[pk] for pk in bulk.update_fields(FileUpload, rows, OUTCOME_FIELDS, where={"status": UPLOADING})]
         changes: Counter[str] = Counter()
-        for o in done:
-            changes.update(_moved(UPLOADING, o.status, 1))
-            if o.status == UPLOADED:  # its size as uploaded (or as verified at the destination)
-                changes["bytes_uploaded"] += o.row.size
+        for status, n in Counter(o.status for o in done).items():
+            changes.update(_moved(UPLOADING, status, n))
+        # Their sizes as uploaded (or as verified at the destination).
+        changes["bytes_uploaded"] += sum(o.row.size for o in done if o.status == UPLOADED)
         _bump(session.pk, changes, destination, heartbeat_at=now)
         _tally(session.project_id, now, changes)
         if catalog_id is not None:
