@@ -124,20 +124,6 @@ def ensure_tree(root: Path, folders: int, per_folder: int) -> Path:
                 print(f"  {(d + 1) * per_folder:,} files, {time.perf_counter() - t0:.0f} s", flush=True)
 
     return common.made_once(root / f"scan-{folders}x{per_folder}", fill)
-    print(f"generating {folders * per_folder:,} empty files under {tree} (once) ...", flush=True)
-    t0 = time.perf_counter()
-    shutil.rmtree(tree, ignore_errors=True)
-    flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL
-    for d in range(folders):
-        folder = tree / f"d{d:04d}"
-        folder.mkdir(parents=True)
-        fd_dir = str(folder)
-        for i in range(per_folder):
-            os.close(os.open(f"{fd_dir}/f{i:05d}.dat", flags, 0o644))
-        if (d + 1) % 100 == 0:
-            print(f"  {(d + 1) * per_folder:,} files, {time.perf_counter() - t0:.0f} s", flush=True)
-    marker.write_text(f"{folders} {per_folder}\n")
-    return tree
 
 
 QUIET_WAIT = 120.0

@@ -200,14 +200,11 @@ class Drainer:
 
     def flush(self) -> None:
         """Hand the outcomes so far to the recorder (also the session's heartbeat); claims go on
-        meanwhile. Without a recorder (outside run()), written here and now."""
+        meanwhile. Inside run()."""
         outcomes, self.outcomes = self.outcomes, []
         given_back, self.given_back = self.given_back, []
         self.last_flush, self.dry = time.monotonic(), False
-        if self.recorder is None:
-            self._write(outcomes, given_back)
-        else:
-            self.recorder.submit(self._write, outcomes, given_back)
+        self.recorder.submit(self._write, outcomes, given_back)
 
     def _write(self, outcomes: list[Outcome], given_back: list[int]) -> None:
         """Outcomes and counters in one transaction; rows the pacer gave back to pending."""

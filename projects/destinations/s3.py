@@ -1,10 +1,10 @@
 """Amazon S3 and S3-compatible servers, through boto3.
 
 Credentials come from the default chain or a named AWS profile; nothing secret is an option.
-Files up to the multipart threshold go up in one PUT over a kept-alive connection per thread, signed
-by us (projects/destinations/s3put.py: about a third of botocore's put_object CPU per small file);
-files above it in parts through boto3's transfer manager, one per destination, its threads shared by
-every transfer of the process; listings, HEADs and streams through botocore.
+Files up to the multipart threshold go up in one PUT over a kept-alive connection per thread, signed by
+botocore's SigV4 signer (projects/destinations/s3put.py: about a third of botocore's put_object CPU per
+small file); files above it in parts through boto3's transfer manager, one per destination, its threads
+shared by every transfer of the process; listings, HEADs and streams through botocore.
 """
 
 from __future__ import annotations
