@@ -47,9 +47,10 @@ class Known(NamedTuple):
     key: str
     size: int
     mtime: float | None
+    session_id: int | None = None  # the session that put it there
 
 
-NOTHING = ("", -1, None)
+NOTHING = ("", -1, None, None)
 _KEY = connection.ops.quote_name("key")  # what `Cursor.match` answers for a key without an entry
 
 def open_for(project: Project, dest: Destination) -> Catalog:
@@ -70,7 +71,7 @@ def find(project: Project, dest: Destination) -> Catalog | None:
 
 def _page(catalog_id: int, after: str | None, size: int) -> list[tuple]:
     # Plain SQL and fetchall: the ORM's row-by-row iteration doubled the cost of a no-op re-sync.
-    sql = (f"SELECT {_KEY}, size, mtime FROM {CatalogEntry._meta.db_table} WHERE catalog_id = %s"
+    sql = (f"SELECT {_KEY}, size, mtime, session_id FROM {CatalogEntry._meta.db_table} WHERE catalog_id = %s"
            f"{f' AND {_KEY} > %s' if after is not None else ''} ORDER BY {_KEY} LIMIT %s")
     params = [catalog_id, *([after] if after is not None else []), size]
     if connection.vendor != "postgresql":
@@ -117,7 +118,7 @@ class Cursor:
         return None if found is NOTHING else Known._make(found)
 
     def match(self, keys: list[str]) -> list[tuple]:
-        """(key, size, mtime) of each key's entry, or NOTHING. One tight loop per batch: it runs
+        """(key, size, mtime, session) of each key's entry, or NOTHING. One tight loop per batch: it runs
         for every file of every sync."""
         out = []
         rows, at, last = self._rows, self._at, self._last
@@ -146,8 +147,8 @@ class Cursor:
     def _lookup(self, key: str) -> tuple:
         if self._catalog_id is None:
             return NOTHING
-        found = CatalogEntry.objects.filter(catalog_id=self._catalog_id, key=key).values_list("key", "size", "mtime")
-        return found.first() or NOTHING
+        found = CatalogEntry.objects.filter(catalog_id=self._catalog_id, key=key)
+        return found.values_list("key", "size", "mtime", "session_id").first() or NOTHING
 
 
 # -- the destination's own word ----------------------------------------------------------------------
@@ -279,8 +280,9 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload]) -> None
     """Entries for rows whose objects arrived. Call inside the transaction writing their status, so
     the catalog and the rows never disagree."""
     arrived = [r for r in rows if arrives(r)]
-    if connection.vendor == "postgresql":
-        _record_from_rows(catalog_id, session_id, [r.pk for r in arrived])
+    ids = [r.pk for r in arrived]
+    if connection.vendor == "postgresql" and None not in ids:  # else rows written by COPY (files.add_sent)
+        _record_from_rows(catalog_id, session_id, ids)
         return
     now = timezone.now()
     tuples = [

@@ -7,6 +7,8 @@
     receiving -> pending                       received (its bytes are all in staging)
     receiving -> failed | cancelled            give_up_receiving (expired), cancel_rest, terminate
     (new) -> counted, no row                   count_skips (the plan found the file done)
+    (new) -> uploaded | failed | skipped       add_sent (the plan sent the file first: its row
+                                               is written once, settled; upload --sync)
     pending -> uploading                       claim
     uploading -> uploaded|failed|skipped|cancelled   record (outcomes, in batches)
     uploading -> pending                       release (shutdown), recover (resume, sweep: lease ran out)
@@ -52,7 +54,7 @@ OPEN = (RECEIVING, PENDING, UPLOADING)
 SETTLED = (UPLOADED, FAILED, SKIPPED, CANCELLED)
 
 ALLOWED: dict[str, frozenset[str]] = {
-    NEW: frozenset({PENDING, SKIPPED, FAILED, RECEIVING}),
+    NEW: frozenset({PENDING, SKIPPED, FAILED, RECEIVING, UPLOADED}),
     RECEIVING: frozenset({PENDING, FAILED, CANCELLED}),
     PENDING: frozenset({UPLOADING, CANCELLED}),
     UPLOADING: frozenset({UPLOADED, FAILED, SKIPPED, CANCELLED, PENDING}),
@@ -226,6 +228,8 @@ def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUp
     count them; also the session's heartbeat. Returns the rows inserted."""
     for row in rows:
         check(NEW, row.status)
+        if row.status not in (PENDING, SKIPPED):  # a settled row goes in only as sent (add_sent)
+            raise TransitionError(f"a planned file is pending or skipped, not {row.status}")
     with transaction.atomic():
         new = bulk.insert_new(FileUpload, rows, ("session_id", "destination", "relative_path"))
         pending = sum(1 for r in new if r.status == PENDING)
@@ -250,6 +254,38 @@ def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool 
     inserted = bulk.insert_tuples(FileUpload, columns, rows, new=first_run)
     _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)},
           destination)
+    return inserted
+
+
+SENT_COLUMNS = PLANNED_COLUMNS + ("destination", "status", "attempts", "uploaded_at", "checksum", "remote_id",
+                                  "note", "last_error", "error_permanent", "skip_reason")
+
+
+def add_sent(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int, *, first_run: bool = False,
+             destination: str = "default") -> int:
+    """Insert the rows of files the plan sent before writing them, each settled as its transfer
+    left it, count them, and record the objects that arrived in the catalog. Call inside the
+    transaction the files were sent in (see sending.py). Returns how many rows went in; a re-run
+    scan's collide and are left alone (the scan's end recounts)."""
+    if not outcomes:
+        return 0
+    rows = []
+    for o in outcomes:
+        check(NEW, o.status)
+        r = o.row
+        r.status = o.status
+        rows.append((r.session_id, r.project_id, r.relative_path, r.remote_key, r.size, r.mtime, r.device, r.inode,
+                     False, destination, o.status, r.attempts, r.uploaded_at, r.checksum, r.remote_id, r.note,
+                     r.last_error, r.error_permanent, r.skip_reason))
+    inserted = bulk.insert_tuples(FileUpload, SENT_COLUMNS, rows, new=first_run)
+    changes = Counter(found_count=inserted, bytes_total=sum(o.row.size for o in outcomes))
+    for status, n in Counter(o.status for o in outcomes).items():
+        changes[COUNTER[status]] += n
+    changes["bytes_uploaded"] = sum(o.row.size for o in outcomes if o.status == UPLOADED)
+    now = timezone.now()
+    _bump(session.pk, changes if inserted == len(rows) else {}, destination, heartbeat_at=now)
+    _tally(session.project_id, now, changes)
+    catalog.record(catalog_id, session.pk, [o.row for o in outcomes])
     return inserted
 
 

@@ -27,7 +27,7 @@ from projects.walking import UNREADABLE_FOLDER
 from projects.sources import Source
 from projects.sources.local import LocalSource
 from projects.sources.roboflow import RoboflowSource
-from sessions_app import files, importing, phases, planning, processing, transferring, waking
+from sessions_app import files, importing, phases, planning, processing, sending, transferring, waking
 from sessions_app.errors import StartError
 from sessions_app.models import SessionStatus, SyncSession
 from sessions_app.planning import ScanStats
@@ -59,8 +59,9 @@ class Kind:
         """Check both ends before a session exists or starts; the destination, open. StartError."""
         raise NotImplementedError
 
-    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
-        """Fill the session's rows (the scan step)."""
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool, send: bool = False) -> ScanStats:
+        """Fill the session's rows (the scan step). `send`: it may send files itself, writing their
+        rows settled (upload --sync: the command's process does all the work)."""
         raise NotImplementedError
 
     def opened(self, session: SyncSession, dest: Destination) -> None:
@@ -120,7 +121,7 @@ class SyncKind(Kind):
     def opened(self, session: SyncSession, dest: DestinationGroup) -> None:
         files.open_destinations(session, dest.identities())
 
-    def plan(self, session: SyncSession, dest: DestinationGroup, start_uploads: bool) -> ScanStats:
+    def plan(self, session: SyncSession, dest: DestinationGroup, start_uploads: bool, send: bool = False) -> ScanStats:
         project = session.project
         problems = ProblemLog(session)
         source = LocalSource.of(project, dest.default_extensions)
@@ -139,8 +140,9 @@ class SyncKind(Kind):
             names = KeyCollisions(project.source_dir, accepts or source.filter.accepts, one.key_for,
                                   fold_case=one.keys_fold_case)
             targets.append(planning.Target(name, one, names, accepts))
+        sender = sending.Sender(session, targets[0].dest, self.transfer(session)) if send and len(targets) == 1 else None
         stats = planning.plan_session(session, targets, scan, batch_size=settings.SCAN_BATCH_SIZE,
-                                      start_uploads=start_uploads)
+                                      start_uploads=start_uploads, sender=sender)
         problems.save()
         return stats
 
@@ -165,7 +167,7 @@ class StreamKind(Kind):
         # No network check: a producer's call must return at once; the uploads report a refusal.
         return _configured_destination(project)
 
-    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool, send: bool = False) -> ScanStats:
         return ScanStats()  # nothing to scan: rows arrive one by one
 
     def more_may_come(self, session: SyncSession, idle_seconds: float, destination: str | None = None) -> bool:
@@ -197,7 +199,7 @@ class ImportKind(Kind):
         _check(source, "Roboflow", dest)
         return dest
 
-    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool, send: bool = False) -> ScanStats:
         return importing.list_into(session, dest, start_uploads)
 
     def transfer(self, session: SyncSession) -> Transfer:
@@ -221,7 +223,7 @@ class BrowserKind(Kind):
         # No network check: the page waits for the manifest's answer; the sends report a refusal.
         return _configured_destination(project)
 
-    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool) -> ScanStats:
+    def plan(self, session: SyncSession, dest: Destination, start_uploads: bool, send: bool = False) -> ScanStats:
         return ScanStats()  # the manifest inserted the rows
 
     def transfer(self, session: SyncSession) -> Transfer:

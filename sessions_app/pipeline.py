@@ -26,18 +26,19 @@ log = logging.getLogger(__name__)
 
 
 @logcontext.about_session
-def scan_session(session_id: int, *, start_uploads: bool = True) -> ScanStats:
-    """Fill the session's rows in batches; start upload tasks after the first batch."""
+def scan_session(session_id: int, *, start_uploads: bool = True, send: bool = False) -> ScanStats:
+    """Fill the session's rows in batches; start upload tasks after the first batch. `send`: the
+    scan sends the files it can itself (--sync, see sending.py)."""
     session = SyncSession.objects.select_related("project").get(pk=session_id)
     if session.status == SessionStatus.QUEUED:
         session.mark_scanning()
     elif session.status != SessionStatus.SCANNING:
         return ScanStats()  # a redelivered task for a session that moved on
     with leases.Lease(session.pk):
-        return _scan(session, start_uploads)
+        return _scan(session, start_uploads, send)
 
 
-def _scan(session: SyncSession, start_uploads: bool) -> ScanStats:
+def _scan(session: SyncSession, start_uploads: bool, send: bool) -> ScanStats:
     kind = kinds.of(session)
     try:
         dest = kind.preflight(session.project, session.params)
@@ -45,7 +46,7 @@ def _scan(session: SyncSession, start_uploads: bool) -> ScanStats:
         lifecycle.fail(session, str(exc))
         return ScanStats()
     try:
-        stats = kind.plan(session, dest, start_uploads)
+        stats = kind.plan(session, dest, start_uploads, send)
     except Exception as exc:
         log.exception("scan of session %s failed", session.pk)
         lifecycle.fail(session, f"scan failed: {type(exc).__name__}: {exc}")
@@ -81,7 +82,7 @@ def run_here(session: SyncSession) -> list[threading.Thread]:
     """--sync: the scan in one thread, uploads in another, while the caller follows (and then
     joins them: the one that ends the session runs its follow-ups, e.g. the notification)."""
     session.mark_scanning()
-    scan = following.run_in_thread(functools.partial(scan_session, session.pk, start_uploads=False))
+    scan = following.run_in_thread(functools.partial(scan_session, session.pk, start_uploads=False, send=True))
     # One drain per destination suffices: it waits for rows while the scan runs; the last one to
     # finish ends the session (start() opened the destinations' counters).
     names = files.destination_names(session) or [None]

@@ -36,13 +36,14 @@ from datetime import timedelta
 from itertools import islice
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from projects.destinations import Destination, RemoteObject
 from projects.models import Project
 from projects.names import KeyCollisions, Refused, not_utf8
 from projects.walking import Entry
-from sessions_app import catalog, enqueue, files
+from sessions_app import catalog, enqueue, files, sending
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ScanStats:
     files: int = 0
     pending: int = 0
     skipped: int = 0
+    sent: int = 0  # by the plan itself (sending.py): rows written settled
 
 
 @dataclass(frozen=True)
@@ -120,14 +122,18 @@ CANCEL_CHECK_SECONDS = 0.5
 
 
 def plan_session(session: SyncSession, targets: Destination | list[Target], scan: Scan, *, batch_size: int,
-                 start_uploads: bool, names: KeyCollisions | None = None) -> ScanStats:
+                 start_uploads: bool, names: KeyCollisions | None = None,
+                 sender: sending.Sender | None = None) -> ScanStats:
     """Plan every scanned file of the session for each destination and write what needs work;
     upload tasks start with the first pending rows. Stops early when the session is cancelled.
-    A bare destination is one target named "default", whose names are `names`."""
+    A bare destination is one target named "default", whose names are `names`. With a `sender`
+    (one destination only), the files it can send go before their rows are written, settled."""
     if isinstance(targets, Destination):
         targets = [Target("default", targets, names)]
     several = len(targets) > 1
     plans = [_Plan(session, t, several, start_uploads) for t in targets]
+    if sender is not None and not several:
+        plans[0].writer.sender = sender
     complete, asked = True, time.monotonic()
     skips = files.Skips()
     scanned = 0
@@ -155,6 +161,7 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
         stats.files += plan.writer.stats.files
         stats.pending += plan.writer.stats.pending
         stats.skipped += plan.writer.stats.skipped
+        stats.sent += plan.writer.stats.sent
     if several:
         each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
                          for p in plans)
@@ -192,7 +199,8 @@ class _Plan:
         self.writer = _Writer(session, self.known.pk, start_uploads, target.name, saves_skips=not several)
         trusted = self.mode.trusted and self.known.entries.exists()
         self.merge = _Merge(dest, self.known.pk if trusted else None,
-                            catalog.in_doubt(project.pk, session.pk), target.names)
+                            catalog.in_doubt(project.pk, session.pk), target.names,
+                            (session.pk, session.files.filter(destination=target.name)))
 
     def write(self, batch: list[Entry]) -> None:
         if self.target.accepts is not None:
@@ -206,9 +214,11 @@ class _Plan:
 class _Merge:
     """The scan against the catalog, a batch at a time."""
 
-    def __init__(self, dest: Destination, catalog_id: int | None, doubt: set[str], names: KeyCollisions | None):
+    def __init__(self, dest: Destination, catalog_id: int | None, doubt: set[str], names: KeyCollisions | None,
+                 mine: tuple[int, QuerySet[FileUpload]]):
         self.key_for, self.cursor, self.doubt = dest.key_for, catalog.Cursor(catalog_id), doubt
         self.names = names
+        self.session_id, self.rows = mine  # the session planning, and its rows of this destination
         self.needs_order = catalog_id is not None  # key order only matters when merging with entries
         self.refused: list[Refused] = []
 
@@ -220,7 +230,11 @@ class _Merge:
             batch, keys, self.refused = self.names.split(batch)
         else:
             keys = [self.key_for(e.relative_path) for e in batch]
-        for e, key, known in zip(batch, keys, self.cursor.match(keys)):
+        found = self.cursor.match(keys)
+        mine = self._rows_of_mine([e for e, known in zip(batch, found) if known[3] == self.session_id])
+        for e, key, known in zip(batch, keys, found):
+            if e.relative_path in mine:  # a scan run again: this session's row has it (and counts it)
+                continue
             reason = decide(e.size, e.mtime, known)
             if not reason:
                 rows.append((e.relative_path, key, e.size, e.mtime, e.device, e.inode, key in self.doubt))
@@ -230,6 +244,16 @@ class _Merge:
             if reason == SKIP_REMOTE:
                 adopted.append((key, e.relative_path, e.size, e.mtime))
         return rows, adopted, skips, skipped_bytes
+
+
+    def _rows_of_mine(self, entries: list[Entry]) -> set[str]:
+        """Of files whose entry this session put there (a scan run again after a crash), those it has
+        a row for: uploaded (or sent) before the crash, not to be planned or counted twice. The
+        others it adopted from a listing: skips, counted again."""
+        if not entries:
+            return set()
+        paths = [e.relative_path for e in entries]
+        return set(self.rows.filter(relative_path__in=paths).values_list("relative_path", flat=True))
 
 
 class _Writer:
@@ -244,6 +268,7 @@ class _Writer:
         # destinations their skips are written together (plan_session), not by each writer.
         self.destination, self.saves_skips = destination, saves_skips
         self.stats = ScanStats()
+        self.sender: sending.Sender | None = None  # plan_session's, if any
         self.skips = files.Skips()
         self.written_at = 0.0
         files.restart_skips(session)  # a re-run scan counts its skips again
@@ -253,18 +278,27 @@ class _Writer:
         self.skips.add(skips, skipped_bytes)
         self.stats.files += len(rows) + sum(skips.values())
         self.stats.skipped += sum(skips.values())
+        pending = False  # rows went in pending: the upload tasks start
         if rows or adopted:
-            with transaction.atomic():
-                inserted = files.add_pending(self.session, [(self.session.pk, self.session.project_id) + row
-                                                            for row in rows],
-                                             first_run=self.first_run, destination=self.destination)
-                catalog.adopt(self.catalog_id, self.session.pk, adopted)
-                if self.saves_skips:
-                    self._save_skips()
-            self.stats.pending += inserted
+            rows = [(self.session.pk, self.session.project_id) + row for row in rows]
+            parts = list(sending.parts(rows)) if self.sender else [rows]
+            for i, part in enumerate(parts):
+                with transaction.atomic():
+                    sent, part = self.sender.send(part, self.destination) if self.sender else ([], part)
+                    files.add_sent(self.session, sent, self.catalog_id, first_run=self.first_run,
+                                   destination=self.destination)
+                    inserted = files.add_pending(self.session, part, first_run=self.first_run,
+                                                 destination=self.destination)
+                    if i == len(parts) - 1:
+                        catalog.adopt(self.catalog_id, self.session.pk, adopted)
+                        if self.saves_skips:
+                            self._save_skips()
+                self.stats.pending += inserted
+                self.stats.sent += len(sent)
+                pending = pending or bool(part)
         elif self.saves_skips and time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS:
             self._save_skips()
-        if rows and self.start_uploads:
+        if pending and self.start_uploads:
             enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
             self.start_uploads = False
 

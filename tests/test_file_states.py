@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from projects.errors import UploaderError
-from sessions_app import files, starting
+from sessions_app import catalog, files, starting
 from sessions_app.errors import TransitionError
 from sessions_app.files import (ALLOWED, CANCELLED, FAILED, GONE, NEW, RECEIVING, Outcome, PENDING, SKIPPED,
                                 UPLOADED, UPLOADING)
@@ -97,6 +97,17 @@ def _admit(session: SyncSession) -> str:
     return files.admit_one(session, relative_path="new.wav", remote_key="new.wav", size=3).status
 
 
+def _send(status: str) -> Callable[[SyncSession], str]:
+    """The plan sent the file first (sending.py): its row goes in settled."""
+    def run(session: SyncSession) -> str:
+        row = FileUpload(session=session, project_id=session.project_id, relative_path="new.wav",
+                         remote_key="new.wav", size=4, attempts=1, skip_reason="duplicate" if status == SKIPPED else "")
+        catalog_id = catalog.open_for(session.project, session.project.destination()).pk
+        assert files.add_sent(session, [Outcome(row, status)], catalog_id) == 1
+        return FileUpload.objects.get(session=session, relative_path="new.wav").status
+    return run
+
+
 def _from(status: str, verb: Callable[[SyncSession, FileUpload], object]) -> Callable[[SyncSession], str]:
     def run(session: SyncSession) -> str:
         row = row_in(session, status)
@@ -111,13 +122,14 @@ def _record(status: str) -> Callable[[SyncSession, FileUpload], object]:
 
 VERBS: dict[tuple[str, str], list[Callable[[SyncSession], str]]] = {
     (NEW, PENDING): [_plan_pending, _admit],
-    (NEW, SKIPPED): [_plan_skipped],
+    (NEW, SKIPPED): [_plan_skipped, _send(SKIPPED)],
+    (NEW, UPLOADED): [_send(UPLOADED)],
     (NEW, RECEIVING): [lambda s: _receive(s).status],
     (RECEIVING, PENDING): [_from(RECEIVING, lambda s, r: files.received(r))],
     (RECEIVING, FAILED): [_from(RECEIVING, lambda s, r: files.give_up_receiving(s.pk, one(r), "expired"))],
     (RECEIVING, CANCELLED): [_from(RECEIVING, lambda s, r: files.terminate(r)),
                              _from(RECEIVING, lambda s, r: files.cancel_rest(s))],
-    (NEW, FAILED): [_refuse],
+    (NEW, FAILED): [_refuse, _send(FAILED)],
     (PENDING, UPLOADING): [_from(PENDING, lambda s, r: files.claim(s, 1))],
     (PENDING, CANCELLED): [_from(PENDING, lambda s, r: files.cancel_rest(s))],
     (UPLOADING, PENDING): [_from(UPLOADING, lambda s, r: files.release(s, [r.pk])),

@@ -314,3 +314,20 @@ def test_inside_a_callers_transaction_a_recorder_writes_in_the_callers_thread(db
         recorder.submit(lambda: threads.append(threading.current_thread().name))
 
     assert threads == [threading.current_thread().name]
+
+
+def test_a_scan_run_again_counts_the_files_the_session_uploaded_once(make_project, source, tmp_path):
+    write_files(source, {f"f{i}.wav": str(i) for i in range(6)})
+    write_files(tmp_path / "dest", {"there.wav": "t"})  # adopted from the first sync's listing
+    write_files(source, {"there.wav": "t"})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = run_session_inline(project)
+    assert (session.found_count, session.uploaded_count, session.skipped_count) == (7, 6, 1)
+    SyncSession.objects.filter(pk=session.pk).update(status=SessionStatus.SCANNING)  # as a resumed scan
+
+    pipeline.scan_session(session.pk, start_uploads=False)
+
+    session.refresh_from_db()
+    # The uploaded files are rows of the session already, not skips as well; the adopted one a skip again.
+    assert (session.found_count, session.uploaded_count, session.skipped_count) == (7, 6, 1)
+    assert session.files.count() == 6

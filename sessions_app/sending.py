@@ -1,0 +1,89 @@
+"""Small files sent by the plan itself (`upload --sync` to a local destination): each file's row is
+written once, settled, instead of inserted pending, claimed and recorded (three writes of a row
+with four indexes: most of a first sync's cost on PostgreSQL).
+
+A part of a batch is sent inside the transaction that then inserts its rows, after taking the
+project's claim lock (catalog.lock_project): another session's claim waits until the part's rows
+and catalog entries are in, so it sees them, and no file goes twice. While another session of the
+project runs, or ran since this one began, nothing is sent this way: the rows go pending and the
+claims sort it out (files.claim). A part is bounded (files and bytes), so the lock is held briefly.
+
+What a crash loses: the files of the part being sent, copied but without rows. The resumed scan
+plans them again (they are not in the catalog) and they are copied again; none is counted twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from projects import localfile
+from projects.destinations import Destination
+from sessions_app import bulk, catalog, shutdown
+from sessions_app.files import PLANNED_COLUMNS, Outcome
+from sessions_app.models import FileStatus, FileUpload, SyncSession
+from sessions_app.transferring import Transfer
+
+log = logging.getLogger(__name__)
+
+PART_FILES = 2000  # files sent under one transaction (and the project's lock)
+PART_BYTES = 64 * 1024 * 1024
+SIZE_AT = PLANNED_COLUMNS.index("size")
+VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
+
+
+def parts(rows: list[tuple]) -> Iterator[list[tuple]]:
+    """The rows (tuples of PLANNED_COLUMNS) in parts, each sent and written in one transaction."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        size += row[SIZE_AT]
+        if i + 1 - start >= PART_FILES or size >= PART_BYTES:
+            yield rows[start:i + 1]
+            start, size = i + 1, 0
+    if start < len(rows) or not rows:
+        yield rows[start:]
+
+
+class Sender:
+    """Sends the plan's files below the destination's inline size, part by part."""
+
+    def __init__(self, session: SyncSession, dest: Destination, transfer: Transfer):
+        self.session, self.dest, self.transfer = session, dest, transfer
+        self.below = dest.inline_below
+        self.on = self.below > 0
+        self.source_dir = session.project.source_dir
+
+    def send(self, rows: list[tuple], destination: str) -> tuple[list[Outcome], list[tuple]]:
+        """Send what it can of the rows: (outcomes of the files sent, rows left for the upload
+        tasks: larger files, those to check at the destination first, those whose transfer failed
+        but may work on another try). Call inside the transaction that writes both."""
+        if not self.on or not rows or not self._alone():
+            return [], rows
+        small = [r for r in rows if r[SIZE_AT] < self.below and not r[VERIFY_AT]]
+        rest = [r for r in rows if r[SIZE_AT] >= self.below or r[VERIFY_AT]]
+        sent = []
+        with localfile.folders_kept():
+            for row in bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), small):
+                row.destination = destination
+                outcome = self.transfer(self.dest, row, self.source_dir, 1)  # no retry under the lock
+                if outcome.status == FileStatus.FAILED and not row.error_permanent or (
+                        outcome.status == FileStatus.PENDING):
+                    rest.append(_planned(row))  # the upload tasks try it again, with backoff
+                else:
+                    sent.append(outcome)
+        return sent, rest
+
+    def _alone(self) -> bool:
+        """Take the project's claim lock; False (and nothing sent from now on) if another session
+        of the project is at work or worked since this one began, or this process shuts down."""
+        others = catalog.lock_project(self.session)
+        if others or shutdown.requested():
+            self.on = False
+            if others:
+                self.session.append_log(f"another session of the project ({others[0].pk}) is at work: the rest of "
+                                        f"the files go through upload tasks")
+        return self.on
+
+
+def _planned(row: FileUpload) -> tuple:
+    return tuple(getattr(row, name) for name in PLANNED_COLUMNS)

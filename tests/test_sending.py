@@ -1,0 +1,122 @@
+"""The plan sends small files itself (`upload --sync`, a local destination): each row written once,
+settled; what it cannot send goes pending to the upload tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from projects.destinations.local import INLINE_BELOW
+from sessions_app import pipeline, sending, starting, uploading
+from sessions_app.models import CatalogEntry, FileStatus, SessionStatus, SyncSession
+from sessions_app.queueing import queue_upload
+from tests.conftest import write_files
+
+
+@pytest.fixture(autouse=True)
+def quick(settings) -> None:
+    settings.UPLOAD_FLUSH_SECONDS = 0.05
+    settings.QUEUE_LINGER_SECONDS = 0
+
+
+def run_sending(project) -> SyncSession:
+    """What upload --sync does, one step after the other: the scan (sending), then the drain."""
+    session = starting.create_session(project, created_by="test")
+    session.mark_scanning()
+    pipeline.scan_session(session.pk, start_uploads=False, send=True)
+    uploading.drain(session.pk)
+    session.refresh_from_db()
+    return session
+
+
+def test_small_files_are_sent_by_the_scan_and_their_rows_written_once(make_project, source, tmp_path):
+    write_files(source, {f"d{i % 3}/f{i:03d}.bin": f"body {i}" for i in range(30)})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+
+    session = run_sending(project)
+
+    assert session.status == SessionStatus.COMPLETED
+    assert (session.found_count, session.uploaded_count, session.pending_count) == (30, 30, 0)
+    assert session.bytes_uploaded == session.bytes_total == sum(len(f"body {i}") for i in range(30))
+    rows = list(session.files.values_list("status", "attempts", "claimed_at", "claim_token"))
+    # Never claimed: the row went in once, uploaded, with the one attempt that sent it.
+    assert set(rows) == {(FileStatus.UPLOADED, 1, None, None)}
+    assert (tmp_path / "dest" / "d1" / "f001.bin").read_text() == "body 1"
+    entries = CatalogEntry.objects.filter(catalog__project=project)
+    assert entries.count() == 30 and set(entries.values_list("session_id", flat=True)) == {session.pk}
+    assert project.throughput.get().uploaded == 30
+
+
+def test_a_file_too_big_to_send_inline_goes_to_the_upload_tasks(make_project, source, tmp_path):
+    write_files(source, {"small.bin": "s", "big.bin": b"b" * INLINE_BELOW})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+
+    session = run_sending(project)
+
+    claimed = dict(session.files.values_list("relative_path", "claimed_at"))
+    assert claimed["small.bin"] is None and claimed["big.bin"] is not None  # claimed by the drain
+    assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
+    assert (tmp_path / "dest" / "big.bin").stat().st_size == INLINE_BELOW
+
+
+def test_a_file_refused_for_good_is_a_failed_row_written_once(make_project, source, tmp_path):
+    write_files(source, {"a/b.txt": "under a folder the destination has as a file", "c.txt": "fine"})
+    dest = tmp_path / "dest"
+    write_files(dest, {"a": "a file where the key needs a folder"})
+    project = make_project({"type": "local", "path": str(dest)})
+
+    session = run_sending(project)
+
+    failed = session.files.get(relative_path="a/b.txt")
+    assert (failed.status, failed.error_permanent, failed.claimed_at) == (FileStatus.FAILED, True, None)
+    assert "cannot write" in failed.last_error
+    assert session.files.get(relative_path="c.txt").status == FileStatus.UPLOADED
+    assert (session.status, session.failed_count, session.uploaded_count) == (
+        SessionStatus.COMPLETED_WITH_ERRORS, 1, 1)
+
+
+def test_while_another_session_of_the_project_runs_nothing_is_sent_by_the_scan(make_project, source, tmp_path):
+    write_files(source, {"queued.bin": "q", "x.bin": "x", "y.bin": "y"})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    assert queue_upload(project, source / "queued.bin")  # the project's upload queue: a running session
+
+    session = run_sending(project)
+
+    assert session.status == SessionStatus.COMPLETED
+    rows = session.files.values_list("status", "claimed_at")
+    assert len(rows) == 3 and all(status == FileStatus.UPLOADED and claimed for status, claimed in rows)
+    assert "another session of the project" in session.log
+
+
+def test_a_scan_run_again_leaves_the_rows_it_sent_alone_and_counts_them_once(make_project, source, tmp_path):
+    write_files(source, {f"f{i}.bin": str(i) for i in range(12)})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = starting.create_session(project, created_by="test")
+    session.mark_scanning()
+    pipeline.scan_session(session.pk, start_uploads=False, send=True)
+    # As after a crash that cut off the files sent last: their rows and entries never went in.
+    lost = list(session.files.order_by("relative_path").values_list("relative_path", flat=True)[:4])
+    session.files.filter(relative_path__in=lost).delete()
+    CatalogEntry.objects.filter(key__in=lost).delete()
+    SyncSession.objects.filter(pk=session.pk).update(status=SessionStatus.SCANNING)
+
+    pipeline.scan_session(session.pk, start_uploads=False, send=True)
+
+    session.refresh_from_db()
+    assert session.status == SessionStatus.COMPLETED
+    assert session.files.count() == 12 and set(session.files.values_list("status", flat=True)) == {"uploaded"}
+    assert (session.found_count, session.uploaded_count) == (12, 12)
+    assert CatalogEntry.objects.filter(catalog__project=project).count() == 12
+
+
+def test_parts_are_bounded_by_files_and_bytes(monkeypatch):
+    monkeypatch.setattr(sending, "PART_FILES", 3)
+    monkeypatch.setattr(sending, "PART_BYTES", 100)
+    size_at = sending.SIZE_AT
+    rows = [tuple(60 if i == size_at else 0 for i in range(size_at + 1)) for _ in range(3)]
+    rows += [tuple(1 if i == size_at else 0 for i in range(size_at + 1)) for _ in range(4)]
+    parts = [len(p) for p in sending.parts(rows)]
+
+    assert parts == [2, 3, 2]  # 60 + 60 bytes, then three files, then the rest
+    assert [len(p) for p in sending.parts([])] == [0]
