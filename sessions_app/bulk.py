@@ -186,6 +186,17 @@ def _copy_ignoring_existing(cursor, table: str, names: str, rows: Sequence[tuple
     return cursor.rowcount
 
 
+def id_floor(model: type[models.Model]) -> int | None:
+    """On PostgreSQL, a value every id the table's rows get from now on is above (the sequence's
+    next, taken: ids may have gaps); None elsewhere."""
+    if connection.vendor != "postgresql":
+        return None
+    meta = model._meta
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s))", [meta.db_table, meta.pk.column])
+        return cursor.fetchone()[0]
+
+
 def upsert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple],
                   unique: Sequence[str], update: Sequence[str]) -> None:
     """INSERT rows (tuples of the `columns`, every other column its default); a row whose

@@ -276,14 +276,23 @@ def arrives(row: FileUpload) -> bool:
     return row.status == FileStatus.UPLOADED or (row.status == FileStatus.SKIPPED and row.skip_reason == "duplicate")
 
 
-def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload]) -> None:
+# arrives(), for the database (PostgreSQL's entries are made from the rows).
+_ARRIVED_SQL = (f"(f.status = '{FileStatus.UPLOADED}' OR (f.status = '{FileStatus.SKIPPED}' "
+                f"AND f.skip_reason = 'duplicate'))")
+
+
+def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload], *, inserted_after: int | None = None) -> None:
     """Entries for rows whose objects arrived. Call inside the transaction writing their status, so
-    the catalog and the rows never disagree."""
-    arrived = [r for r in rows if arrives(r)]
-    ids = [r.pk for r in arrived]
-    if connection.vendor == "postgresql" and None not in ids:  # else rows written by COPY (files.add_sent)
-        _record_from_rows(catalog_id, session_id, ids)
+    the catalog and the rows never disagree. `inserted_after`: the rows were just inserted, with
+    ids above it (files.add_sent), and have no primary key on them."""
+    if connection.vendor == "postgresql":
+        if inserted_after is not None:
+            _record_from_rows(catalog_id, session_id, "f.session_id = %s AND f.id > %s AND " + _ARRIVED_SQL,
+                              [session_id, inserted_after])
+        else:
+            _record_from_rows(catalog_id, session_id, "f.id = ANY(%s)", [[r.pk for r in rows if arrives(r)]])
         return
+    arrived = [r for r in rows if arrives(r)]
     now = timezone.now()
     tuples = [
         (catalog_id, r.remote_key, "" if r.relative_path == r.remote_key else r.relative_path, r.size, r.mtime,
@@ -294,10 +303,10 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload]) -> None
                        update=ARRIVAL_FIELDS)
 
 
-def _record_from_rows(catalog_id: int, session_id: int, ids: list[int]) -> None:
-    """The entries made by the database from the rows just written (same transaction): no value
-    of a row crosses to the database a second time (a first sync writes 200,000 of them)."""
-    if not ids:
+def _record_from_rows(catalog_id: int, session_id: int, where: str, params: list) -> None:
+    """The entries made by the database from the rows just written (same transaction) that `where`
+    picks: no value of a row crosses to the database a second time (a first sync writes 200,000)."""
+    if params == [[]]:
         return
     qn = connection.ops.quote_name
     entry, row = qn(CatalogEntry._meta.db_table), qn(FileUpload._meta.db_table)
@@ -307,9 +316,9 @@ def _record_from_rows(catalog_id: int, session_id: int, ids: list[int]) -> None:
             f"INSERT INTO {entry} (catalog_id, {_KEY}, relative_path, size, mtime, checksum, remote_id, session_id, "
             f"arrived_at) SELECT DISTINCT ON (f.remote_key) %s, f.remote_key, CASE WHEN f.relative_path = f.remote_key "
             f"THEN '' ELSE f.relative_path END, f.size, f.mtime, f.checksum, f.remote_id, %s, "
-            f"COALESCE(f.uploaded_at, now()) FROM {row} f WHERE f.id = ANY(%s) ORDER BY f.remote_key, f.id DESC "
+            f"COALESCE(f.uploaded_at, now()) FROM {row} f WHERE {where} ORDER BY f.remote_key, f.id DESC "
             f"ON CONFLICT (catalog_id, {_KEY}) DO UPDATE SET {updates}",
-            [catalog_id, session_id, ids])
+            [catalog_id, session_id, *params])
 
 
 # -- other sessions of the project ---------------------------------------------------------------------

@@ -277,6 +277,7 @@ def add_sent(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int,
         rows.append((r.session_id, r.project_id, r.relative_path, r.remote_key, r.size, r.mtime, r.device, r.inode,
                      False, destination, o.status, r.attempts, r.uploaded_at, r.checksum, r.remote_id, r.note,
                      r.last_error, r.error_permanent, r.skip_reason))
+    after = bulk.id_floor(FileUpload)
     inserted = bulk.insert_tuples(FileUpload, SENT_COLUMNS, rows, new=first_run)
     changes = Counter(found_count=inserted, bytes_total=sum(o.row.size for o in outcomes))
     for status, n in Counter(o.status for o in outcomes).items():
@@ -285,7 +286,7 @@ def add_sent(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int,
     now = timezone.now()
     _bump(session.pk, changes if inserted == len(rows) else {}, destination, heartbeat_at=now)
     _tally(session.project_id, now, changes)
-    catalog.record(catalog_id, session.pk, [o.row for o in outcomes])
+    catalog.record(catalog_id, session.pk, [o.row for o in outcomes], inserted_after=after)
     return inserted
 
 
