@@ -334,13 +334,23 @@ def others_since(session: SyncSession) -> list[SyncSession]:
     )
 
 
+SENDING_LOCKS = 0x5E4D  # PostgreSQL advisory locks (this, a session's id): a plan sending files (sending.py)
+
+
 def lock_project(session: SyncSession) -> list[SyncSession]:
     """Inside a claim's transaction: the project's row lock, so the claims of all its sessions
-    take turns (a claim sees every row another one moved to uploading), then `others_since`."""
+    take turns (a claim sees every row another one moved to uploading), then `others_since`; on
+    PostgreSQL, waits for the running ones that are sending files without rows yet (sending.py)."""
     # NO KEY UPDATE: a mutex among claimers that lets the deferred foreign-key checks (KEY SHARE)
     # of other transactions through; FOR UPDATE deadlocked with a scan committing its rows.
     list(Project.objects.select_for_update(no_key=True).filter(pk=session.project_id).values_list("pk", flat=True))
-    return others_since(session)
+    others = others_since(session)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for other in others:
+                if other.status in ACTIVE_STATUSES:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [SENDING_LOCKS, other.pk])
+    return others
 
 
 def busy_keys(others: Sequence[SyncSession], destination: str | None = None) -> QuerySet:

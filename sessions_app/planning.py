@@ -134,6 +134,30 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
     plans = [_Plan(session, t, several, start_uploads) for t in targets]
     if sender is not None and not several:
         plans[0].writer.sender = sender
+    try:
+        scanned, complete = _plan_batches(session, plans, scan, batch_size)
+    finally:
+        if sender is not None:
+            sender.close()  # the parts' rows are in (or their error raised)
+    complete = complete and not cancelled(session)
+    for plan in plans:
+        plan.writer.finish(plan.known, plan.mode, complete)
+    stats = ScanStats()
+    for plan in plans:
+        stats.files += plan.writer.stats.files
+        stats.pending += plan.writer.stats.pending
+        stats.skipped += plan.writer.stats.skipped
+        stats.sent += plan.writer.stats.sent
+    if several:
+        each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
+                         for p in plans)
+        session.append_log(f"scan: {scanned} files scanned once for {len(plans)} destinations ({each})")
+    return stats
+
+
+def _plan_batches(session: SyncSession, plans: list[_Plan], scan: Scan, batch_size: int) -> tuple[int, bool]:
+    """Plan and write the scan a batch at a time; (files scanned, whether the scan was complete)."""
+    several = len(plans) > 1
     complete, asked = True, time.monotonic()
     skips = files.Skips()
     scanned = 0
@@ -153,20 +177,7 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
         skips = _count(session, plans, skips) if several else skips
     if several:
         _count(session, plans, skips, final=True)
-    complete = complete and not cancelled(session)
-    for plan in plans:
-        plan.writer.finish(plan.known, plan.mode, complete)
-    stats = ScanStats()
-    for plan in plans:
-        stats.files += plan.writer.stats.files
-        stats.pending += plan.writer.stats.pending
-        stats.skipped += plan.writer.stats.skipped
-        stats.sent += plan.writer.stats.sent
-    if several:
-        each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
-                         for p in plans)
-        session.append_log(f"scan: {scanned} files scanned once for {len(plans)} destinations ({each})")
-    return stats
+    return scanned, complete
 
 
 def _count(session: SyncSession, plans: list[_Plan], skips: files.Skips, final: bool = False) -> files.Skips:
@@ -275,32 +286,61 @@ class _Writer:
         self.first_run = not session.files.filter(destination=destination).exists()
 
     def write(self, rows: list[tuple], adopted: list[tuple], skips: dict[str, int], skipped_bytes: int) -> None:
-        self.skips.add(skips, skipped_bytes)
         self.stats.files += len(rows) + sum(skips.values())
         self.stats.skipped += sum(skips.values())
-        pending = False  # rows went in pending: the upload tasks start
-        if rows or adopted:
-            rows = [(self.session.pk, self.session.project_id) + row for row in rows]
-            parts = list(sending.parts(rows)) if self.sender else [rows]
-            for i, part in enumerate(parts):
-                with transaction.atomic():
-                    sent, part = self.sender.send(part, self.destination) if self.sender else ([], part)
-                    files.add_sent(self.session, sent, self.catalog_id, first_run=self.first_run,
-                                   destination=self.destination)
-                    inserted = files.add_pending(self.session, part, first_run=self.first_run,
-                                                 destination=self.destination)
-                    if i == len(parts) - 1:
-                        catalog.adopt(self.catalog_id, self.session.pk, adopted)
-                        if self.saves_skips:
-                            self._save_skips()
-                self.stats.pending += inserted
-                self.stats.sent += len(sent)
-                pending = pending or bool(part)
-        elif self.saves_skips and time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS:
-            self._save_skips()
-        if pending and self.start_uploads:
+        if not rows and not adopted:
+            due = self.saves_skips and time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS
+            self._then(self._adopt_and_count, [], skips, skipped_bytes, due)
+            return
+        rows = [(self.session.pk, self.session.project_id) + row for row in rows]
+        if self.sender is None:
+            self._insert([], rows, adopted, skips, skipped_bytes)
+            pending = bool(rows)
+        else:
+            pending = False
+            for part in sending.parts(rows):
+                pending = self._send(part) or pending
+            self._then(self._adopt_and_count, adopted, skips, skipped_bytes, True)
+        if pending and self.start_uploads:  # rows went in pending: the upload tasks start
             enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
             self.start_uploads = False
+
+    def _send(self, part: list[tuple]) -> bool:
+        """Send what the sender can of a part and write its rows; True if some went in pending."""
+        if self.sender.pipelined:
+            sent, rest = self.sender.send(part, self.destination)
+            self.sender.then(self._insert, sent, rest)
+            return bool(rest)
+        with transaction.atomic():
+            sent, rest = self.sender.send(part, self.destination)
+            self._insert(sent, rest)
+        return bool(rest)
+
+    def _insert(self, sent: list[files.Outcome], rows: list[tuple], adopted: list[tuple] = (),
+                skips: dict[str, int] | None = None, skipped_bytes: int = 0) -> None:
+        """A batch's (or part's) rows, its adopted entries and skips, in one transaction."""
+        with transaction.atomic():
+            files.add_sent(self.session, sent, self.catalog_id, first_run=self.first_run, destination=self.destination)
+            self.stats.pending += files.add_pending(self.session, rows, first_run=self.first_run,
+                                                    destination=self.destination)
+            self.stats.sent += len(sent)
+            if skips is not None:
+                self._adopt_and_count(adopted, skips, skipped_bytes, True)
+
+    def _adopt_and_count(self, adopted: list[tuple], skips: dict[str, int], skipped_bytes: int, save: bool) -> None:
+        """Adopted entries and skips (written when `save`), in one transaction. With a sender, only
+        in its order (`_then`): its recorder thread writes the counters too."""
+        with transaction.atomic():
+            catalog.adopt(self.catalog_id, self.session.pk, adopted)
+            self.skips.add(skips, skipped_bytes)
+            if save and self.saves_skips:
+                self._save_skips()
+
+    def _then(self, write, *args) -> None:
+        if self.sender is None:
+            write(*args)
+        else:
+            self.sender.then(write, *args)
 
     def _save_skips(self) -> None:
         files.count_skips(self.session, self.skips, {self.destination: self.skips})

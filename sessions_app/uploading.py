@@ -13,15 +13,14 @@ import contextvars
 import logging
 import queue
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import connection
 
 from projects import localfile
 from projects.destinations import Destination
 from sessions_app import catalog, files, kinds, leases, lifecycle, logcontext, pacing, shutdown
+from sessions_app.recorder import Recorder
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload, SessionStatus, SyncSession
 
@@ -215,49 +214,6 @@ class Drainer:
             files.release(self.session, given_back)
             if self.lease:
                 self.lease.drop(given_back)
-
-
-def _close_connection() -> None:
-    connection.close()  # looked up in the calling thread: its own connection
-
-
-class Recorder:
-    """Writes a task's outcomes in a thread of its own, on a database connection of its own, one
-    batch at a time: the upload loop claims the next rows while a batch is written. When one
-    thread took turns at both, the transfers waited for a third of the time (py-spy, 50,000 files)."""
-
-    def __init__(self, name: str):
-        # Inside a caller's transaction (a test's), another connection would not see the rows it
-        # wrote: then the writes stay in this thread.
-        self._pool = None if connection.in_atomic_block else ThreadPoolExecutor(1, thread_name_prefix=name)
-        self._last: Future | None = None
-
-    def submit(self, write: Callable[..., None], *args: object) -> None:
-        """Queue a write once the one before it is done: at most one batch waits, and the error
-        of a write comes out of the next submit (or wait)."""
-        self.wait()
-        if self._pool is None:
-            write(*args)
-            return
-        self._last = self._pool.submit(contextvars.copy_context().run, write, *args)
-
-    def wait(self) -> None:
-        last, self._last = self._last, None
-        if last is not None:
-            last.result()
-
-    def __enter__(self) -> Recorder:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if self._pool is None:
-            return
-        try:
-            if exc_type is None:  # else the queued write still runs (shutdown), its error not over the task's
-                self.wait()
-        finally:
-            self._pool.submit(_close_connection).result()
-            self._pool.shutdown()
 
 
 @logcontext.about_session

@@ -3,15 +3,17 @@ settled; what it cannot send goes pending to the upload tasks."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import threading
 
 import pytest
+from django.db import connection, transaction
 
 from projects.destinations.local import INLINE_BELOW
-from sessions_app import pipeline, sending, starting, uploading
+from sessions_app import catalog, files, kinds, pipeline, sending, starting, uploading
 from sessions_app.models import CatalogEntry, FileStatus, SessionStatus, SyncSession
 from sessions_app.queueing import queue_upload
-from tests.conftest import write_files
+from tests.conftest import wait_for, write_files
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +122,58 @@ def test_parts_are_bounded_by_files_and_bytes(monkeypatch):
 
     assert parts == [2, 3, 2]  # 60 + 60 bytes, then three files, then the rest
     assert [len(p) for p in sending.parts([])] == [0]
+
+
+def advisory_locks(granted: bool) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND granted = %s",
+                       [catalog.SENDING_LOCKS, granted])
+        return cursor.fetchone()[0]
+
+
+def test_with_its_recorder_thread_the_plan_writes_every_part_and_lets_the_claims_through(
+        transactional_db, make_project, source, tmp_path, settings):
+    write_files(source, {f"f{i:03d}.bin": str(i) for i in range(25)})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    settings.SCAN_BATCH_SIZE = 10  # several batches, each its parts
+
+    session = run_sending(project)
+
+    assert (session.status, session.found_count, session.uploaded_count) == (SessionStatus.COMPLETED, 25, 25)
+    assert set(session.files.values_list("claimed_at", flat=True)) == {None}
+    assert CatalogEntry.objects.filter(catalog__project=project).count() == 25
+    if connection.vendor == "postgresql":
+        assert advisory_locks(True) == 0
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="the advisory lock is PostgreSQL's; SQLite sends inside the transaction of the rows")
+def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactional_db, make_project, source, tmp_path):
+    write_files(source, {"a.bin": "a"})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = starting.create_session(project, created_by="test")
+    sender = sending.Sender(session, project.destination(), kinds.of(session).transfer(session))
+    row = (session.pk, project.pk, "a.bin", "a.bin", 1, (source / "a.bin").stat().st_mtime, None, None, False)
+    sent, rest = sender.send([row], "default")
+    assert [o.status for o in sent] == [FileStatus.UPLOADED] and rest == []
+    catalog_id = catalog.open_for(project, project.destination()).pk
+
+    def write_rows() -> None:  # as the plan's writer does, in the sender's order
+        with transaction.atomic():
+            files.add_sent(session, sent, catalog_id)
+
+    sender.then(write_rows)
+    queue_upload(project, source / "a.bin")  # another session of the project, which claims the file
+    stream = SyncSession.objects.get(project=project, kind=SyncSession.Kind.STREAM)
+    claimed: list = []
+    claim = threading.Thread(target=lambda: (claimed.extend(files.claim(stream, 10, catalog_id)), connection.close()))
+    claim.start()
+    wait_for(lambda: advisory_locks(False) == 1, timeout=10, what="the claim to wait for the sending session")
+    assert claim.is_alive()
+
+    sender.close()
+
+    claim.join(timeout=10)
+    assert not claim.is_alive() and advisory_locks(True) == 0
+    # It saw the file arrived (the sending session's row and entry were in): not sent a second time.
+    assert claimed == []
+    assert stream.files.get().skip_reason == catalog.SKIP_ARRIVED
