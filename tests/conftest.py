@@ -49,7 +49,8 @@ def make_project(db, source: Path) -> Callable[..., Any]:
 
 
 def run_session_inline(project, **params: Any) -> Any:
-    """Scan, plan and upload a session in this process (what `upload --sync` does), to the end."""
+    """Scan, plan and upload a session in this process, to the end: what `upload --sync` does, but
+    with every file through the upload path (the scan sends none itself; see test_sending.py)."""
     from sessions_app import pipeline, starting, uploading
 
     session = starting.create_session(project, created_by="test", params=params)
