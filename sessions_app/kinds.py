@@ -140,7 +140,9 @@ class SyncKind(Kind):
             names = KeyCollisions(project.source_dir, accepts or source.filter.accepts, one.key_for,
                                   fold_case=one.keys_fold_case)
             targets.append(planning.Target(name, one, names, accepts))
-        sender = sending.Sender(session, targets[0].dest, self.transfer(session)) if send and len(targets) == 1 else None
+        sender = None
+        if send and len(targets) == 1:  # several: every file goes through the upload path
+            sender = sending.Sender(session, targets[0].dest, self.transfer(session))
         stats = planning.plan_session(session, targets, scan, batch_size=settings.SCAN_BATCH_SIZE,
                                       start_uploads=start_uploads, sender=sender)
         problems.save()

@@ -256,7 +256,6 @@ class _Merge:
                 adopted.append((key, e.relative_path, e.size, e.mtime))
         return rows, adopted, skips, skipped_bytes
 
-
     def _rows_of_mine(self, entries: list[Entry]) -> set[str]:
         """Of files whose entry this session put there (a scan run again after a crash), those it has
         a row for: uploaded (or sent) before the crash, not to be planned or counted twice. The
@@ -336,7 +335,7 @@ class _Writer:
             if save and self.saves_skips:
                 self._save_skips()
 
-    def _then(self, write, *args) -> None:
+    def _then(self, write: Callable[..., None], *args: object) -> None:
         if self.sender is None:
             write(*args)
         else:

@@ -146,7 +146,8 @@ def test_with_its_recorder_thread_the_plan_writes_every_part_and_lets_the_claims
         assert advisory_locks(True) == 0
 
 
-@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"), reason="the advisory lock is PostgreSQL's; SQLite sends inside the transaction of the rows")
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                    reason="the advisory lock is PostgreSQL's; SQLite sends inside the transaction of the rows")
 def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactional_db, make_project, source, tmp_path):
     write_files(source, {"a.bin": "a"})
     project = make_project({"type": "local", "path": str(tmp_path / "dest")})
