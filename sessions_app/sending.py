@@ -32,7 +32,7 @@ from sessions_app.transferring import Transfer
 
 log = logging.getLogger(__name__)
 
-PART_FILES = 2000  # files sent under one transaction (and the project's lock)
+PART_FILES = 2000  # files sent, then written, at a time
 PART_BYTES = 64 * 1024 * 1024
 SIZE_AT = PLANNED_COLUMNS.index("size")
 VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
@@ -98,10 +98,20 @@ class Sender:
                 self._recorder.close()
         finally:
             self._recorder = None
-            if self._locked:
-                self._locked = False
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", [catalog.SENDING_LOCKS, self.session.pk])
+            self._unlock()
+
+    def _let_go(self) -> None:
+        """Sending is over before the plan is (another session came): once the parts sent are
+        written, that session's claims need not wait for the rest of the scan."""
+        if self._recorder is not None:
+            self._recorder.wait()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock_shared(%s, %s)", [catalog.SENDING_LOCKS, self.session.pk])
 
     def _alone(self) -> bool:
         """Is it still alone? False (and nothing sent from now on) if another session of the project
@@ -117,6 +127,7 @@ class Sender:
             others = catalog.lock_project(self.session)
         if others or shutdown.requested():
             self.on = False
+            self._let_go()
             if others:
                 self.session.append_log(f"another session of the project ({others[0].pk}) is at work: the rest of "
                                         f"the files go through upload tasks")

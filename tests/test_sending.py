@@ -162,8 +162,8 @@ def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactiona
         with transaction.atomic():
             files.add_sent(session, sent, catalog_id)
 
-    sender.then(write_rows)
     queue_upload(project, source / "a.bin")  # another session of the project, which claims the file
+    sender.then(write_rows)  # after the queue took the file: the catalog did not have it yet
     stream = SyncSession.objects.get(project=project, kind=SyncSession.Kind.STREAM)
     claimed: list = []
     claim = threading.Thread(target=lambda: (claimed.extend(files.claim(stream, 10, catalog_id)), connection.close()))
@@ -178,3 +178,28 @@ def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactiona
     # It saw the file arrived (the sending session's row and entry were in): not sent a second time.
     assert claimed == []
     assert stream.files.get().skip_reason == catalog.SKIP_ARRIVED
+
+
+@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+                    reason="the advisory lock is PostgreSQL's; SQLite sends inside the transaction of the rows")
+def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_longer(
+        transactional_db, make_project, source, tmp_path):
+    write_files(source, {"a.bin": "a", "b.bin": "b"})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = starting.create_session(project, created_by="test")
+    sender = sending.Sender(session, project.destination(), kinds.of(session).transfer(session))
+
+    def row(name: str) -> tuple:
+        return (session.pk, project.pk, name, name, 1, (source / name).stat().st_mtime, None, None, False)
+
+    sent, _ = sender.send([row("a.bin")], "default")
+    assert len(sent) == 1 and advisory_locks(True) == 1
+    queue_upload(project, source / "b.bin")  # the project's upload queue starts
+
+    sent, rest = sender.send([row("b.bin")], "default")
+
+    assert (sent, rest) == ([], [row("b.bin")])  # left to the upload tasks
+    assert advisory_locks(True) == 0  # before the plan ends (close)
+    sender.close()
+    session.refresh_from_db()
+    assert "another session of the project" in session.log
