@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from sessions_app import errors, pipeline, planning, recorder, starting, uploading
+from sessions_app import errors, pipeline, planning, starting, uploading
 from sessions_app.models import CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from tests.conftest import run_session_inline, wait_for, write_files
 from tests.sessions_helpers import synced_after_a_file_vanished
@@ -293,27 +293,6 @@ def test_paths_stay_in_the_database_not_memory_between_batches(make_project, sou
     session = run_session_inline(project)
     assert (session.found_count, session.uploaded_count) == (50, 50)
     assert sorted(p.name for p in Path(tmp_path / "out").glob("*.wav"))[0] == "000.wav"
-
-
-def test_a_recorder_writes_in_a_thread_of_its_own_and_a_failed_write_surfaces_at_the_next_call(transactional_db):
-    threads: list[str] = []
-    with recorder.Recorder("record-test") as writes:
-        writes.submit(lambda: threads.append(threading.current_thread().name))
-        writes.wait()
-        writes.submit(lambda: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            writes.submit(lambda: threads.append("after the failed write"))
-
-    assert threads == ["record-test_0"]
-
-
-def test_inside_a_callers_transaction_a_recorder_writes_in_the_callers_thread(db):
-    # A test's transaction: rows written in it are invisible to another thread's connection.
-    threads: list[str] = []
-    with recorder.Recorder("record-test") as writes:
-        writes.submit(lambda: threads.append(threading.current_thread().name))
-
-    assert threads == [threading.current_thread().name]
 
 
 def test_a_scan_run_again_counts_the_files_the_session_uploaded_once(make_project, source, tmp_path):
