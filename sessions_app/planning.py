@@ -329,7 +329,7 @@ class _Writer:
     def _adopt_and_count(self, adopted: list[tuple], skips: dict[str, int], skipped_bytes: int, save: bool) -> None:
         """Adopted entries and skips (written when `save`), in one transaction. With a sender, only
         in its order (`_then`): its recorder thread writes the counters too."""
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):  # inside _insert's: no savepoint round trips
             catalog.adopt(self.catalog_id, self.session.pk, adopted)
             self.skips.add(skips, skipped_bytes)
             if save and self.saves_skips:
