@@ -78,7 +78,6 @@ class ScanStats:
     files: int = 0
     pending: int = 0
     skipped: int = 0
-    sent: int = 0  # by the plan itself (sending.py): rows written settled
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,6 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
         stats.files += plan.writer.stats.files
         stats.pending += plan.writer.stats.pending
         stats.skipped += plan.writer.stats.skipped
-        stats.sent += plan.writer.stats.sent
     if several:
         each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
                          for p in plans)
@@ -298,22 +296,11 @@ class _Writer:
         else:
             pending = False
             for part in sending.parts(rows):
-                pending = self._send(part) or pending
+                pending = self.sender.send_part(part, self.destination, self._insert) or pending
             self._then(self._adopt_and_count, adopted, skips, skipped_bytes, True)
         if pending and self.start_uploads:  # rows went in pending: the upload tasks start
             enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
             self.start_uploads = False
-
-    def _send(self, part: list[tuple]) -> bool:
-        """Send what the sender can of a part and write its rows; True if some went in pending."""
-        if self.sender.pipelined:
-            sent, rest = self.sender.send(part, self.destination)
-            self.sender.then(self._insert, sent, rest)
-            return bool(rest)
-        with transaction.atomic():
-            sent, rest = self.sender.send(part, self.destination)
-            self._insert(sent, rest)
-        return bool(rest)
 
     def _insert(self, sent: list[files.Outcome], rows: list[tuple], adopted: list[tuple] = (),
                 skips: dict[str, int] | None = None, skipped_bytes: int = 0) -> None:
@@ -322,7 +309,6 @@ class _Writer:
             files.add_sent(self.session, sent, self.catalog_id, first_run=self.first_run, destination=self.destination)
             self.stats.pending += files.add_pending(self.session, rows, first_run=self.first_run,
                                                     destination=self.destination)
-            self.stats.sent += len(sent)
             if skips is not None:
                 self._adopt_and_count(adopted, skips, skipped_bytes, True)
 
@@ -336,10 +322,8 @@ class _Writer:
                 self._save_skips()
 
     def _then(self, write: Callable[..., None], *args: object) -> None:
-        if self.sender is None:
-            write(*args)
-        else:
-            self.sender.then(write, *args)
+        """A write in the sender's order, if there is one (see sending.Sender.then)."""
+        (self.sender.then if self.sender else _now)(write, *args)
 
     def _save_skips(self) -> None:
         files.count_skips(self.session, self.skips, {self.destination: self.skips})
@@ -354,6 +338,10 @@ class _Writer:
         if notes:
             self.session.append_log("\n".join(notes))
         catalog.note_source(known, self.session.project.source_dir)
+
+
+def _now(write: Callable[..., None], *args: object) -> None:
+    write(*args)
 
 
 def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from django.db import connection
+from django.db import connection, transaction
 
 from projects import localfile
 from projects.destinations import Destination
@@ -62,6 +62,20 @@ class Sender:
         self.pipelined = connection.vendor == "postgresql"
         self._recorder: Recorder | None = None
         self._locked = False
+
+    def send_part(self, rows: list[tuple], destination: str,
+                  write: Callable[[list[Outcome], list[tuple]], None]) -> bool:
+        """Send what it can of a part, then have `write(sent, rest)` write its rows: by the recorder
+        thread while the next part is sent (pipelined), else in the transaction the files were sent
+        in. True if rows are left for the upload tasks."""
+        if self.pipelined:
+            sent, rest = self.send(rows, destination)
+            self.then(write, sent, rest)
+            return bool(rest)
+        with transaction.atomic():
+            sent, rest = self.send(rows, destination)
+            write(sent, rest)
+        return bool(rest)
 
     def send(self, rows: list[tuple], destination: str) -> tuple[list[Outcome], list[tuple]]:
         """Send what it can of the rows: (outcomes of the files sent, rows left for the upload

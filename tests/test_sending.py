@@ -3,7 +3,7 @@ settled; what it cannot send goes pending to the upload tasks."""
 
 from __future__ import annotations
 
-import os
+import sqlite3
 import threading
 
 import pytest
@@ -131,6 +131,22 @@ def advisory_locks(granted: bool) -> int:
         return cursor.fetchone()[0]
 
 
+def others_held_off() -> bool:
+    """Would another session's claim wait now? PostgreSQL: a plan's sending lock is held; SQLite:
+    the database's write lock is (a part is sent inside the transaction of its rows)."""
+    if connection.vendor == "postgresql":
+        return advisory_locks(True) > 0
+    other = sqlite3.connect(connection.settings_dict["NAME"], timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.rollback()
+        return False
+    except sqlite3.OperationalError:  # database is locked
+        return True
+    finally:
+        other.close()
+
+
 def test_with_its_recorder_thread_the_plan_writes_every_part_and_lets_the_claims_through(
         transactional_db, make_project, source, tmp_path, settings):
     write_files(source, {f"f{i:03d}.bin": str(i) for i in range(25)})
@@ -142,46 +158,45 @@ def test_with_its_recorder_thread_the_plan_writes_every_part_and_lets_the_claims
     assert (session.status, session.found_count, session.uploaded_count) == (SessionStatus.COMPLETED, 25, 25)
     assert set(session.files.values_list("claimed_at", flat=True)) == {None}
     assert CatalogEntry.objects.filter(catalog__project=project).count() == 25
-    if connection.vendor == "postgresql":
-        assert advisory_locks(True) == 0
+    assert not others_held_off()
 
 
-@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-                    reason="the advisory lock is PostgreSQL's; SQLite sends inside the transaction of the rows")
 def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactional_db, make_project, source, tmp_path):
     write_files(source, {"a.bin": "a"})
     project = make_project({"type": "local", "path": str(tmp_path / "dest")})
     session = starting.create_session(project, created_by="test")
     sender = sending.Sender(session, project.destination(), kinds.of(session).transfer(session))
     row = (session.pk, project.pk, "a.bin", "a.bin", 1, (source / "a.bin").stat().st_mtime, None, None, False)
-    sent, rest = sender.send([row], "default")
-    assert [o.status for o in sent] == [FileStatus.UPLOADED] and rest == []
     catalog_id = catalog.open_for(project, project.destination()).pk
+    written: list = []
 
-    def write_rows() -> None:  # as the plan's writer does, in the sender's order
+    def write(sent: list, rest: list) -> None:  # the plan's writer, given the part it sent
+        # Another session of the project takes the file while it is sent: the catalog does not have it yet.
+        queue_upload(project, source / "a.bin")
+        written.append((others_held_off(), [o.status for o in sent], rest))
         with transaction.atomic():
             files.add_sent(session, sent, catalog_id)
 
-    queue_upload(project, source / "a.bin")  # another session of the project, which claims the file
-    sender.then(write_rows)  # after the queue took the file: the catalog did not have it yet
+    assert sender.send_part([row], "default", write) is False  # nothing left to the upload tasks
+    wait_for(lambda: written, timeout=10, what="the part's rows to be written")
+    assert written == [(True, [FileStatus.UPLOADED], [])]  # claims were held off while they were
     stream = SyncSession.objects.get(project=project, kind=SyncSession.Kind.STREAM)
     claimed: list = []
     claim = threading.Thread(target=lambda: (claimed.extend(files.claim(stream, 10, catalog_id)), connection.close()))
     claim.start()
-    wait_for(lambda: advisory_locks(False) == 1, timeout=10, what="the claim to wait for the sending session")
-    assert claim.is_alive()
+    if connection.vendor == "postgresql":  # until the plan ends
+        wait_for(lambda: advisory_locks(False) == 1, timeout=10, what="the claim to wait for the sending session")
+        assert claim.is_alive()
 
     sender.close()
 
     claim.join(timeout=10)
-    assert not claim.is_alive() and advisory_locks(True) == 0
+    assert not claim.is_alive() and not others_held_off()
     # It saw the file arrived (the sending session's row and entry were in): not sent a second time.
     assert claimed == []
     assert stream.files.get().skip_reason == catalog.SKIP_ARRIVED
 
 
-@pytest.mark.skipif(not os.environ.get("DATABASE_URL", "").startswith("postgres"),
-                    reason="the advisory lock is PostgreSQL's; SQLite sends inside the transaction of the rows")
 def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_longer(
         transactional_db, make_project, source, tmp_path):
     write_files(source, {"a.bin": "a", "b.bin": "b"})
@@ -192,14 +207,16 @@ def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_
     def row(name: str) -> tuple:
         return (session.pk, project.pk, name, name, 1, (source / name).stat().st_mtime, None, None, False)
 
-    sent, _ = sender.send([row("a.bin")], "default")
-    assert len(sent) == 1 and advisory_locks(True) == 1
+    with transaction.atomic():
+        sent, _ = sender.send([row("a.bin")], "default")
+        assert len(sent) == 1 and others_held_off()
     queue_upload(project, source / "b.bin")  # the project's upload queue starts
 
-    sent, rest = sender.send([row("b.bin")], "default")
+    with transaction.atomic():
+        sent, rest = sender.send([row("b.bin")], "default")
 
     assert (sent, rest) == ([], [row("b.bin")])  # left to the upload tasks
-    assert advisory_locks(True) == 0  # before the plan ends (close)
+    assert not others_held_off()  # before the plan ends (close)
     sender.close()
     session.refresh_from_db()
     assert "another session of the project" in session.log
