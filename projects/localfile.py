@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from projects.errors import DestinationError, SourceError
+from projects.errors import DestinationError, FileChangedError, SourceError
 from projects.walking import identity_of, mtime_of
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,6 +94,19 @@ class LocalFile:
         if identity_of(now) != (self.device, self.inode):
             return "replaced by another file"
         return ""
+
+    def check_identity(self, device: int | None, inode: int | None) -> None:
+        """Refuse another file put in the place of the one scanned or queued (rows recorded before
+        identities were kept have none). The same file, grown or shrunk, is uploaded."""
+        if inode is None or (self.device, self.inode) == (device, inode):
+            return
+        raise SourceError(f"changed since it was scanned: replaced by another file (inode {self.inode}, "
+                          f"was {inode}): {self.path}", permanent=True)
+
+    def check_unchanged(self) -> None:
+        """After reading it: raise FileChangedError (worth another try) if it changed meanwhile."""
+        if changed := self.changes():
+            raise FileChangedError(f"file changed during upload ({changed}): {self.path}")
 
     def close(self) -> None:
         if self._file is not None:

@@ -142,7 +142,7 @@ class SyncKind(Kind):
             targets.append(planning.Target(name, one, names, accepts))
         sender = None
         if send and len(targets) == 1:  # several: every file goes through the upload path
-            sender = sending.Sender(session, targets[0].dest, self.transfer(session))
+            sender = sending.Sender(session, targets[0].dest, follow_symlinks=project.follow_symlinks)
         stats = planning.plan_session(session, targets, scan, batch_size=settings.SCAN_BATCH_SIZE,
                                       start_uploads=start_uploads, sender=sender)
         problems.save()

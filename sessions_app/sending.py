@@ -6,8 +6,9 @@ No other session's claim may take a file while it is being sent without a row. O
 sending session holds a shared advisory lock keyed by its id from its first part until the rows
 of its last part are committed; a claim of another session of the project takes that key
 exclusively (catalog.lock_project), so it waits, then sees the rows and catalog entries. The
-parts' rows are written by a recorder thread while the next part is sent. On SQLite a part is
-sent inside the transaction that writes its rows (IMMEDIATE: no other writer meanwhile). While
+files are copied by a child process (projects/copier.py); while it copies a part, the plan goes
+on and a recorder thread writes the rows of the part before. On SQLite a part is copied inside
+the transaction that writes its rows (IMMEDIATE: no other writer meanwhile). While
 another session of the project runs, or ran since this one began, nothing is sent this way (a
 look before each part): the rows go pending and the claims sort it out (files.claim).
 
@@ -19,16 +20,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from django.db import connection, transaction
+from django.utils import timezone
 
-from projects import localfile
+from projects.copier import Copier, CopierError
 from projects.destinations import Destination
-from sessions_app import bulk, catalog, shutdown
+from projects.errors import RemoteError
+from sessions_app import bulk, catalog, shutdown, transferring
 from sessions_app.files import PLANNED_COLUMNS, Outcome
 from sessions_app.recorder import Recorder
 from sessions_app.models import FileStatus, FileUpload, SyncSession
-from sessions_app.transferring import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ PART_FILES = 2000  # files sent, then written, at a time
 PART_BYTES = 64 * 1024 * 1024
 SIZE_AT = PLANNED_COLUMNS.index("size")
 VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
+ITEM_AT = [PLANNED_COLUMNS.index(name) for name in ("relative_path", "remote_key", "device", "inode")]
 
 
 def parts(rows: list[tuple]) -> Iterator[list[tuple]]:
@@ -50,52 +54,106 @@ def parts(rows: list[tuple]) -> Iterator[list[tuple]]:
         yield rows[start:]
 
 
-class Sender:
-    """Sends the plan's files below the destination's inline size, part by part."""
+@dataclass
+class _Part:
+    """A part on its way: its small files copying in the child, the rest left for the upload tasks."""
 
-    def __init__(self, session: SyncSession, dest: Destination, transfer: Transfer):
-        self.session, self.dest, self.transfer = session, dest, transfer
+    small: list[tuple]
+    rest: list[tuple]
+    destination: str
+    write: Callable[[list[Outcome], list[tuple]], None]
+    asked: bool = field(default=False)  # its small files were handed to the copier
+
+
+class Sender:
+    """Sends the plan's files below the destination's inline size, part by part, by a copier
+    process (projects/copier.py): while it copies a part, this process writes the one before."""
+
+    def __init__(self, session: SyncSession, dest: Destination, *, follow_symlinks: bool):
+        self.session, self.dest, self.follow_symlinks = session, dest, follow_symlinks
         self.below = dest.inline_below
         self.on = self.below > 0
         self.source_dir = session.project.source_dir
         # PostgreSQL: parts written by a recorder thread, under the session's advisory lock.
         self.pipelined = connection.vendor == "postgresql"
         self._recorder: Recorder | None = None
+        self._copier: Copier | None = None
+        self._ahead: _Part | None = None  # pipelined: the part copying while the plan goes on
         self._locked = False
 
     def send_part(self, rows: list[tuple], destination: str,
                   write: Callable[[list[Outcome], list[tuple]], None]) -> bool:
-        """Send what it can of a part, then have `write(sent, rest)` write its rows: by the recorder
-        thread while the next part is sent (pipelined), else in the transaction the files were sent
-        in. True if rows are left for the upload tasks."""
+        """Send what it can of a part, then have `write(sent, rest)` write its rows. Pipelined, the
+        part is copying when this returns, and its rows are written (by the recorder thread) once
+        the next part is handed over, or at collect() or close(); else it is copied and written
+        here, in one transaction. True if rows are left for the upload tasks (so far)."""
         if self.pipelined:
-            sent, rest = self.send(rows, destination)
-            self.then(write, sent, rest)
-            return bool(rest)
+            part = self._start(rows, destination, write)
+            self.collect()
+            self._ahead = part
+            return bool(part.rest)
         with transaction.atomic():
-            sent, rest = self.send(rows, destination)
-            write(sent, rest)
-        return bool(rest)
+            part = self._start(rows, destination, write)
+            self._finish(part)
+        return bool(part.rest)
 
-    def send(self, rows: list[tuple], destination: str) -> tuple[list[Outcome], list[tuple]]:
-        """Send what it can of the rows: (outcomes of the files sent, rows left for the upload
-        tasks: larger files, those to check at the destination first, those whose transfer failed
-        but may work on another try). Not pipelined: call inside the transaction that writes both."""
+    def collect(self) -> None:
+        """Pipelined: the part copying, copied and handed to the recorder thread to write."""
+        part, self._ahead = self._ahead, None
+        if part is not None:
+            self._finish(part)
+
+    def _start(self, rows: list[tuple], destination: str, write: Callable[..., None]) -> _Part:
         if not self.on or not rows or not self._alone():
-            return [], rows
+            return _Part([], rows, destination, write)
         small = [r for r in rows if r[SIZE_AT] < self.below and not r[VERIFY_AT]]
-        rest = [r for r in rows if r[SIZE_AT] >= self.below or r[VERIFY_AT]]
-        sent = []
-        with localfile.folders_kept():
-            for row in bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), small):
-                row.destination = destination
-                outcome = self.transfer(self.dest, row, self.source_dir, 1)  # no backoff here: the tasks retry
-                if outcome.status == FileStatus.FAILED and not row.error_permanent or (
-                        outcome.status == FileStatus.PENDING):
-                    rest.append(_planned(row))  # the upload tasks try it again, with backoff
-                else:
-                    sent.append(outcome)
-        return sent, rest
+        part = _Part(small, [r for r in rows if r[SIZE_AT] >= self.below or r[VERIFY_AT]], destination, write)
+        if small:
+            try:
+                if self._copier is None:
+                    self._copier = Copier()
+                self._copier.submit(self.dest.options, self.source_dir, self.follow_symlinks,
+                                    [tuple(r[i] for i in ITEM_AT) for r in small])
+                part.asked = True
+            except CopierError as exc:
+                self._stop(exc)
+        return part
+
+    def _finish(self, part: _Part) -> None:
+        """Its outcomes from the copier's answer, then its rows written (see then())."""
+        sent, rest = self._outcomes(part), part.rest
+        self.then(part.write, sent, rest)
+
+    def _outcomes(self, part: _Part) -> list[Outcome]:
+        """The files the copier sent (or refused for good); those it did not go to `part.rest`, for
+        the upload tasks to try again with backoff."""
+        copied = None
+        if part.asked:
+            try:
+                copied = self._copier.result()
+            except CopierError as exc:
+                self._stop(exc)
+        if copied is None:
+            part.rest.extend(part.small)
+            return []
+        sent, now = [], timezone.now()
+        for row, done in zip(bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), part.small), copied):
+            row.destination, row.attempts = part.destination, 1
+            if done.written is not None:
+                transferring.note_changes(row, done.size, done.mtime)
+                row.size, row.uploaded_at = done.written, now
+                sent.append(Outcome(row, FileStatus.UPLOADED))
+            elif done.permanent:
+                sent.append(transferring.failed(row, RemoteError(done.error, permanent=True), 1))
+            else:
+                part.rest.append(_planned(row))
+        return sent
+
+    def _stop(self, exc: CopierError) -> None:
+        """The copier failed: the rest of the files go through the upload tasks."""
+        if self.on:
+            self.on = False
+            self.session.append_log(f"{exc}: the rest of the files go through upload tasks")
 
     def then(self, write: Callable[..., None], *args: object) -> None:
         """Run a write of the plan after the parts' writes before it: in the recorder thread when
@@ -106,17 +164,23 @@ class Sender:
             self._recorder.submit(write, *args)
 
     def close(self) -> None:
-        """Wait for the parts' writes; then let other sessions' claims through."""
+        """Collect the part copying and wait for the parts' writes; then let other sessions'
+        claims through, and end the copier."""
         try:
+            self.collect()
             if self._recorder is not None:
                 self._recorder.close()
         finally:
             self._recorder = None
             self._unlock()
+            if self._copier is not None:
+                self._copier.close()
+                self._copier = None
 
     def _let_go(self) -> None:
         """Sending is over before the plan is (another session came): once the parts sent are
         written, that session's claims need not wait for the rest of the scan."""
+        self.collect()
         if self._recorder is not None:
             self._recorder.wait()
         self._unlock()

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from projects import backoff
 from projects.destinations import Destination, DestinationError
-from projects.errors import FileChangedError, RemoteError, SourceError
-from projects.localfile import LocalFile, open_under
+from projects.errors import FileChangedError, RemoteError
+from projects.localfile import open_under
 from sessions_app import pacing
 from sessions_app.files import Outcome
 from sessions_app.models import FileStatus, FileUpload
@@ -110,11 +110,10 @@ def transfer(dest: Destination, row: FileUpload, source_dir: str, max_tries: int
 
 def _upload_once(dest: Destination, row: FileUpload, source_dir: str, follow_symlinks: bool) -> Outcome:
     with open_under(source_dir, row.relative_path, follow_symlinks=follow_symlinks) as local:
-        _check_same_file(row, local)
-        _note_changes(row, local)
+        local.check_identity(row.device, row.inode)
+        note_changes(row, local.size, local.mtime)
         result = dest.upload(local, row.remote_key)
-        if changed := local.changes():
-            raise FileChangedError(f"file changed during upload ({changed}): {local.path}")
+        local.check_unchanged()
     row.size = result.size  # what was sent: the file as opened, unchanged until the end
     row.checksum, row.remote_id = result.checksum[:200], result.remote_id[:200]
     row.note = (row.note + " " + result.note).strip()[:500]
@@ -126,17 +125,9 @@ def _upload_once(dest: Destination, row: FileUpload, source_dir: str, follow_sym
     return Outcome(row, FileStatus.UPLOADED)
 
 
-def _check_same_file(row: FileUpload, local: LocalFile) -> None:
-    """Refuse another file put in the place of the one scanned or queued (rows recorded before
-    identities were kept have none). The same file, grown or shrunk, is uploaded (_note_changes)."""
-    if row.inode is None or (local.device, local.inode) == (row.device, row.inode):
-        return
-    raise SourceError(f"changed since it was scanned: replaced by another file (inode {local.inode}, "
-                      f"was {row.inode}): {local.path}", permanent=True)
-
-
-def _note_changes(row: FileUpload, local: LocalFile) -> None:
-    """Record a size/mtime that changed since the scan, so no row keeps a stale size."""
-    if local.size != row.size:
-        row.note = f"size changed since scan: {row.size} -> {local.size}"
-    row.size, row.mtime = local.size, local.mtime
+def note_changes(row: FileUpload, size: int, mtime: float) -> None:
+    """Record the size and mtime of the file as opened, noting a size changed since the scan, so no
+    row keeps a stale size."""
+    if size != row.size:
+        row.note = f"size changed since scan: {row.size} -> {size}"
+    row.size, row.mtime = size, mtime

@@ -3,6 +3,8 @@ settled; what it cannot send goes pending to the upload tasks."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import threading
 
@@ -10,7 +12,7 @@ import pytest
 from django.db import connection, transaction
 
 from projects.destinations.local import INLINE_BELOW
-from sessions_app import catalog, files, kinds, pipeline, sending, starting, uploading
+from sessions_app import catalog, files, pipeline, sending, starting, uploading
 from sessions_app.models import CatalogEntry, FileStatus, SessionStatus, SyncSession
 from sessions_app.queueing import queue_upload
 from tests.conftest import wait_for, write_files
@@ -165,7 +167,7 @@ def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactiona
     write_files(source, {"a.bin": "a"})
     project = make_project({"type": "local", "path": str(tmp_path / "dest")})
     session = starting.create_session(project, created_by="test")
-    sender = sending.Sender(session, project.destination(), kinds.of(session).transfer(session))
+    sender = sending.Sender(session, project.destination(), follow_symlinks=False)
     row = (session.pk, project.pk, "a.bin", "a.bin", 1, (source / "a.bin").stat().st_mtime, None, None, False)
     catalog_id = catalog.open_for(project, project.destination()).pk
     written: list = []
@@ -178,6 +180,7 @@ def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactiona
             files.add_sent(session, sent, catalog_id)
 
     assert sender.send_part([row], "default", write) is False  # nothing left to the upload tasks
+    sender.collect()  # PostgreSQL: the part was copying; now its rows go to the recorder thread
     wait_for(lambda: written, timeout=10, what="the part's rows to be written")
     assert written == [(True, [FileStatus.UPLOADED], [])]  # claims were held off while they were
     stream = SyncSession.objects.get(project=project, kind=SyncSession.Kind.STREAM)
@@ -202,21 +205,53 @@ def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_
     write_files(source, {"a.bin": "a", "b.bin": "b"})
     project = make_project({"type": "local", "path": str(tmp_path / "dest")})
     session = starting.create_session(project, created_by="test")
-    sender = sending.Sender(session, project.destination(), kinds.of(session).transfer(session))
+    sender = sending.Sender(session, project.destination(), follow_symlinks=False)
+    written: list = []
 
     def row(name: str) -> tuple:
         return (session.pk, project.pk, name, name, 1, (source / name).stat().st_mtime, None, None, False)
 
-    with transaction.atomic():
-        sent, _ = sender.send([row("a.bin")], "default")
-        assert len(sent) == 1 and others_held_off()
+    def write(sent: list, rest: list) -> None:
+        written.append((len(sent), rest, others_held_off()))
+
+    sender.send_part([row("a.bin")], "default", write)
+    sender.collect()
+    wait_for(lambda: written, timeout=10, what="the first part's rows")
+    assert written == [(1, [], True)]
     queue_upload(project, source / "b.bin")  # the project's upload queue starts
 
-    with transaction.atomic():
-        sent, rest = sender.send([row("b.bin")], "default")
+    sender.send_part([row("b.bin")], "default", write)
+    sender.collect()
 
-    assert (sent, rest) == ([], [row("b.bin")])  # left to the upload tasks
+    wait_for(lambda: len(written) == 2, timeout=10, what="the second part's rows")
+    assert written[1][:2] == (0, [row("b.bin")])  # left to the upload tasks
     assert not others_held_off()  # before the plan ends (close)
     sender.close()
     session.refresh_from_db()
     assert "another session of the project" in session.log
+
+
+def test_when_the_copier_process_dies_its_part_goes_to_the_upload_tasks_and_nothing_is_lost(
+        transactional_db, make_project, source, tmp_path):
+    write_files(source, {"a.bin": "a", "b.bin": "b", "c.bin": "c"})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = starting.create_session(project, created_by="test")
+    sender = sending.Sender(session, project.destination(), follow_symlinks=False)
+    written: list = []
+
+    def row(name: str) -> tuple:
+        return (session.pk, project.pk, name, name, 1, (source / name).stat().st_mtime, None, None, False)
+
+    def write(sent: list, rest: list) -> None:
+        written.append(([o.row.relative_path for o in sent], [r[2] for r in rest]))
+
+    sender.send_part([row("a.bin")], "default", write)
+    sender.collect()
+    os.kill(sender._copier.pid, signal.SIGKILL)
+    sender.send_part([row("b.bin")], "default", write)
+    sender.send_part([row("c.bin")], "default", write)  # sending is off by now: straight to the tasks
+    sender.close()
+
+    assert written == [(["a.bin"], []), ([], ["b.bin"]), ([], ["c.bin"])]
+    session.refresh_from_db()
+    assert "the copier process ended" in session.log and "go through upload tasks" in session.log

@@ -7,7 +7,7 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from projects.destinations.base import (
     ConfigError,
@@ -21,7 +21,8 @@ from projects.destinations.base import (
     normalize_key,
     temp_prefix,
 )
-from projects.localfile import LocalFile
+from projects.errors import RemoteError
+from projects.localfile import LocalFile, folders_kept, open_under
 from projects.walking import walk_sorted
 
 CHUNK = 1024 * 1024
@@ -39,6 +40,17 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+class Copied(NamedTuple):
+    """What became of one file of copy_files: copied (bytes written, and the size and mtime of the
+    file as opened), or not (the error, and whether another try can help)."""
+
+    written: int | None = None
+    size: int | None = None
+    mtime: float | None = None
+    error: str = ""
+    permanent: bool = False
 
 
 class LocalDestination(Destination):
@@ -121,6 +133,24 @@ class LocalDestination(Destination):
         # sendfile from the open file's descriptor, not copyfileobj: for a small file that halves
         # the system calls (no 1 MiB buffer allocated per read).
         return UploadResult(size=self._write(key, lambda dst: _send(local.fd, dst, local.size)))
+
+    def copy_files(self, source_dir: str, items: list[tuple[str, str, int | None, int | None]], *,
+                   follow_symlinks: bool) -> list[Copied]:
+        """Copy files of a source folder, each (relative path, key, device, inode as scanned), with
+        the checks of an upload (transferring._upload_once): the file opened is the one scanned, and
+        unchanged until copied. What became of each, in order; never raises for one file."""
+        out = []
+        with folders_kept():
+            for path, key, device, inode in items:
+                try:
+                    with open_under(source_dir, path, follow_symlinks=follow_symlinks) as local:
+                        local.check_identity(device, inode)
+                        written = self.put_file(local, key).size
+                        local.check_unchanged()
+                    out.append(Copied(written, local.size, local.mtime))
+                except RemoteError as exc:
+                    out.append(Copied(error=exc.message, permanent=exc.permanent))
+        return out
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         def copy(dst: int) -> int:

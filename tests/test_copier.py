@@ -1,0 +1,113 @@
+"""The copier process (projects/copier.py): a part of small files copied into a local folder in a
+child process, with the checks of an upload, answered in order; a child gone is an error, not a hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from projects.copier import Copier, CopierError
+from projects.destinations.local import Copied
+from tests.conftest import wait_for, write_files
+
+
+@pytest.fixture
+def copier():
+    c = Copier()
+    yield c
+    c.close()
+
+
+def items(source, *names: str) -> list[tuple]:
+    out = []
+    for name in names:
+        st = (source / name).stat()
+        out.append((name, name, st.st_dev, st.st_ino))
+    return out
+
+
+def options(dest) -> dict:
+    return {"path": str(dest), "prefix": "", "create": True}
+
+
+def test_it_copies_each_file_and_says_what_became_of_it(copier, source, tmp_path):
+    write_files(source, {"a.txt": "alpha", "sub/b.txt": "bravo!"})
+    dest = tmp_path / "dest"
+
+    copier.submit(options(dest), str(source), False, items(source, "a.txt", "sub/b.txt"))
+    answer = copier.result()
+
+    mtime = round((source / "a.txt").stat().st_mtime, 6)
+    assert answer[0] == Copied(5, 5, mtime)
+    assert answer[1].written == 6 and answer[1].error == ""
+    assert (dest / "a.txt").read_text() == "alpha" and (dest / "sub" / "b.txt").read_text() == "bravo!"
+    assert os.listdir(dest / ".uploader-tmp") == []  # no temporary file left behind
+
+
+def test_files_it_cannot_copy_are_refused_one_by_one_with_the_reason(copier, source, tmp_path):
+    write_files(source, {"gone.txt": "x", "swapped.txt": "old", "ok.txt": "fine", "a/b.txt": "b"})
+    dest = tmp_path / "dest"
+    write_files(dest, {"a": "a file where the key needs a folder"})
+    asked = items(source, "gone.txt", "swapped.txt", "ok.txt", "a/b.txt")
+    (source / "gone.txt").unlink()
+    write_files(source, {"swapped.new": "another file in its place"})
+    os.replace(source / "swapped.new", source / "swapped.txt")  # both existed at once: another inode
+
+    copier.submit(options(dest), str(source), False, asked)
+    gone, swapped, ok, blocked = copier.result()
+
+    assert (gone.written, gone.permanent) == (None, True) and "file not found" in gone.error
+    assert (swapped.written, swapped.permanent) == (None, True) and "replaced by another file" in swapped.error
+    assert ok.written == 4
+    assert (blocked.written, blocked.permanent) == (None, True) and "cannot write" in blocked.error
+    assert not (dest / "swapped.txt").exists()
+
+
+def test_a_symlink_swapped_in_for_a_folder_is_not_followed(copier, source, tmp_path):
+    write_files(source, {"sub/a.txt": "a"})
+    asked = items(source, "sub/a.txt")
+    outside = tmp_path / "outside"
+    write_files(outside, {"a.txt": "secret"})
+    (source / "sub" / "a.txt").unlink()
+    (source / "sub").rmdir()
+    (source / "sub").symlink_to(outside)
+
+    copier.submit(options(tmp_path / "dest"), str(source), False, asked)
+    [refused] = copier.result()
+
+    assert refused.permanent and "is now a symlink" in refused.error
+    assert not (tmp_path / "dest" / "sub" / "a.txt").exists()
+
+
+def test_requests_sent_ahead_are_answered_in_order_without_blocking_either_side(copier, source, tmp_path):
+    # Each request and answer is bigger than a pipe's buffer (64 KiB): sent back to back, before
+    # any answer is read, they would block both processes if the child read only between parts.
+    names = [f"{'n' * 100}-{i:04d}.txt" for i in range(1500)]
+    write_files(source, {name: name[-8:] for name in names})
+    dest = tmp_path / "dest"
+
+    for part in (names[:750], names[750:]):
+        copier.submit(options(dest), str(source), False, items(source, *part))
+    first, second = copier.result(), copier.result()
+
+    assert [c.written for c in first + second] == [8] * 1500
+    assert (dest / names[-1]).read_text() == names[-1][-8:]
+    assert copier.asked == 0
+
+
+def test_a_copier_gone_is_an_error_for_the_parent_not_a_hang(copier, source, tmp_path):
+    write_files(source, {"a.txt": "a"})
+    os.kill(copier.pid, signal.SIGKILL)
+    wait_for(lambda: copier._proc.poll() is not None, timeout=10, what="the copier to die")
+
+    with pytest.raises(CopierError, match="the copier process ended"):
+        copier.submit(options(tmp_path / "dest"), str(source), False, items(source, "a.txt"))
+        copier.result()
+
+
+def test_closing_its_input_ends_the_child(source, tmp_path):
+    copier = Copier()
+    copier.close()
+    assert copier._proc.returncode == 0
