@@ -60,7 +60,7 @@ class LocalFile:
             raise local_file_error(exc, path) from exc
 
     @classmethod
-    def of_fd(cls, fd: int, path: str) -> LocalFile:
+    def of_fd(cls, fd: int, path: str, name: str | None = None) -> LocalFile:
         try:
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
@@ -72,7 +72,7 @@ class LocalFile:
             os.close(fd)
             raise
         device, inode = identity_of(st)
-        return cls(fd, st.st_size, os.path.basename(path), path, mtime_of(st), device, inode)
+        return cls(fd, st.st_size, name or os.path.basename(path), path, mtime_of(st), device, inode)
 
     @property
     def fd_path(self) -> str:
@@ -135,7 +135,7 @@ def open_under(root: str, relative_path: str, *, follow_symlinks: bool) -> Local
         if kept is not None:
             kept[(root, folder)] = fd
     try:
-        return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path)
+        return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path, name)
     finally:
         if kept is None:
             os.close(fd)

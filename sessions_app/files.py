@@ -167,9 +167,21 @@ def _aggregates(rows: QuerySet[FileUpload]) -> dict[str, Any]:
 
 def counts(session: SyncSession) -> dict[str, int]:
     """The counters as the rows say, plus the files skipped without a row."""
-    agg = session.files.aggregate(**_aggregates(session.files))
-    skips, skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
-    return _with_unstored(agg, skips, skipped_bytes)
+    return _with_unstored(_summed(_by_destination(session).values()), *_session_skips(session))
+
+
+def _by_destination(session: SyncSession) -> dict[str, dict[str, Any]]:
+    """The rows' aggregates per destination: one pass over the session's rows."""
+    return {row["destination"]: row for row in session.files.order_by().values("destination").annotate(
+        **_aggregates(session.files))}
+
+
+def _summed(groups: Iterable[dict[str, Any]]) -> dict[str, int]:
+    return {name: sum(group.get(name) or 0 for group in groups) for name in COUNTERS}
+
+
+def _session_skips(session: SyncSession) -> tuple[dict[str, int], int]:
+    return SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
 
 
 def _with_unstored(agg: dict[str, Any], skips: dict[str, int], skipped_bytes: int) -> dict[str, int]:
@@ -183,13 +195,12 @@ def _with_unstored(agg: dict[str, Any], skips: dict[str, int], skipped_bytes: in
 
 def recount(session: SyncSession) -> None:
     """Set the counters to what the rows say (and on the instance), the session's and each of its
-    destinations'."""
-    fields = counts(session)
+    destinations' (one pass over the rows for both)."""
+    by_name = _by_destination(session)
+    fields = _with_unstored(_summed(by_name.values()), *_session_skips(session))
     SyncSession.objects.filter(pk=session.pk).update(**fields)
     for name, value in fields.items():
         setattr(session, name, value)
-    by_name = {row["destination"]: row for row in session.files.order_by().values("destination").annotate(
-        **_aggregates(session.files))}
     for sd in SessionDestination.objects.filter(session_id=session.pk):
         SessionDestination.objects.filter(pk=sd.pk).update(
             **_with_unstored(by_name.get(sd.name, {}), sd.skips, sd.skipped_bytes))

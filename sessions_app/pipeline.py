@@ -56,7 +56,8 @@ def _scan(session: SyncSession, start_uploads: bool, send: bool) -> ScanStats:
     if planning.cancelled(session):
         lifecycle.end_if_settled(session)  # the rows of the last batch came in after the cancel
         return stats
-    files.recount(session)  # a re-run scan: the rows of the crashed one are counted again
+    if not stats.counted:
+        files.recount(session)  # a re-run scan: the rows of the crashed one are counted again
     session.mark_scan_finished()
     if not lifecycle.end_if_settled(session) and start_uploads and not stats.pending:
         enqueue.uploads(session.pk, session.project.upload_tasks)  # resumed: rows inserted before the crash

@@ -78,6 +78,7 @@ class ScanStats:
     files: int = 0
     pending: int = 0
     skipped: int = 0
+    counted: bool = False  # the counters are the rows' (no rows before this scan): no recount needed
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,12 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
     complete = complete and not cancelled(session)
     for plan in plans:
         plan.writer.finish(plan.known, plan.mode, complete)
-    stats = ScanStats()
+    stats = ScanStats(counted=True)
     for plan in plans:
         stats.files += plan.writer.stats.files
         stats.pending += plan.writer.stats.pending
         stats.skipped += plan.writer.stats.skipped
+        stats.counted = stats.counted and plan.writer.first_run
     if several:
         each = "; ".join(f"{p.target.name}: {p.writer.stats.pending} to upload, {p.writer.stats.skipped} skipped"
                          for p in plans)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import shutil
@@ -132,7 +133,7 @@ class LocalDestination(Destination):
     def put_file(self, local: LocalFile, key: str) -> UploadResult:
         # sendfile from the open file's descriptor, not copyfileobj: for a small file that halves
         # the system calls (no 1 MiB buffer allocated per read).
-        return UploadResult(size=self._write(key, lambda dst: _send(local.fd, dst, local.size)))
+        return UploadResult(size=self._write(key, functools.partial(_send, local.fd, size=local.size)))
 
     def copy_files(self, source_dir: str, items: list[tuple[str, str, int | None, int | None]], *,
                    follow_symlinks: bool) -> list[Copied]:
@@ -145,7 +146,7 @@ class LocalDestination(Destination):
                 try:
                     with open_under(source_dir, path, follow_symlinks=follow_symlinks) as local:
                         local.check_identity(device, inode)
-                        written = self.put_file(local, key).size
+                        written = self._write(key, functools.partial(_send, local.fd, size=local.size))
                         local.check_unchanged()
                     out.append(Copied(written, local.size, local.mtime))
                 except RemoteError as exc:
@@ -179,9 +180,10 @@ class LocalDestination(Destination):
         the target's name: readers never see a half-written file, and a name the target's folder
         takes is never too long as a temporary name. Returns the bytes written."""
         target = self._target(key)
-        tmp = f"{self._root}{TEMP_FOLDER}/{temp_prefix(key)}{_pid:x}-{next(_temp_names):x}"
+        folder = self._root + TEMP_FOLDER
+        tmp = f"{folder}/{temp_prefix(key)}{_pid:x}-{next(_temp_names):x}"
         try:
-            dst = self._create(tmp)
+            dst = self._create(tmp, folder)
             try:
                 written = copy(dst)
             finally:
@@ -207,8 +209,7 @@ class LocalDestination(Destination):
             raise
         return written
 
-    def _create(self, tmp: str) -> int:
-        folder = os.path.dirname(tmp)
+    def _create(self, tmp: str, folder: str) -> int:
         self._make_folder(folder)
         try:
             return os.open(tmp, _CREATE, 0o666)
