@@ -19,6 +19,7 @@ those files again (they are not in the catalog) and they are copied again; none 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 PART_FILES = 2000  # files sent, then written, at a time
 PART_BYTES = 64 * 1024 * 1024
+# Parts handed to the copier before the first of them is collected, and part writes queued for
+# the recorder thread: each side has the next one at hand when it is quicker for a moment.
+AHEAD = 2
 SIZE_AT = PLANNED_COLUMNS.index("size")
 VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
 ITEM_AT = [PLANNED_COLUMNS.index(name) for name in ("relative_path", "remote_key", "device", "inode")]
@@ -78,19 +82,19 @@ class Sender:
         self.pipelined = connection.vendor == "postgresql"
         self._recorder: Recorder | None = None
         self._copier: Copier | None = None
-        self._ahead: _Part | None = None  # pipelined: the part copying while the plan goes on
+        self._ahead: deque[_Part] = deque()  # pipelined: the parts copying while the plan goes on
         self._locked = False
 
     def send_part(self, rows: list[tuple], destination: str,
                   write: Callable[[list[Outcome], list[tuple]], None]) -> bool:
         """Send what it can of a part, then have `write(sent, rest)` write its rows. Pipelined, the
         part is copying when this returns, and its rows are written (by the recorder thread) once
-        the next part is handed over, or at collect() or close(); else it is copied and written
+        AHEAD more parts are handed over, or at collect() or close(); else it is copied and written
         here, in one transaction. True if rows are left for the upload tasks (so far)."""
         if self.pipelined:
-            part = self._start(rows, destination, write)
-            self.collect()
-            self._ahead = part
+            self._ahead.append(part := self._start(rows, destination, write))
+            while len(self._ahead) > AHEAD:
+                self._finish(self._ahead.popleft())
             return bool(part.rest)
         with transaction.atomic():
             part = self._start(rows, destination, write)
@@ -98,10 +102,9 @@ class Sender:
         return bool(part.rest)
 
     def collect(self) -> None:
-        """Pipelined: the part copying, copied and handed to the recorder thread to write."""
-        part, self._ahead = self._ahead, None
-        if part is not None:
-            self._finish(part)
+        """Pipelined: the parts copying, copied and handed to the recorder thread to write."""
+        while self._ahead:
+            self._finish(self._ahead.popleft())
 
     def _start(self, rows: list[tuple], destination: str, write: Callable[..., None]) -> _Part:
         if not self.on or not rows or not self._alone():
@@ -199,7 +202,7 @@ class Sender:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_lock_shared(%s, %s)", [catalog.SENDING_LOCKS, self.session.pk])
                 self._locked = True
-                self._recorder = Recorder(f"plan-{self.session.pk}")
+                self._recorder = Recorder(f"plan-{self.session.pk}", depth=AHEAD)
             others = catalog.others_since(self.session)
         else:
             others = catalog.lock_project(self.session)

@@ -28,3 +28,21 @@ def test_inside_a_callers_transaction_a_recorder_writes_in_the_callers_thread(db
         writes.submit(lambda: threads.append(threading.current_thread().name))
 
     assert threads == [threading.current_thread().name]
+
+
+def test_a_recorder_of_depth_two_queues_a_second_write_behind_a_slow_one_and_holds_the_third(transactional_db):
+    release = threading.Event()
+    done: list[int] = []
+    with recorder.Recorder("record-test", depth=2) as writes:
+        writes.submit(lambda: (release.wait(10), done.append(1)))
+        writes.submit(lambda: done.append(2))  # queued: the caller goes on while the first still runs
+        assert done == []
+        third = threading.Thread(target=writes.submit, args=(lambda: done.append(3),))
+        third.start()
+        third.join(timeout=0.5)
+        assert third.is_alive()  # two are waiting: the third submit waits for the first
+        release.set()
+        third.join(timeout=10)
+        writes.wait()
+
+    assert done == [1, 2, 3]
