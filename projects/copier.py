@@ -95,7 +95,7 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
         try:
             while True:
                 pending.put(pickle.load(requests))
-        except (EOFError, OSError):
+        except Exception:  # the end of the input, or a request cut off: the parent is gone or done
             pending.put(end)
 
     threading.Thread(target=read, name="copier-requests", daemon=True).start()

@@ -167,7 +167,7 @@ class Sender:
             self._recorder.submit(write, *args)
 
     def close(self) -> None:
-        """Collect the part copying and wait for the parts' writes; then let other sessions'
+        """Collect the parts copying and wait for the parts' writes; then let other sessions'
         claims through, and end the copier."""
         try:
             self.collect()

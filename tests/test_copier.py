@@ -4,6 +4,7 @@ child process, with the checks of an upload, answered in order; a child gone is 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 
 import pytest
@@ -109,5 +110,16 @@ def test_a_copier_gone_is_an_error_for_the_parent_not_a_hang(copier, source, tmp
 
 def test_closing_its_input_ends_the_child(source, tmp_path):
     copier = Copier()
+    copier.close()
+    assert copier._proc.returncode == 0
+
+
+def test_a_request_cut_off_by_a_dying_parent_ends_the_child_instead_of_leaving_it_waiting(source, tmp_path):
+    copier = Copier()
+    whole = pickle.dumps((options(tmp_path / "dest"), str(source), False, []))
+    copier._proc.stdin.write(whole[: len(whole) // 2])  # the parent died halfway through a request
+    copier._proc.stdin.close()
+
+    wait_for(lambda: copier._proc.poll() is not None, timeout=30, what="the copier to end")
     copier.close()
     assert copier._proc.returncode == 0
