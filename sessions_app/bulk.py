@@ -131,13 +131,21 @@ def _defaults(model: type[models.Model], given: Sequence[str]) -> tuple[list[mod
     return fields, [f.get_db_prep_save(f.get_default(), connection) for f in fields]
 
 
+def encoded(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple]) -> str | None:
+    """The rows as insert_tuples() sends them to PostgreSQL's COPY (None elsewhere): made ahead, in
+    another thread than the one that writes them, the writing thread only talks to the database."""
+    if connection.vendor != "postgresql" or not rows:
+        return None
+    return _copy_text_of(rows, _defaults(model, columns)[1])
+
+
 def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple], *,
-                  new: bool = False) -> int:
+                  new: bool = False, text: str | None = None) -> int:
     """INSERT rows given as tuples of the `columns` (attnames; every other column gets its
     default), skipping those that collide with a unique constraint — unless the caller knows
     they are `new` (none can collide): then PostgreSQL takes them by a plain COPY into the table,
-    without the temporary table. Returns how many were inserted. Call inside the transaction the
-    rows belong to."""
+    without the temporary table. `text`: the rows as encoded() made them. Returns how many were
+    inserted. Call inside the transaction the rows belong to."""
     if not rows:
         return 0
     meta, qn = model._meta, connection.ops.quote_name
@@ -145,15 +153,17 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
     names = ", ".join(qn(meta.get_field(c).column) for c in columns) + "".join(f", {qn(f.column)}" for f in rest)
     table = qn(meta.db_table)
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            text = text if text is not None else _copy_text_of(rows, defaults)
         if connection.vendor == "postgresql" and new:
             try:
                 with transaction.atomic():  # a savepoint: should another writer have come in after all
-                    cursor.cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", _copy_file(rows, defaults))
+                    cursor.cursor.copy_expert(f"COPY {table} ({names}) FROM STDIN", io.StringIO(text))
                 return len(rows)
             except (IntegrityError, psycopg2.IntegrityError):  # the driver's own: copy_expert is no Django call
                 pass
         if connection.vendor == "postgresql":
-            return _copy_ignoring_existing(cursor, meta.db_table, names, rows, defaults)
+            return _copy_ignoring_existing(cursor, meta.db_table, names, text)
         head = connection.ops.insert_statement(on_conflict=OnConflict.IGNORE)
         marks = ", ".join(["%s"] * (len(columns) + len(rest)))
         tail = tuple(defaults)
@@ -161,27 +171,28 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
         return cursor.rowcount
 
 
-def _copy_file(rows: Sequence[tuple], defaults: list[Any]) -> io.StringIO:
+def _copy_text_of(rows: Sequence[tuple], defaults: list[Any]) -> str:
     tail = "".join("\t" + _copy_text(v) for v in defaults) + "\n"
-    return io.StringIO("".join("\t".join(map(_copy_text, row)) + tail for row in rows))
+    return "".join("\t".join(map(_copy_text, row)) + tail for row in rows)
 
 
-def _copy_to_temp(cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence]) -> str:
-    """COPY rows into this connection's temporary table of `columns` of `table` (emptied first);
-    returns its name."""
+def _copy_to_temp(cursor, table: str, columns: Sequence[str], rows: Sequence[Sequence] | str) -> str:
+    """COPY rows (or their COPY text) into this connection's temporary table of `columns` of
+    `table` (emptied first); returns its name."""
     qn = connection.ops.quote_name
     names = ", ".join(columns)
     temp = qn(f"copy_{table}_{zlib.crc32(names.encode()):08x}")
     # Per connection, and gone with it (or with the transaction that created it): IF NOT EXISTS.
     cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} AS SELECT {names} FROM {qn(table)} WITH NO DATA")
     cursor.execute(f"TRUNCATE {temp}")
-    cursor.cursor.copy_expert(f"COPY {temp} ({names}) FROM STDIN", _copy_file(rows, []))
+    text = rows if isinstance(rows, str) else _copy_text_of(rows, [])
+    cursor.cursor.copy_expert(f"COPY {temp} ({names}) FROM STDIN", io.StringIO(text))
     return temp
 
 
-def _copy_ignoring_existing(cursor, table: str, names: str, rows: Sequence[tuple], defaults: list[Any]) -> int:
+def _copy_ignoring_existing(cursor, table: str, names: str, text: str) -> int:
     qn = connection.ops.quote_name
-    temp = _copy_to_temp(cursor, table, names.split(", "), [tuple(row) + tuple(defaults) for row in rows])
+    temp = _copy_to_temp(cursor, table, names.split(", "), text)
     cursor.execute(f"INSERT INTO {qn(table)} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING")
     return cursor.rowcount
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,14 +272,24 @@ SENT_COLUMNS = PLANNED_COLUMNS + ("destination", "status", "attempts", "uploaded
                                   "note", "last_error", "error_permanent", "skip_reason")
 
 
-def add_sent(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int, *, first_run: bool = False,
-             destination: str = "default") -> int:
-    """Insert the rows of files the plan sent before writing them, each settled as its transfer
-    left it, count them, and record the objects that arrived in the catalog. Call inside the
-    transaction the files were sent in (see sending.py). Returns how many rows went in; a re-run
-    scan's collide and are left alone (the scan's end recounts)."""
-    if not outcomes:
-        return 0
+@dataclass
+class Sent:
+    """The rows of files the plan sent, made ready to insert (`sent()`), where the files were sent:
+    the thread that writes them then only talks to the database."""
+
+    outcomes: Sequence[Outcome]
+    rows: list[tuple]  # of SENT_COLUMNS
+    text: str | None  # PostgreSQL: the rows encoded for COPY
+
+    def __iter__(self) -> Iterator[Outcome]:
+        return iter(self.outcomes)
+
+    def __len__(self) -> int:
+        return len(self.outcomes)
+
+
+def sent(outcomes: Sequence[Outcome], destination: str = "default") -> Sent:
+    """The rows of the files the plan sent, each settled as its transfer left it (new -> status)."""
     rows = []
     for o in outcomes:
         check(NEW, o.status)
@@ -288,8 +298,22 @@ def add_sent(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int,
         rows.append((r.session_id, r.project_id, r.relative_path, r.remote_key, r.size, r.mtime, r.device, r.inode,
                      False, destination, o.status, r.attempts, r.uploaded_at, r.checksum, r.remote_id, r.note,
                      r.last_error, r.error_permanent, r.skip_reason))
+    return Sent(outcomes, rows, bulk.encoded(FileUpload, SENT_COLUMNS, rows))
+
+
+def add_sent(session: SyncSession, outcomes: Sequence[Outcome] | Sent, catalog_id: int, *, first_run: bool = False,
+             destination: str = "default") -> int:
+    """Insert the rows of files the plan sent before writing them (their outcomes, or the rows
+    `sent()` made of them), each settled as its transfer left it, count them, and record the
+    objects that arrived in the catalog. Call inside the transaction the files were sent in (see
+    sending.py). Returns how many rows went in; a re-run scan's collide and are left alone (the
+    scan's end recounts)."""
+    ready = outcomes if isinstance(outcomes, Sent) else sent(outcomes, destination)
+    outcomes, rows = ready.outcomes, ready.rows
+    if not outcomes:
+        return 0
     after = bulk.id_floor(FileUpload)
-    inserted = bulk.insert_tuples(FileUpload, SENT_COLUMNS, rows, new=first_run)
+    inserted = bulk.insert_tuples(FileUpload, SENT_COLUMNS, rows, new=first_run, text=ready.text)
     changes = Counter(found_count=inserted, bytes_total=sum(o.row.size for o in outcomes))
     for status, n in Counter(o.status for o in outcomes).items():
         changes[COUNTER[status]] += n

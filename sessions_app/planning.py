@@ -304,7 +304,7 @@ class _Writer:
             enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
             self.start_uploads = False
 
-    def _insert(self, sent: list[files.Outcome], rows: list[tuple], adopted: list[tuple] = (),
+    def _insert(self, sent: files.Sent | list[files.Outcome], rows: list[tuple], adopted: list[tuple] = (),
                 skips: dict[str, int] | None = None, skipped_bytes: int = 0) -> None:
         """A batch's (or part's) rows, its adopted entries and skips, in one transaction."""
         with transaction.atomic():

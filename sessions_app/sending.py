@@ -29,7 +29,7 @@ from django.utils import timezone
 from projects.copier import Copier, CopierError
 from projects.destinations import Destination
 from projects.errors import RemoteError
-from sessions_app import bulk, catalog, shutdown, transferring
+from sessions_app import bulk, catalog, files, shutdown, transferring
 from sessions_app.files import PLANNED_COLUMNS, Outcome
 from sessions_app.recorder import Recorder
 from sessions_app.models import FileStatus, FileUpload, SyncSession
@@ -65,7 +65,7 @@ class _Part:
     small: list[tuple]
     rest: list[tuple]
     destination: str
-    write: Callable[[list[Outcome], list[tuple]], None]
+    write: Callable[[files.Sent, list[tuple]], None]
     asked: bool = field(default=False)  # its small files were handed to the copier
 
 
@@ -86,7 +86,7 @@ class Sender:
         self._locked = False
 
     def send_part(self, rows: list[tuple], destination: str,
-                  write: Callable[[list[Outcome], list[tuple]], None]) -> bool:
+                  write: Callable[[files.Sent, list[tuple]], None]) -> bool:
         """Send what it can of a part, then have `write(sent, rest)` write its rows. Pipelined, the
         part is copying when this returns, and its rows are written (by the recorder thread) once
         AHEAD more parts are handed over, or at collect() or close(); else it is copied and written
@@ -123,9 +123,9 @@ class Sender:
         return part
 
     def _finish(self, part: _Part) -> None:
-        """Its outcomes from the copier's answer, then its rows written (see then())."""
-        sent, rest = self._outcomes(part), part.rest
-        self.then(part.write, sent, rest)
+        """Its outcomes from the copier's answer, its rows made ready here, then written (see then())."""
+        sent = files.sent(self._outcomes(part), part.destination)
+        self.then(part.write, sent, part.rest)
 
     def _outcomes(self, part: _Part) -> list[Outcome]:
         """The files the copier sent (or refused for good); those it did not go to `part.rest`, for
