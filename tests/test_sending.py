@@ -10,10 +10,12 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
 
 from projects.destinations.local import INLINE_BELOW
 from sessions_app import catalog, files, pipeline, sending, starting, uploading
-from sessions_app.models import CatalogEntry, FileStatus, SessionStatus, SyncSession
+from sessions_app.files import Outcome
+from sessions_app.models import CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from sessions_app.queueing import queue_upload
 from tests.conftest import wait_for, write_files
 
@@ -255,3 +257,25 @@ def test_when_the_copier_process_dies_its_part_goes_to_the_upload_tasks_and_noth
     assert written == [(["a.bin"], []), ([], ["b.bin"]), ([], ["c.bin"])]
     session.refresh_from_db()
     assert "the copier process ended" in session.log and "go through upload tasks" in session.log
+
+
+def test_rows_made_ready_in_the_scan_thread_go_in_as_made_and_a_re_run_part_skips_those_already_in(
+        make_project, tmp_path):
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = starting.create_session(project, created_by="test")
+    catalog_id = catalog.open_for(project, project.destination()).pk
+
+    def sent(*names: str) -> files.Sent:  # made where the files were sent (sending.Sender._finish)
+        return files.sent([Outcome(FileUpload(session=session, project_id=project.pk, relative_path=name,
+                                              remote_key=name, size=len(name), attempts=1, uploaded_at=timezone.now()),
+                                   FileStatus.UPLOADED) for name in names])
+
+    awkward = ["tab\there.bin", "new\nline.bin", "back\\slash.bin", "\u00fcn\u00ef.bin"]
+    with transaction.atomic():
+        assert files.add_sent(session, sent(*awkward), catalog_id, first_run=True) == 4
+    with transaction.atomic():  # a scan run again: one row is in already
+        assert files.add_sent(session, sent("\u00fcn\u00ef.bin", "more.bin"), catalog_id) == 1
+
+    assert sorted(session.files.values_list("relative_path", flat=True)) == sorted(awkward + ["more.bin"])
+    assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
+    assert CatalogEntry.objects.filter(catalog_id=catalog_id).count() == 5
