@@ -129,8 +129,11 @@ def test_parts_are_bounded_by_files_and_bytes(monkeypatch):
 
 
 def advisory_locks(granted: bool) -> int:
+    """Sending locks in this test's database (pg_locks shows every database's: another test worker's
+    plan may hold one in its own at the same moment)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND granted = %s",
+        cursor.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND granted = %s "
+                       "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                        [catalog.SENDING_LOCKS, granted])
         return cursor.fetchone()[0]
 
