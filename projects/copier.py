@@ -103,7 +103,9 @@ def serve(requests: BinaryIO, answers: BinaryIO) -> None:
     while (request := pending.get()) is not end:
         options, source_dir, follow_symlinks, items = request
         key = repr(sorted(options.items()))  # made once: it keeps the folders it made
-        dest = destinations.get(key) or destinations.setdefault(key, LocalDestination(options))
+        if key not in destinations:
+            destinations[key] = LocalDestination(options)
+        dest = destinations[key]
         pickle.dump(dest.copy_files(source_dir, items, follow_symlinks=follow_symlinks), answers,
                     pickle.HIGHEST_PROTOCOL)
         answers.flush()

@@ -3,6 +3,7 @@ settled; what it cannot send goes pending to the upload tasks."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
@@ -168,12 +169,23 @@ def test_with_its_recorder_thread_the_plan_writes_every_part_and_lets_the_claims
     assert not others_held_off()
 
 
-def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactional_db, make_project, source, tmp_path):
-    write_files(source, {"a.bin": "a"})
+def a_sender(make_project, source, tmp_path, names: list[str]) -> tuple:
+    """A session of a project whose source holds `names` (each file's body its first letter), and
+    the sender of its plan, driven by hand."""
+    write_files(source, {name: name[0] for name in names})
     project = make_project({"type": "local", "path": str(tmp_path / "dest")})
     session = starting.create_session(project, created_by="test")
-    sender = sending.Sender(session, project.destination(), follow_symlinks=False)
-    row = (session.pk, project.pk, "a.bin", "a.bin", 1, (source / "a.bin").stat().st_mtime, None, None, False)
+    return project, session, sending.Sender(session, project.destination(), follow_symlinks=False)
+
+
+def planned(session: SyncSession, source, name: str) -> tuple:
+    """The plan's row of a one-byte file (PLANNED_COLUMNS)."""
+    return (session.pk, session.project_id, name, name, 1, (source / name).stat().st_mtime, None, None, False)
+
+
+def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactional_db, make_project, source, tmp_path):
+    project, session, sender = a_sender(make_project, source, tmp_path, ["a.bin"])
+    row = planned(session, source, "a.bin")
     catalog_id = catalog.open_for(project, project.destination()).pk
     written: list = []
 
@@ -207,14 +219,10 @@ def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactiona
 
 def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_longer(
         transactional_db, make_project, source, tmp_path):
-    write_files(source, {"a.bin": "a", "b.bin": "b"})
-    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
-    session = starting.create_session(project, created_by="test")
-    sender = sending.Sender(session, project.destination(), follow_symlinks=False)
+    project, session, sender = a_sender(make_project, source, tmp_path, ["a.bin", "b.bin"])
     written: list = []
 
-    def row(name: str) -> tuple:
-        return (session.pk, project.pk, name, name, 1, (source / name).stat().st_mtime, None, None, False)
+    row = functools.partial(planned, session, source)
 
     def write(sent: list, rest: list) -> None:
         written.append((len(sent), rest, others_held_off()))
@@ -238,14 +246,10 @@ def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_
 
 def test_when_the_copier_process_dies_its_part_goes_to_the_upload_tasks_and_nothing_is_lost(
         transactional_db, make_project, source, tmp_path):
-    write_files(source, {"a.bin": "a", "b.bin": "b", "c.bin": "c"})
-    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
-    session = starting.create_session(project, created_by="test")
-    sender = sending.Sender(session, project.destination(), follow_symlinks=False)
+    _, session, sender = a_sender(make_project, source, tmp_path, ["a.bin", "b.bin", "c.bin"])
     written: list = []
 
-    def row(name: str) -> tuple:
-        return (session.pk, project.pk, name, name, 1, (source / name).stat().st_mtime, None, None, False)
+    row = functools.partial(planned, session, source)
 
     def write(sent: list, rest: list) -> None:
         written.append(([o.row.relative_path for o in sent], [r[2] for r in rest]))
