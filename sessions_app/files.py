@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
@@ -270,6 +270,7 @@ def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool 
 
 SENT_COLUMNS = PLANNED_COLUMNS + ("destination", "status", "attempts", "uploaded_at", "checksum", "remote_id",
                                   "note", "last_error", "error_permanent", "skip_reason")
+_SIZE_AT, _DEVICE_AT, _VERIFY_AT = (PLANNED_COLUMNS.index(name) for name in ("size", "device", "verify_remote"))
 
 
 @dataclass
@@ -277,19 +278,30 @@ class Sent:
     """The rows of files the plan sent, made ready to insert (`sent()`), where the files were sent:
     the thread that writes them then only talks to the database."""
 
-    outcomes: Sequence[Outcome]
     rows: list[tuple]  # of SENT_COLUMNS
     text: str | None  # PostgreSQL: the rows encoded for COPY
 
-    def __iter__(self) -> Iterator[Outcome]:
-        return iter(self.outcomes)
-
     def __len__(self) -> int:
-        return len(self.outcomes)
+        return len(self.rows)
+
+    def column(self, name: str) -> list:
+        at = SENT_COLUMNS.index(name)
+        return [row[at] for row in self.rows]
 
 
-def sent(outcomes: Sequence[Outcome], destination: str = "default") -> Sent:
-    """The rows of the files the plan sent, each settled as its transfer left it (new -> status)."""
+class Copied(NamedTuple):
+    """A file the plan copied: its planned row (PLANNED_COLUMNS) and what was written."""
+
+    planned: tuple
+    size: int  # bytes written
+    mtime: float  # of the file as opened
+    note: str  # transferring.change_note
+
+
+def sent(outcomes: Sequence[Outcome], destination: str = "default", *, copied: Sequence[Copied] = ()) -> Sent:
+    """The rows of the files the plan sent: each of `outcomes` settled as its transfer left it (new ->
+    status), each of `copied` uploaded (new -> uploaded) straight from its planned row, with no model
+    instance (making 200,000 of them was a fifth of a first sync's time in the scan's thread)."""
     rows = []
     for o in outcomes:
         check(NEW, o.status)
@@ -298,7 +310,12 @@ def sent(outcomes: Sequence[Outcome], destination: str = "default") -> Sent:
         rows.append((r.session_id, r.project_id, r.relative_path, r.remote_key, r.size, r.mtime, r.device, r.inode,
                      False, destination, o.status, r.attempts, r.uploaded_at, r.checksum, r.remote_id, r.note,
                      r.last_error, r.error_permanent, r.skip_reason))
-    return Sent(outcomes, rows, bulk.encoded(FileUpload, SENT_COLUMNS, rows))
+    if copied:
+        check(NEW, UPLOADED)
+        tail = (destination, UPLOADED, 1, timezone.now(), "", "")
+        rows.extend(p[:_SIZE_AT] + (size, mtime) + p[_DEVICE_AT:_VERIFY_AT] + (False,) + tail + (note, "", False, "")
+                    for p, size, mtime, note in copied)
+    return Sent(rows, bulk.encoded(FileUpload, SENT_COLUMNS, rows))
 
 
 def add_sent(session: SyncSession, outcomes: Sequence[Outcome] | Sent, catalog_id: int, *, first_run: bool = False,
@@ -309,19 +326,22 @@ def add_sent(session: SyncSession, outcomes: Sequence[Outcome] | Sent, catalog_i
     sending.py). Returns how many rows went in; a re-run scan's collide and are left alone (the
     scan's end recounts)."""
     ready = outcomes if isinstance(outcomes, Sent) else sent(outcomes, destination)
-    outcomes, rows = ready.outcomes, ready.rows
-    if not outcomes:
+    rows = ready.rows
+    if not rows:
         return 0
     after = bulk.id_floor(FileUpload)
     inserted = bulk.insert_tuples(FileUpload, SENT_COLUMNS, rows, new=first_run, text=ready.text)
-    changes = Counter(found_count=inserted, bytes_total=sum(o.row.size for o in outcomes))
-    for status, n in Counter(o.status for o in outcomes).items():
+    sizes, statuses = ready.column("size"), ready.column("status")
+    changes = Counter(found_count=inserted, bytes_total=sum(sizes))
+    for status, n in Counter(statuses).items():
         changes[COUNTER[status]] += n
-    changes["bytes_uploaded"] = sum(o.row.size for o in outcomes if o.status == UPLOADED)
+    changes["bytes_uploaded"] = sum(size for size, status in zip(sizes, statuses) if status == UPLOADED)
     now = timezone.now()
     _bump(session.pk, changes if inserted == len(rows) else {}, destination, heartbeat_at=now)
     _tally(session.project_id, now, changes)
-    catalog.record(catalog_id, session.pk, [o.row for o in outcomes], inserted_after=after)
+    # Where the ids are known (PostgreSQL), the database makes the entries from the rows just inserted.
+    arrived = [] if after is not None else bulk.unsaved(FileUpload, list(SENT_COLUMNS), rows)
+    catalog.record(catalog_id, session.pk, arrived, inserted_after=after)
     return inserted
 
 

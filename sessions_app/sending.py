@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from django.db import connection, transaction
-from django.utils import timezone
 
 from projects.copier import Copier, CopierError
 from projects.destinations import Destination
@@ -123,34 +122,34 @@ class Sender:
         return part
 
     def _finish(self, part: _Part) -> None:
-        """Its outcomes from the copier's answer, its rows made ready here, then written (see then())."""
-        sent = files.sent(self._outcomes(part), part.destination)
-        self.then(part.write, sent, part.rest)
+        """Its rows made ready here from the copier's answer, then written (see then())."""
+        failed, copied = self._outcomes(part)
+        self.then(part.write, files.sent(failed, part.destination, copied=copied), part.rest)
 
-    def _outcomes(self, part: _Part) -> list[Outcome]:
-        """The files the copier sent (or refused for good); those it did not go to `part.rest`, for
-        the upload tasks to try again with backoff."""
-        copied = None
+    def _outcomes(self, part: _Part) -> tuple[list[Outcome], list[files.Copied]]:
+        """The files the copier refused for good, and those it copied; those it did not copy for a
+        reason another try may mend go to `part.rest`, for the upload tasks to try with backoff."""
+        answers = None
         if part.asked:
             try:
-                copied = self._copier.result()
+                answers = self._copier.result()
             except CopierError as exc:
                 self._stop(exc)
-        if copied is None:
+        if answers is None:
             part.rest.extend(part.small)
-            return []
-        sent, now = [], timezone.now()
-        for row, done in zip(bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), part.small), copied):
-            row.destination, row.attempts = part.destination, 1
+            return [], []
+        failed, copied = [], []
+        for planned, done in zip(part.small, answers):
             if done.written is not None:
-                transferring.note_changes(row, done.size, done.mtime)
-                row.size, row.uploaded_at = done.written, now
-                sent.append(Outcome(row, FileStatus.UPLOADED))
+                copied.append(files.Copied(planned, done.written, done.mtime,
+                                           transferring.change_note(planned[SIZE_AT], done.size)))
             elif done.permanent:
-                sent.append(transferring.failed(row, RemoteError(done.error, permanent=True), 1))
+                row = bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), [planned])[0]
+                row.destination, row.attempts = part.destination, 1
+                failed.append(transferring.failed(row, RemoteError(done.error, permanent=True), 1))
             else:
-                part.rest.append(_planned(row))
-        return sent
+                part.rest.append(planned)
+        return failed, copied
 
     def _stop(self, exc: CopierError) -> None:
         """The copier failed: the rest of the files go through the upload tasks."""
@@ -213,7 +212,3 @@ class Sender:
                 self.session.append_log(f"another session of the project ({others[0].pk}) is at work: the rest of "
                                         f"the files go through upload tasks")
         return self.on
-
-
-def _planned(row: FileUpload) -> tuple:
-    return tuple(getattr(row, name) for name in PLANNED_COLUMNS)

@@ -128,6 +128,11 @@ def _upload_once(dest: Destination, row: FileUpload, source_dir: str, follow_sym
 def note_changes(row: FileUpload, size: int, mtime: float) -> None:
     """Record the size and mtime of the file as opened, noting a size changed since the scan, so no
     row keeps a stale size."""
-    if size != row.size:
-        row.note = f"size changed since scan: {row.size} -> {size}"
+    if note := change_note(row.size, size):
+        row.note = note
     row.size, row.mtime = size, mtime
+
+
+def change_note(scanned: int, opened: int) -> str:
+    """The note of a file whose size changed since the scan ("" if it did not)."""
+    return f"size changed since scan: {scanned} -> {opened}" if opened != scanned else ""

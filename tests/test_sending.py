@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from projects.destinations.local import INLINE_BELOW
-from sessions_app import catalog, files, pipeline, sending, starting, uploading
+from sessions_app import catalog, files, pipeline, sending, starting, transferring, uploading
 from sessions_app.files import Outcome
 from sessions_app.models import CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
 from sessions_app.queueing import queue_upload
@@ -189,10 +189,10 @@ def test_a_claim_of_another_session_waits_while_the_plan_is_sending(transactiona
     catalog_id = catalog.open_for(project, project.destination()).pk
     written: list = []
 
-    def write(sent: list, rest: list) -> None:  # the plan's writer, given the part it sent
+    def write(sent: files.Sent, rest: list) -> None:  # the plan's writer, given the part it sent
         # Another session of the project takes the file while it is sent: the catalog does not have it yet.
         queue_upload(project, source / "a.bin")
-        written.append((others_held_off(), [o.status for o in sent], rest))
+        written.append((others_held_off(), sent.column("status"), rest))
         with transaction.atomic():
             files.add_sent(session, sent, catalog_id)
 
@@ -224,7 +224,7 @@ def test_a_session_that_comes_mid_scan_stops_the_sending_and_its_claims_wait_no_
 
     row = functools.partial(planned, session, source)
 
-    def write(sent: list, rest: list) -> None:
+    def write(sent: files.Sent, rest: list) -> None:
         written.append((len(sent), rest, others_held_off()))
 
     sender.send_part([row("a.bin")], "default", write)
@@ -251,8 +251,8 @@ def test_when_the_copier_process_dies_its_part_goes_to_the_upload_tasks_and_noth
 
     row = functools.partial(planned, session, source)
 
-    def write(sent: list, rest: list) -> None:
-        written.append(([o.row.relative_path for o in sent], [r[2] for r in rest]))
+    def write(sent: files.Sent, rest: list) -> None:
+        written.append((sent.column("relative_path"), [r[2] for r in rest]))
 
     sender.send_part([row("a.bin")], "default", write)
     sender.collect()
@@ -286,3 +286,36 @@ def test_rows_made_ready_in_the_scan_thread_go_in_as_made_and_a_re_run_part_skip
     assert sorted(session.files.values_list("relative_path", flat=True)) == sorted(awkward + ["more.bin"])
     assert set(session.files.values_list("status", flat=True)) == {FileStatus.UPLOADED}
     assert CatalogEntry.objects.filter(catalog_id=catalog_id).count() == 5
+
+
+def test_files_the_plan_copied_go_in_uploaded_as_written_noting_a_size_changed_since_the_scan(
+        make_project, source, tmp_path):
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+    session = starting.create_session(project, created_by="test")
+    catalog_id = catalog.open_for(project, project.destination()).pk
+    for name in ("tab\tgrown.bin", "same.bin"):
+        (source / name).write_bytes(b"x")
+    grown = planned(session, source, "tab\tgrown.bin")  # scanned at 1 byte
+    same = planned(session, source, "same.bin")
+    refused = Outcome(FileUpload(session=session, project_id=project.pk, relative_path="gone.bin",
+                                 remote_key="gone.bin", attempts=1, last_error="file not found", error_permanent=True),
+                      FileStatus.FAILED)
+
+    ready = files.sent([refused], "default", copied=[
+        files.Copied(grown, 5, 1234.5, transferring.change_note(1, 5)),
+        files.Copied(same, 1, 99.25, transferring.change_note(1, 1)),
+    ])
+    with transaction.atomic():
+        assert files.add_sent(session, ready, catalog_id, first_run=True) == 3
+
+    rows = {f.relative_path: f for f in session.files.all()}
+    assert (rows["tab\tgrown.bin"].status, rows["tab\tgrown.bin"].size, rows["tab\tgrown.bin"].mtime) == (
+        FileStatus.UPLOADED, 5, 1234.5)
+    assert rows["tab\tgrown.bin"].note == "size changed since scan: 1 -> 5"
+    assert (rows["same.bin"].note, rows["same.bin"].attempts, rows["same.bin"].verify_remote) == ("", 1, False)
+    assert rows["same.bin"].uploaded_at is not None
+    assert (rows["gone.bin"].status, rows["gone.bin"].last_error) == (FileStatus.FAILED, "file not found")
+    session.refresh_from_db()
+    assert (session.found_count, session.uploaded_count, session.failed_count, session.bytes_uploaded) == (3, 2, 1, 6)
+    entries = dict(CatalogEntry.objects.filter(catalog_id=catalog_id).values_list("key", "size"))
+    assert entries == {"tab\tgrown.bin": 5, "same.bin": 1}
