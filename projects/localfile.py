@@ -24,7 +24,7 @@ from projects.walking import identity_of, mtime_of
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in must not hang the open; regular files ignore it.
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 BUFFER = io.DEFAULT_BUFFER_SIZE
 
 
@@ -67,7 +67,7 @@ class LocalFile:
                 raise local_file_error(IsADirectoryError(), path)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise SourceError(f"not a regular file: {path}", permanent=True)
-            # A regular file: O_NONBLOCK (see _FILE_FLAGS) changes nothing for it, so it stays set.
+            # A regular file: O_NONBLOCK (see FILE_FLAGS) changes nothing for it, so it stays set.
         except BaseException:
             os.close(fd)
             raise
@@ -129,16 +129,22 @@ def open_under(root: str, relative_path: str, *, follow_symlinks: bool) -> Local
         return LocalFile.open(path)
     folder, _, name = relative_path.rpartition("/")
     kept = _kept_folders.get()
-    fd = kept.get((root, folder)) if kept is not None else None
-    if fd is None:
-        fd = _open_folder(root, folder, path)
-        if kept is not None:
-            kept[(root, folder)] = fd
+    fd = folder_under(root, folder, path) if kept is not None else _open_folder(root, folder, path)
     try:
-        return LocalFile.of_fd(_step(fd, name, _FILE_FLAGS, path, "the file"), path, name)
+        return LocalFile.of_fd(_step(fd, name, FILE_FLAGS, path, "the file"), path, name)
     finally:
         if kept is None:
             os.close(fd)
+
+
+def folder_under(root: str, folder: str, path: str) -> int:
+    """Within folders_kept(): a descriptor of root/folder, reached without following symlinks, kept
+    open (and closed) by folders_kept(). `path`: the file wanted in it, for messages."""
+    kept = _kept_folders.get()
+    fd = kept.get((root, folder))
+    if fd is None:
+        fd = kept[(root, folder)] = _open_folder(root, folder, path)
+    return fd
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import functools
 import itertools
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
@@ -23,8 +24,8 @@ from projects.destinations.base import (
     temp_prefix,
 )
 from projects.errors import RemoteError
-from projects.localfile import LocalFile, folders_kept, open_under
-from projects.walking import walk_sorted
+from projects.localfile import FILE_FLAGS, LocalFile, folder_under, folders_kept, open_under
+from projects.walking import identity_of, mtime_of, walk_sorted
 
 CHUNK = 1024 * 1024
 INLINE_BELOW = 256 * 1024
@@ -139,19 +140,52 @@ class LocalDestination(Destination):
                    follow_symlinks: bool) -> list[Copied]:
         """Copy files of a source folder, each (relative path, key, device, inode as scanned), with
         the checks of an upload (transferring._upload_once): the file opened is the one scanned, and
-        unchanged until copied. What became of each, in order; never raises for one file."""
+        unchanged until copied. What became of each, in order; never raises for one file. A file
+        the quick way (_copy_quick) does not copy is copied the upload's way, whose checks and
+        errors say why."""
         out = []
         with folders_kept():
-            for path, key, device, inode in items:
-                try:
-                    with open_under(source_dir, path, follow_symlinks=follow_symlinks) as local:
-                        local.check_identity(device, inode)
-                        written = self._write(key, functools.partial(_send, local.fd, size=local.size))
-                        local.check_unchanged()
-                    out.append(Copied(written, local.size, local.mtime))
-                except RemoteError as exc:
-                    out.append(Copied(error=exc.message, permanent=exc.permanent))
+            for item in items:
+                out.append((not follow_symlinks and self._copy_quick(source_dir, *item))
+                           or self._copy_checked(source_dir, item, follow_symlinks))
         return out
+
+    def _copy_quick(self, source_dir: str, path: str, key: str, device: int | None, inode: int | None) -> Copied | None:
+        """A regular file, the one scanned, unchanged while copied and still at its name, copied with
+        few system calls and little Python (a first sync's copies took three times the CPU of a bare
+        loop of the same calls); None for anything else (an error, a check that fails)."""
+        folder, _, name = path.rpartition("/")
+        try:
+            folder_fd = folder_under(source_dir, folder, path)
+            src = os.open(name, FILE_FLAGS, dir_fd=folder_fd)
+        except (OSError, RemoteError):
+            return None
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode) or (inode is not None and identity_of(st) != (device, inode)):
+                return None
+            written = self._write(key, functools.partial(_send, src, size=st.st_size))
+            now, there = os.fstat(src), os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            if (now.st_size, now.st_mtime_ns, there.st_dev, there.st_ino) != (st.st_size, st.st_mtime_ns, st.st_dev,
+                                                                            st.st_ino):
+                return None
+            return Copied(written, st.st_size, mtime_of(st))
+        except (OSError, RemoteError):
+            return None
+        finally:
+            os.close(src)
+
+    def _copy_checked(self, source_dir: str, item: tuple[str, str, int | None, int | None],
+                      follow_symlinks: bool) -> Copied:
+        path, key, device, inode = item
+        try:
+            with open_under(source_dir, path, follow_symlinks=follow_symlinks) as local:
+                local.check_identity(device, inode)
+                written = self._write(key, functools.partial(_send, local.fd, size=local.size))
+                local.check_unchanged()
+            return Copied(written, local.size, local.mtime)
+        except RemoteError as exc:
+            return Copied(error=exc.message, permanent=exc.permanent)
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
         def copy(dst: int) -> int:
