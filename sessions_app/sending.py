@@ -139,14 +139,13 @@ class Sender:
             part.rest.extend(part.small)
             return [], []
         failed, copied = [], []
-        for planned, done in zip(part.small, answers):
-            if done.written is not None:
-                copied.append(files.Copied(planned, done.written, done.mtime,
-                                           transferring.change_note(planned[SIZE_AT], done.size)))
-            elif done.permanent:
+        for planned, (written, size, mtime, error, permanent) in zip(part.small, answers):
+            if written is not None:
+                copied.append(files.Copied(planned, written, mtime, transferring.change_note(planned[SIZE_AT], size)))
+            elif permanent:
                 row = bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), [planned])[0]
                 row.destination, row.attempts = part.destination, 1
-                failed.append(transferring.failed(row, RemoteError(done.error, permanent=True), 1))
+                failed.append(transferring.failed(row, RemoteError(error, permanent=True), 1))
             else:
                 part.rest.append(planned)
         return failed, copied

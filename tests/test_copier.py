@@ -10,7 +10,6 @@ import signal
 import pytest
 
 from projects.copier import Copier, CopierError
-from projects.destinations.local import Copied
 from tests.conftest import wait_for, write_files
 
 
@@ -41,8 +40,7 @@ def test_it_copies_each_file_and_says_what_became_of_it(copier, source, tmp_path
     answer = copier.result()
 
     mtime = round((source / "a.txt").stat().st_mtime, 6)
-    assert answer[0] == Copied(5, 5, mtime)
-    assert answer[1].written == 6 and answer[1].error == ""
+    assert answer == [(5, 5, mtime, "", False), (6, 6, round((source / "sub/b.txt").stat().st_mtime, 6), "", False)]
     assert (dest / "a.txt").read_text() == "alpha" and (dest / "sub" / "b.txt").read_text() == "bravo!"
     assert os.listdir(dest / ".uploader-tmp") == []  # no temporary file left behind
 
@@ -59,10 +57,10 @@ def test_files_it_cannot_copy_are_refused_one_by_one_with_the_reason(copier, sou
     copier.submit(options(dest), str(source), False, asked)
     gone, swapped, ok, blocked = copier.result()
 
-    assert (gone.written, gone.permanent) == (None, True) and "file not found" in gone.error
-    assert (swapped.written, swapped.permanent) == (None, True) and "replaced by another file" in swapped.error
-    assert ok.written == 4
-    assert (blocked.written, blocked.permanent) == (None, True) and "cannot write" in blocked.error
+    assert (gone[0], gone[4]) == (None, True) and "file not found" in gone[3]
+    assert (swapped[0], swapped[4]) == (None, True) and "replaced by another file" in swapped[3]
+    assert ok[:2] == (4, 4)
+    assert (blocked[0], blocked[4]) == (None, True) and "cannot write" in blocked[3]
     assert not (dest / "swapped.txt").exists()
 
 
@@ -78,7 +76,8 @@ def test_a_symlink_swapped_in_for_a_folder_is_not_followed(copier, source, tmp_p
     copier.submit(options(tmp_path / "dest"), str(source), False, asked)
     [refused] = copier.result()
 
-    assert refused.permanent and "is now a symlink" in refused.error
+    written, _, _, error, permanent = refused
+    assert written is None and permanent and "is now a symlink" in error
     assert not (tmp_path / "dest" / "sub" / "a.txt").exists()
 
 
@@ -93,7 +92,7 @@ def test_requests_sent_ahead_are_answered_in_order_without_blocking_either_side(
         copier.submit(options(dest), str(source), False, items(source, *part))
     first, second = copier.result(), copier.result()
 
-    assert [c.written for c in first + second] == [8] * 1500
+    assert [written for written, *_ in first + second] == [8] * 1500
     assert (dest / names[-1]).read_text() == names[-1][-8:]
     assert copier.asked == 0
 
