@@ -291,7 +291,8 @@ class _Writer:
             due = self.saves_skips and time.monotonic() - self.written_at >= COUNT_EVERY_SECONDS
             self._then(self._adopt_and_count, [], skips, skipped_bytes, due)
             return
-        rows = [(self.session.pk, self.session.project_id) + row for row in rows]
+        head = (self.session.pk, self.session.project_id)
+        rows = [head + row for row in rows]
         if self.sender is None:
             self._insert([], rows, adopted, skips, skipped_bytes)
             pending = bool(rows)

@@ -19,6 +19,7 @@ those files again (they are not in the catalog) and they are copied again; none 
 from __future__ import annotations
 
 import logging
+import operator
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ PART_BYTES = 64 * 1024 * 1024
 AHEAD = 2
 SIZE_AT = PLANNED_COLUMNS.index("size")
 VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
-ITEM_AT = [PLANNED_COLUMNS.index(name) for name in ("relative_path", "remote_key", "device", "inode")]
+# A row's item for the copier: (relative path, key, device, inode).
+ITEM = operator.itemgetter(*map(PLANNED_COLUMNS.index, ("relative_path", "remote_key", "device", "inode")))
 
 
 def parts(rows: list[tuple]) -> Iterator[list[tuple]]:
@@ -115,7 +117,7 @@ class Sender:
                 if self._copier is None:
                     self._copier = Copier()
                 self._copier.submit(self.dest.options, self.source_dir, self.follow_symlinks,
-                                    [tuple(r[i] for i in ITEM_AT) for r in small])
+                                    list(map(ITEM, small)))
                 part.asked = True
             except CopierError as exc:
                 self._stop(exc)
