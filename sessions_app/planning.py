@@ -134,6 +134,8 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
     plans = [_Plan(session, t, several, start_uploads) for t in targets]
     if sender is not None and not several:
         plans[0].writer.sender = sender
+        if plans[0].all_new:  # a first sync sends nearly every file: the copier starts while the scan does
+            sender.start()
     try:
         scanned, complete = _plan_batches(session, plans, scan, batch_size)
     finally:
@@ -209,6 +211,7 @@ class _Plan:
             session.append_log("\n".join(head + line for line in notes))
         self.writer = _Writer(session, self.known.pk, start_uploads, target.name, saves_skips=not several)
         trusted = self.mode.trusted and self.known.entries.exists()
+        self.all_new = not trusted  # no entry vouches for a file: every file scanned is planned as new
         self.merge = _Merge(dest, self.known.pk if trusted else None,
                             catalog.in_doubt(project.pk, session.pk), target.names,
                             (session.pk, session.files.filter(destination=target.name)))

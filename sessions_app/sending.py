@@ -86,6 +86,15 @@ class Sender:
         self._ahead: deque[_Part] = deque()  # pipelined: the parts copying while the plan goes on
         self._locked = False
 
+    def start(self) -> None:
+        """Start the copier process now rather than with the first part (its start-up then runs
+        beside the scan's first batch): for a plan that will send most of its files."""
+        if self.on and self._copier is None:
+            try:
+                self._copier = Copier()
+            except CopierError as exc:
+                self._stop(exc)
+
     def send_part(self, rows: list[tuple], destination: str,
                   write: Callable[[files.Sent, list[tuple]], None]) -> bool:
         """Send what it can of a part, then have `write(sent, rest)` write its rows. Pipelined, the
@@ -113,9 +122,9 @@ class Sender:
         small = [r for r in rows if r[SIZE_AT] < self.below and not r[VERIFY_AT]]
         part = _Part(small, [r for r in rows if r[SIZE_AT] >= self.below or r[VERIFY_AT]], destination, write)
         if small:
+            self.start()
+        if small and self._copier is not None:  # else (it could not start) they go to the upload tasks
             try:
-                if self._copier is None:
-                    self._copier = Copier()
                 self._copier.submit(self.dest.options, self.source_dir, self.follow_symlinks,
                                     list(map(ITEM, small)))
                 part.asked = True

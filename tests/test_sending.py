@@ -319,3 +319,30 @@ def test_files_the_plan_copied_go_in_uploaded_as_written_noting_a_size_changed_s
     assert (session.found_count, session.uploaded_count, session.failed_count, session.bytes_uploaded) == (3, 2, 1, 6)
     entries = dict(CatalogEntry.objects.filter(catalog_id=catalog_id).values_list("key", "size"))
     assert entries == {"tab\tgrown.bin": 5, "same.bin": 1}
+
+
+def copier_children() -> int:
+    """Copier processes this test's process started and has not waited for."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+                command = cmdline.read()
+        except OSError:  # gone meanwhile
+            continue
+        count += parent == os.getpid() and b"projects.copier" in command
+    return count
+
+
+def test_a_copier_started_ahead_of_the_first_part_ends_with_the_plan_though_nothing_was_sent(
+        make_project, source, tmp_path):
+    _, _, sender = a_sender(make_project, source, tmp_path, ["a.bin"])
+
+    sender.start()  # a first sync: with the scan, not with the first part
+    assert copier_children() == 1
+    sender.start()  # once
+    assert copier_children() == 1
+    sender.close()  # no part was sent (every file too big, say)
+
+    assert copier_children() == 0

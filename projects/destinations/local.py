@@ -161,7 +161,11 @@ class LocalDestination(Destination):
             if not stat.S_ISREG(st.st_mode) or (inode is not None and identity_of(st) != (device, inode)):
                 return None
             written = self._write(key, functools.partial(_send, src, size=st.st_size))
-            now, there = os.fstat(src), os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            now = os.fstat(src)
+            try:
+                there = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            except FileNotFoundError:  # gone from its name since: what was copied is the file as it was
+                there = st
             if (now.st_size, now.st_mtime_ns, there.st_dev, there.st_ino) != (st.st_size, st.st_mtime_ns, st.st_dev,
                                                                             st.st_ino):
                 return None
