@@ -32,7 +32,7 @@ from projects.errors import RemoteError
 from sessions_app import bulk, catalog, files, shutdown, transferring
 from sessions_app.files import PLANNED_COLUMNS, Outcome
 from sessions_app.recorder import Recorder
-from sessions_app.models import FileStatus, FileUpload, SyncSession
+from sessions_app.models import FileUpload, SyncSession
 
 log = logging.getLogger(__name__)
 
