@@ -146,7 +146,8 @@ class LocalDestination(Destination):
                            or self._copy_checked(source_dir, item, follow_symlinks))
         return out
 
-    def _copy_quick(self, source_dir: str, path: str, key: str, device: int | None, inode: int | None) -> Copied | None:
+    def _copy_quick(self, source_dir: str, path: str, key: str, device: int | None,
+                    inode: int | None) -> Copied | None:
         """A regular file, the one scanned, unchanged while copied and still at its name, copied with
         few system calls and little Python (a first sync's copies took three times the CPU of a bare
         loop of the same calls); None for anything else (an error, a check that fails)."""
@@ -166,8 +167,8 @@ class LocalDestination(Destination):
                 there = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
             except FileNotFoundError:  # gone from its name since: what was copied is the file as it was
                 there = st
-            if (now.st_size, now.st_mtime_ns, there.st_dev, there.st_ino) != (st.st_size, st.st_mtime_ns, st.st_dev,
-                                                                            st.st_ino):
+            changed = (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns)
+            if changed or (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
                 return None
             return written, st.st_size, mtime_of(st), "", False
         except (OSError, RemoteError):
