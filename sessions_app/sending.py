@@ -8,7 +8,9 @@ of its last part are committed; a claim of another session of the project takes 
 exclusively (catalog.lock_project), so it waits, then sees the rows and catalog entries. The
 files are copied by a child process (projects/copier.py); while it copies a part, the plan goes
 on and a recorder thread writes the rows of the part before. On SQLite a part is copied inside
-the transaction that writes its rows (IMMEDIATE: no other writer meanwhile). While
+the transaction that writes its rows (IMMEDIATE: no other writer meanwhile); one transaction
+takes the parts of up to HOLD_SECONDS, so that while a part is copying, the one before is
+written (another writer waits that long at most, against the 30 s SQLite timeout). While
 another session of the project runs, or ran since this one began, nothing is sent this way (a
 look before each part): the rows go pending and the claims sort it out (files.claim).
 
@@ -20,11 +22,14 @@ from __future__ import annotations
 
 import logging
 import operator
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.db import connection, transaction
+from django.db.transaction import Atomic
 
 from projects.copier import Copier, CopierError
 from projects.destinations import Destination
@@ -41,6 +46,7 @@ PART_BYTES = 64 * 1024 * 1024
 # Parts handed to the copier before the first of them is collected, and part writes queued for
 # the recorder thread: each side has the next one at hand when it is quicker for a moment.
 AHEAD = 2
+HOLD_SECONDS = 0.5  # SQLite: how long one transaction takes parts in (see above)
 SIZE_AT = PLANNED_COLUMNS.index("size")
 VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
 # A row's item for the copier: (relative path, key, device, inode).
@@ -85,6 +91,9 @@ class Sender:
         self._copier: Copier | None = None
         self._ahead: deque[_Part] = deque()  # pipelined: the parts copying while the plan goes on
         self._locked = False
+        self._held: Atomic | None = None  # SQLite: the transaction the parts go in, while open
+        self._held_since = 0.0
+        self._copying: _Part | None = None  # SQLite: the part copying, written with the next one
 
     def start(self) -> None:
         """Start the copier process now rather than with the first part (its start-up then runs
@@ -106,15 +115,49 @@ class Sender:
             while len(self._ahead) > AHEAD:
                 self._finish(self._ahead.popleft())
             return bool(part.rest)
-        with transaction.atomic():
-            part = self._start(rows, destination, write)
-            self._finish(part)
+        if self._held is None and self.on:
+            self._held, self._held_since = transaction.atomic(), time.monotonic()
+            self._held.__enter__()
+        part = self._start(rows, destination, write)
+        if self._held is None:  # nothing is sent (any more): the part in a transaction of its own
+            with transaction.atomic():
+                self._finish(part)
+            return bool(part.rest)
+        with self._rolled_back_on_error():
+            if self._copying is not None:
+                self._finish(self._copying)  # written while this part copies
+            self._copying = part
+        if time.monotonic() - self._held_since >= HOLD_SECONDS:
+            self._commit()
         return bool(part.rest)
 
     def collect(self) -> None:
-        """Pipelined: the parts copying, copied and handed to the recorder thread to write."""
+        """The parts copying, copied and written: pipelined, handed to the recorder thread to
+        write; on SQLite, written and committed."""
         while self._ahead:
             self._finish(self._ahead.popleft())
+        if self._held is not None:
+            self._commit()
+
+    def _commit(self) -> None:
+        """SQLite: write the part copying and commit the parts' transaction."""
+        with self._rolled_back_on_error():
+            if self._copying is not None:
+                part, self._copying = self._copying, None
+                self._finish(part)
+        held, self._held = self._held, None
+        held.__exit__(None, None, None)
+
+    @contextmanager
+    def _rolled_back_on_error(self) -> Iterator[None]:
+        """SQLite: an error ends the parts' transaction (rolled back) as it goes up."""
+        try:
+            yield
+        except BaseException as exc:
+            held, self._held, self._copying = self._held, None, None
+            if held is not None:
+                held.__exit__(type(exc), exc, exc.__traceback__)
+            raise
 
     def _start(self, rows: list[tuple], destination: str, write: Callable[..., None]) -> _Part:
         if not self.on or not rows or not self._alone():

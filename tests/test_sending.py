@@ -346,3 +346,22 @@ def test_a_copier_started_ahead_of_the_first_part_ends_with_the_plan_though_noth
     sender.close()  # no part was sent (every file too big, say)
 
     assert copier_children() == 0
+
+
+def test_an_error_writing_a_part_comes_out_of_the_sender_and_leaves_no_transaction_open(
+        transactional_db, make_project, source, tmp_path):
+    _, session, sender = a_sender(make_project, source, tmp_path, ["a.bin", "b.bin"])
+    row = functools.partial(planned, session, source)
+
+    def write(sent: files.Sent, rest: list) -> None:
+        raise RuntimeError("the part's rows could not be written")
+
+    with pytest.raises(RuntimeError, match="could not be written"):
+        sender.send_part([row("a.bin")], "default", write)
+        sender.send_part([row("b.bin")], "default", write)  # SQLite: a's rows are written while b copies
+        sender.close()  # PostgreSQL: the recorder thread's error comes out here
+    sender.close()
+
+    assert not connection.in_atomic_block
+    assert not others_held_off()  # nothing holds the database (SQLite) or the sending lock (PostgreSQL)
+    assert not session.files.exists()
