@@ -108,8 +108,9 @@ class Sender:
                   write: Callable[[files.Sent, list[tuple]], None]) -> bool:
         """Send what it can of a part, then have `write(sent, rest)` write its rows. Pipelined, the
         part is copying when this returns, and its rows are written (by the recorder thread) once
-        AHEAD more parts are handed over, or at collect() or close(); else it is copied and written
-        here, in one transaction. True if rows are left for the upload tasks (so far)."""
+        AHEAD more parts are handed over, or at collect() or close(). On SQLite it is written at the
+        next part's call, while that one copies, in a transaction of up to HOLD_SECONDS of parts (or
+        at collect() or close()). True if rows are left for the upload tasks (so far)."""
         if self.pipelined:
             self._ahead.append(part := self._start(rows, destination, write))
             while len(self._ahead) > AHEAD:
@@ -118,7 +119,8 @@ class Sender:
         if self._held is None and self.on:
             self._held, self._held_since = transaction.atomic(), time.monotonic()
             self._held.__enter__()
-        part = self._start(rows, destination, write)
+        with self._rolled_back_on_error():
+            part = self._start(rows, destination, write)
         if self._held is None:  # nothing is sent (any more): the part in a transaction of its own
             with transaction.atomic():
                 self._finish(part)
