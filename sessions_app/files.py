@@ -165,9 +165,12 @@ def _aggregates(rows: QuerySet[FileUpload]) -> dict[str, Any]:
     )
 
 
-def counts(session: SyncSession) -> dict[str, int]:
-    """The counters as the rows say, plus the files skipped without a row."""
-    return _with_unstored(_summed(_by_destination(session).values()), *_session_skips(session))
+def counts(session: SyncSession, by_destination: dict[str, dict[str, Any]] | None = None) -> dict[str, int]:
+    """The counters as the rows say (`by_destination`, if the caller has them), plus the files
+    skipped without a row."""
+    by_destination = _by_destination(session) if by_destination is None else by_destination
+    skips, skipped_bytes = SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
+    return _with_unstored(_summed(by_destination.values()), skips, skipped_bytes)
 
 
 def _by_destination(session: SyncSession) -> dict[str, dict[str, Any]]:
@@ -178,10 +181,6 @@ def _by_destination(session: SyncSession) -> dict[str, dict[str, Any]]:
 
 def _summed(groups: Iterable[dict[str, Any]]) -> dict[str, int]:
     return {name: sum(group.get(name) or 0 for group in groups) for name in COUNTERS}
-
-
-def _session_skips(session: SyncSession) -> tuple[dict[str, int], int]:
-    return SyncSession.objects.values_list("skips", "skipped_bytes").get(pk=session.pk)
 
 
 def _with_unstored(agg: dict[str, Any], skips: dict[str, int], skipped_bytes: int) -> dict[str, int]:
@@ -197,7 +196,7 @@ def recount(session: SyncSession) -> None:
     """Set the counters to what the rows say (and on the instance), the session's and each of its
     destinations' (one pass over the rows for both)."""
     by_name = _by_destination(session)
-    fields = _with_unstored(_summed(by_name.values()), *_session_skips(session))
+    fields = counts(session, by_name)
     SyncSession.objects.filter(pk=session.pk).update(**fields)
     for name, value in fields.items():
         setattr(session, name, value)
@@ -251,6 +250,7 @@ def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUp
 
 PLANNED_COLUMNS = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "device", "inode",
                    "verify_remote")
+SIZE_AT, DEVICE_AT, VERIFY_AT = (PLANNED_COLUMNS.index(name) for name in ("size", "device", "verify_remote"))
 
 
 def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool = False,
@@ -270,7 +270,6 @@ def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool 
 
 SENT_COLUMNS = PLANNED_COLUMNS + ("destination", "status", "attempts", "uploaded_at", "checksum", "remote_id",
                                   "note", "last_error", "error_permanent", "skip_reason")
-_SIZE_AT, _DEVICE_AT, _VERIFY_AT = (PLANNED_COLUMNS.index(name) for name in ("size", "device", "verify_remote"))
 
 
 @dataclass
@@ -313,7 +312,7 @@ def sent(outcomes: Sequence[Outcome], destination: str = "default", *, copied: S
     if copied:
         check(NEW, UPLOADED)
         tail = (destination, UPLOADED, 1, timezone.now(), "", "")
-        rows.extend(p[:_SIZE_AT] + (size, mtime) + p[_DEVICE_AT:_VERIFY_AT] + (False,) + tail + (note, "", False, "")
+        rows.extend(p[:SIZE_AT] + (size, mtime) + p[DEVICE_AT:VERIFY_AT] + (False,) + tail + (note, "", False, "")
                     for p, size, mtime, note in copied)
     return Sent(rows, bulk.encoded(FileUpload, SENT_COLUMNS, rows))
 

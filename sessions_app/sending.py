@@ -35,7 +35,7 @@ from projects.copier import Copier, CopierError
 from projects.destinations import Destination
 from projects.errors import RemoteError
 from sessions_app import bulk, catalog, files, shutdown, transferring
-from sessions_app.files import PLANNED_COLUMNS, Outcome
+from sessions_app.files import PLANNED_COLUMNS, SIZE_AT, VERIFY_AT, Outcome
 from sessions_app.recorder import Recorder
 from sessions_app.models import FileUpload, SyncSession
 
@@ -47,8 +47,6 @@ PART_BYTES = 64 * 1024 * 1024
 # the recorder thread: each side has the next one at hand when it is quicker for a moment.
 AHEAD = 2
 HOLD_SECONDS = 0.5  # SQLite: how long one transaction takes parts in (see above)
-SIZE_AT = PLANNED_COLUMNS.index("size")
-VERIFY_AT = PLANNED_COLUMNS.index("verify_remote")
 # A row's item for the copier: (relative path, key, device, inode).
 ITEM = operator.itemgetter(*map(PLANNED_COLUMNS.index, ("relative_path", "remote_key", "device", "inode")))
 
