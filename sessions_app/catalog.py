@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from projects.destinations import Destination, RemoteObject
@@ -231,6 +231,8 @@ class _Writes:
 
     def flush(self) -> None:
         with transaction.atomic():
+            if self.puts:
+                hold(self.catalog.pk)
             bulk.upsert_tuples(CatalogEntry, ("catalog_id", "key", "size", "mtime", "session_id", "arrived_at"),
                                self.puts, unique=("catalog_id", "key"), update=("size", "mtime"))
             CatalogEntry.objects.filter(catalog=self.catalog, key__in=self.drops).delete()
@@ -259,9 +261,18 @@ def note_source(catalog: Catalog, source_dir: str) -> None:
 # -- writes as files are planned and uploaded ----------------------------------------------------------
 
 
+def hold(catalog_id: int) -> None:
+    """Before entries go in (inside their transaction): the catalog's project's row, held, so that
+    no deletion of the project leaves them behind (projects.models.ProjectQuerySet)."""
+    Project.objects.filter(pk=Subquery(Catalog.objects.filter(pk=catalog_id).values("project_id"))).hold()
+
+
 def adopt(catalog_id: int, session_id: int, found: Sequence[tuple[str, str, int, float]]) -> None:
     """(key, relative_path, size, mtime) of source files the plan found at the destination already:
     their entries vouch for them from now on. Call inside the batch's transaction."""
+    if not found:
+        return
+    hold(catalog_id)
     now = timezone.now()
     rows = [(catalog_id, key, "" if path == key else path, size, mtime, session_id, now)
             for key, path, size, mtime in found]
@@ -289,10 +300,12 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload], *, inse
         if inserted_after is not None:
             _record_from_rows(catalog_id, session_id, "f.session_id = %s AND f.id > %s AND " + _ARRIVED_SQL,
                               [session_id, inserted_after])
-        else:
-            _record_from_rows(catalog_id, session_id, "f.id = ANY(%s)", [[r.pk for r in rows if arrives(r)]])
+        elif ids := [r.pk for r in rows if arrives(r)]:
+            _record_from_rows(catalog_id, session_id, "f.id = ANY(%s)", [ids])
         return
     arrived = [r for r in rows if arrives(r)]
+    if arrived:
+        hold(catalog_id)
     now = timezone.now()
     tuples = [
         (catalog_id, r.remote_key, "" if r.relative_path == r.remote_key else r.relative_path, r.size, r.mtime,
@@ -306,8 +319,7 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload], *, inse
 def _record_from_rows(catalog_id: int, session_id: int, where: str, params: list) -> None:
     """The entries made by the database from the rows just written (same transaction) that `where`
     picks: no value of a row crosses to the database a second time (a first sync writes 200,000)."""
-    if params == [[]]:
-        return
+    hold(catalog_id)
     qn = connection.ops.quote_name
     entry, row = qn(CatalogEntry._meta.db_table), qn(FileUpload._meta.db_table)
     updates = ", ".join(f"{qn(name)} = EXCLUDED.{qn(name)}" for name in ARRIVAL_FIELDS)

@@ -41,6 +41,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from projects.models import Project
 from sessions_app import bulk, catalog
 from sessions_app.errors import TransitionError
 from sessions_app.models import SessionStatus, FileStatus, FileUpload, SessionDestination, SyncSession, Throughput
@@ -101,6 +102,12 @@ def _bump(session_id: int, changes: dict[str, int], destination: str | None = No
         SyncSession.objects.filter(pk=session_id).update(**updates, **fields)
     if destination is not None and updates:
         SessionDestination.objects.filter(session_id=session_id, name=destination).update(**updates)
+
+
+def hold(session: SyncSession) -> None:
+    """Before a session's rows go in (inside their transaction): its project's row, held, so that
+    no deletion of it or of the session leaves them behind (projects.models.ProjectQuerySet)."""
+    Project.objects.filter(pk=session.project_id).hold()
 
 
 def open_destinations(session: SyncSession, identities: dict[str, str]) -> None:
@@ -241,6 +248,7 @@ def add_planned(session: SyncSession, rows: Sequence[FileUpload]) -> list[FileUp
         if row.status not in (PENDING, SKIPPED):  # a settled row goes in only as sent (add_sent)
             raise TransitionError(f"a planned file is pending or skipped, not {row.status}")
     with transaction.atomic():
+        hold(session)
         new = bulk.insert_new(FileUpload, rows, ("session_id", "destination", "relative_path"))
         pending = sum(1 for r in new if r.status == PENDING)
         _bump(session.pk, {"found_count": len(new), "pending_count": pending, "skipped_count": len(new) - pending,
@@ -262,6 +270,7 @@ def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool 
     columns = PLANNED_COLUMNS
     if destination is not None:  # the rows of that destination (else of the one, "default")
         columns, rows = columns + ("destination",), [row + (destination,) for row in rows]
+    hold(session)
     inserted = bulk.insert_tuples(FileUpload, columns, rows, new=first_run)
     _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)},
           destination)
@@ -328,6 +337,7 @@ def add_sent(session: SyncSession, outcomes: Sequence[Outcome] | Sent, catalog_i
     rows = ready.rows
     if not rows:
         return 0
+    hold(session)
     after = bulk.id_floor(FileUpload)
     inserted = bulk.insert_tuples(FileUpload, SENT_COLUMNS, rows, new=first_run, text=ready.text)
     sizes, statuses = ready.column("size"), ready.column("status")
@@ -354,6 +364,7 @@ def add_refused(session: SyncSession, rows: Sequence[tuple[str, str, int, float,
                        destination=destination)
             for path, key, size, mtime, why in rows]
     with transaction.atomic():
+        hold(session)
         new = bulk.insert_new(FileUpload, objs, ("session_id", "destination", "relative_path"))
         _bump(session.pk, {"found_count": len(new), "failed_count": len(new), "bytes_total": sum(r.size for r in new)},
               destination)
@@ -405,6 +416,7 @@ def admit_one(session: SyncSession, **fields: Any) -> FileUpload:
     """A new pending row for one file of the upload queue. Call inside the transaction that
     took lock() and made the checks the lock protects (the queue's limit)."""
     row = FileUpload(session=session, project_id=session.project_id, status=PENDING, **fields)
+    hold(session)
     row.save(force_insert=True)
     _bump(session.pk, {"found_count": 1, "pending_count": 1, "bytes_total": row.size})
     return row
@@ -417,6 +429,7 @@ def add_receiving(session: SyncSession, rows: Sequence[FileUpload]) -> list[File
         if row.status != RECEIVING:
             raise TransitionError(f"a manifest's file starts receiving, not {row.status}")
     with transaction.atomic():
+        hold(session)
         new = FileUpload.objects.bulk_create(rows, batch_size=1000)
         _bump(session.pk, {"found_count": len(new), "pending_count": len(new),
                            "bytes_total": sum(r.size for r in new)})
@@ -528,6 +541,8 @@ def record(session: SyncSession, outcomes: Sequence[Outcome], catalog_id: int | 
         o.row.status, o.row.claim_token, o.row.verify_remote = o.status, None, False
         rows.append(o.row)
     with transaction.atomic():
+        if catalog_id is not None:  # before the rows' locks: a deletion waiting for it holds the project's
+            hold(session)
         done = [by_pk[pk] for pk in bulk.update_fields(FileUpload, rows, OUTCOME_FIELDS, where={"status": UPLOADING})]
         changes: Counter[str] = Counter()
         for status, n in Counter(o.status for o in done).items():

@@ -4,7 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -74,7 +74,21 @@ class Counters(models.Model):
         return min(100.0, 100.0 * self.settled_count / self.found_count)
 
 
+class SyncSessionQuerySet(models.QuerySet):
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Under their projects' rows' lock: no file row of theirs is being written meanwhile
+        (projects.models.ProjectQuerySet)."""
+        with transaction.atomic(using=self.db):
+            Project.objects.filter(pk__in=self.values("project_id")).lock_for_delete()
+            return super().delete()
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
+
 class SyncSession(Counters):
+    objects = SyncSessionQuerySet.as_manager()
+
     class Kind(models.TextChoices):
         SYNC = "sync", "Folder sync"
         STREAM = "stream", "Upload queue"
@@ -123,6 +137,12 @@ class SyncSession(Counters):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.project.name} ({self.status})"
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Under its project's row's lock (SyncSessionQuerySet.delete)."""
+        with transaction.atomic():
+            Project.objects.filter(pk=self.project_id).lock_for_delete()
+            return super().delete(*args, **kwargs)
 
     # -- guarded transitions -------------------------------------------------------------------
     def _move(self, allowed: tuple[str, ...], status: str, **fields: Any) -> bool:
@@ -231,10 +251,12 @@ class SyncSession(Counters):
 class FileUpload(models.Model):
     # No index of its own: file_session_status and unique_file_per_session begin with it. Every index
     # is written three times per file (insert, claim, outcome).
-    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files", db_index=False)
-    # The session's project, copied onto the row for the project's queries. No database constraint:
-    # the session's own keeps the row honest, and a check per row at each commit was a fifth of a
-    # first sync's database time (Django's delete still cascades).
+    # No database constraint either: a check per row at each commit; the project's row is held
+    # instead (projects.models.ProjectQuerySet).
+    session = models.ForeignKey(SyncSession, on_delete=models.CASCADE, related_name="files", db_index=False,
+                                db_constraint=False)
+    # The session's project, copied onto the row for the project's queries. No database constraint
+    # (see `session`; Django's delete still cascades).
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="files", db_constraint=False)
     relative_path = models.CharField(max_length=4096)
     # The project destination (by name) this row sends the file to: one row per file and destination.
@@ -378,7 +400,9 @@ class CatalogEntry(models.Model):
     vouches for (found there, or changed there behind our back): no source file was compared."""
 
     # No index of its own: the unique (catalog, key) index serves every lookup by catalog.
-    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="entries", db_index=False)
+    # No database constraint: the project's row is held instead (projects.models.ProjectQuerySet).
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="entries", db_index=False,
+                                db_constraint=False)
     # On PostgreSQL the column sorts bytewise (COLLATE "C", see migration 0003): the order the scan
     # and every listing yield keys in, which the plan's merge relies on.
     key = models.CharField(max_length=4096)
