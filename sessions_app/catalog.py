@@ -339,11 +339,25 @@ def _record_from_rows(catalog_id: int, session_id: int, where: str, params: list
 def others_since(session: SyncSession) -> list[SyncSession]:
     """Other sessions of the project running now, or that ended after this one began: they may
     have uploaded (or be uploading) files this one planned."""
-    return list(
-        SyncSession.objects.filter(project_id=session.project_id)
-        .filter(Q(status__in=ACTIVE_STATUSES) | Q(finished_at__gte=session.created_at))
-        .exclude(pk=session.pk).only("pk", "status")
-    )
+    return list(_others_since(session).only("pk", "status"))
+
+
+def _others_since(session: SyncSession) -> QuerySet[SyncSession]:
+    return (SyncSession.objects.filter(project_id=session.project_id)
+            .filter(Q(status__in=ACTIVE_STATUSES) | Q(finished_at__gte=session.created_at)).exclude(pk=session.pk))
+
+
+class OthersSince:
+    """others_since(session) asked again and again (before each part a plan sends): its SQL made
+    once, the ids of those sessions each time (the query's making was most of each look)."""
+
+    def __init__(self, session: SyncSession):
+        self.sql, self.params = _others_since(session).values_list("pk", flat=True).query.sql_with_params()
+
+    def __call__(self) -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, self.params)
+            return [pk for pk, in cursor.fetchall()]
 
 
 SENDING_LOCKS = 0x5E4D  # PostgreSQL advisory locks (this, a session's id): a plan sending files (sending.py)

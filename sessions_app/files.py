@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet, Sum
@@ -297,13 +297,10 @@ class Sent:
         return [row[at] for row in self.rows]
 
 
-class Copied(NamedTuple):
-    """A file the plan copied: its planned row (PLANNED_COLUMNS) and what was written."""
-
-    planned: tuple
-    size: int  # bytes written
-    mtime: float  # of the file as opened
-    note: str  # transferring.change_note
+# A file the plan copied: (its planned row (PLANNED_COLUMNS), bytes written, mtime of the file as
+# opened, transferring.change_note). A plain tuple: a named one cost 0.3 s of the scan's thread to
+# make for a first sync's 200,000 files.
+Copied = tuple[tuple, int, float, str]
 
 
 def sent(outcomes: Sequence[Outcome], destination: str = "default", *, copied: Sequence[Copied] = ()) -> Sent:

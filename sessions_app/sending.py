@@ -89,6 +89,7 @@ class Sender:
         self._copier: Copier | None = None
         self._ahead: deque[_Part] = deque()  # pipelined: the parts copying while the plan goes on
         self._locked = False
+        self._others: catalog.OthersSince | None = None  # pipelined: the look for other sessions
         self._held: Atomic | None = None  # SQLite: the transaction the parts go in, while open
         self._held_since = 0.0
         self._copying: _Part | None = None  # SQLite: the part copying, written with the next one
@@ -195,7 +196,7 @@ class Sender:
         failed, copied = [], []
         for planned, (written, size, mtime, error, permanent) in zip(part.small, answers):
             if written is not None:
-                copied.append(files.Copied(planned, written, mtime, transferring.change_note(planned[SIZE_AT], size)))
+                copied.append((planned, written, mtime, transferring.change_note(planned[SIZE_AT], size)))
             elif permanent:
                 row = bulk.unsaved(FileUpload, list(PLANNED_COLUMNS), [planned])[0]
                 row.destination, row.attempts = part.destination, 1
@@ -255,13 +256,14 @@ class Sender:
                     cursor.execute("SELECT pg_advisory_lock_shared(%s, %s)", [catalog.SENDING_LOCKS, self.session.pk])
                 self._locked = True
                 self._recorder = Recorder(f"plan-{self.session.pk}", depth=AHEAD)
-            others = catalog.others_since(self.session)
+                self._others = catalog.OthersSince(self.session)
+            others = self._others()
         else:
-            others = catalog.lock_project(self.session)
+            others = [other.pk for other in catalog.lock_project(self.session)]
         if others or shutdown.requested():
             self.on = False
             self._let_go()
             if others:
-                self.session.append_log(f"another session of the project ({others[0].pk}) is at work: the rest of "
+                self.session.append_log(f"another session of the project ({others[0]}) is at work: the rest of "
                                         f"the files go through upload tasks")
         return self.on

@@ -302,8 +302,8 @@ def test_files_the_plan_copied_go_in_uploaded_as_written_noting_a_size_changed_s
                       FileStatus.FAILED)
 
     ready = files.sent([refused], "default", copied=[
-        files.Copied(grown, 5, 1234.5, transferring.change_note(1, 5)),
-        files.Copied(same, 1, 99.25, transferring.change_note(1, 1)),
+        (grown, 5, 1234.5, transferring.change_note(1, 5)),
+        (same, 1, 99.25, transferring.change_note(1, 1)),
     ])
     with transaction.atomic():
         assert files.add_sent(session, ready, catalog_id, first_run=True) == 3
