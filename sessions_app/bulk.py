@@ -10,6 +10,7 @@ exact even when a re-run scan inserts a row twice or a row moved on before its o
 from __future__ import annotations
 
 import io
+import operator
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -240,8 +241,8 @@ def upsert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
     if not rows:
         return
     meta, qn = model._meta, connection.ops.quote_name
-    at = [list(columns).index(name) for name in unique]
-    rows = list({tuple(row[i] for i in at): row for row in rows}.values())
+    key = operator.itemgetter(*[list(columns).index(name) for name in unique])
+    rows = list({key(row): row for row in rows}.values())
     rest, defaults = _defaults(model, columns)
     fields = [meta.get_field(c) for c in columns] + rest
     names = ", ".join(qn(f.column) for f in fields)

@@ -17,6 +17,7 @@ when it must (see planning.py).
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -39,6 +40,9 @@ WRITE_BATCH = 5000
 SAMPLES = 20  # keys named in a session log per kind of finding
 SKIP_ARRIVED = "uploaded meanwhile"
 ARRIVAL_FIELDS = ("relative_path", "size", "mtime", "checksum", "remote_id", "session_id", "arrived_at")
+# The fields of a file row an entry takes (record_arrivals), in its order.
+ARRIVAL = ("remote_key", "relative_path", "size", "mtime", "checksum", "remote_id", "uploaded_at")
+_arrival = operator.attrgetter(*ARRIVAL)
 
 
 class Known(NamedTuple):
@@ -282,9 +286,14 @@ def adopt(catalog_id: int, session_id: int, found: Sequence[tuple[str, str, int,
 
 
 def arrives(row: FileUpload) -> bool:
-    """Is the row, as its transfer left it, an object now at the destination? (A remote's
-    "duplicate" answer means it has the file: as good as an upload of ours.)"""
-    return row.status == FileStatus.UPLOADED or (row.status == FileStatus.SKIPPED and row.skip_reason == "duplicate")
+    """Is the row, as its transfer left it, an object now at the destination?"""
+    return arrives_as(row.status, row.skip_reason)
+
+
+def arrives_as(status: str, skip_reason: str) -> bool:
+    """arrives() of a row with this status and skip reason. (A remote's "duplicate" answer means
+    it has the file: as good as an upload of ours.)"""
+    return status == FileStatus.UPLOADED or (status == FileStatus.SKIPPED and skip_reason == "duplicate")
 
 
 # arrives(), for the database (PostgreSQL's entries are made from the rows).
@@ -303,15 +312,17 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload], *, inse
         elif ids := [r.pk for r in rows if arrives(r)]:
             _record_from_rows(catalog_id, session_id, "f.id = ANY(%s)", [ids])
         return
-    arrived = [r for r in rows if arrives(r)]
-    if arrived:
-        hold(catalog_id)
+    record_arrivals(catalog_id, session_id, [_arrival(r) for r in rows if arrives(r)])
+
+
+def record_arrivals(catalog_id: int, session_id: int, arrivals: Sequence[tuple]) -> None:
+    """record() of rows given as their ARRIVAL values (files.Sent.arrivals: no instances)."""
+    if not arrivals:
+        return
+    hold(catalog_id)
     now = timezone.now()
-    tuples = [
-        (catalog_id, r.remote_key, "" if r.relative_path == r.remote_key else r.relative_path, r.size, r.mtime,
-         r.checksum, r.remote_id, session_id, r.uploaded_at or now)
-        for r in arrived
-    ]
+    tuples = [(catalog_id, key, "" if path == key else path, size, mtime, checksum, remote_id, session_id, at or now)
+              for key, path, size, mtime, checksum, remote_id, at in arrivals]
     bulk.upsert_tuples(CatalogEntry, ("catalog_id", "key") + ARRIVAL_FIELDS, tuples, unique=("catalog_id", "key"),
                        update=ARRIVAL_FIELDS)
 

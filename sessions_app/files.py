@@ -30,6 +30,7 @@ session's (which are the totals over the destinations).
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -281,6 +282,10 @@ SENT_COLUMNS = PLANNED_COLUMNS + ("destination", "status", "attempts", "uploaded
                                   "note", "last_error", "error_permanent", "skip_reason")
 
 
+_SENT_OUTCOME = operator.itemgetter(*map(SENT_COLUMNS.index, ("status", "skip_reason")))
+_SENT_ARRIVAL = operator.itemgetter(*map(SENT_COLUMNS.index, catalog.ARRIVAL))
+
+
 @dataclass
 class Sent:
     """The rows of files the plan sent, made ready to insert (`sent()`), where the files were sent:
@@ -295,6 +300,11 @@ class Sent:
     def column(self, name: str) -> list:
         at = SENT_COLUMNS.index(name)
         return [row[at] for row in self.rows]
+
+    def arrivals(self) -> list[tuple]:
+        """Of the rows whose objects arrived, what their catalog entries take (catalog.record_arrivals)."""
+        outcome, arrival = _SENT_OUTCOME, _SENT_ARRIVAL
+        return [arrival(row) for row in self.rows if catalog.arrives_as(*outcome(row))]
 
 
 # A file the plan copied: (its planned row (PLANNED_COLUMNS), bytes written, mtime of the file as
@@ -317,7 +327,8 @@ def sent(outcomes: Sequence[Outcome], destination: str = "default", *, copied: S
                      r.last_error, r.error_permanent, r.skip_reason))
     if copied:
         check(NEW, UPLOADED)
-        tail = (destination, UPLOADED, 1, timezone.now(), "", "")
+        # Adapted for the database once for the part, not by the driver once per row (SQLite).
+        tail = (destination, UPLOADED, 1, connection.ops.adapt_datetimefield_value(timezone.now()), "", "")
         rows.extend(p[:SIZE_AT] + (size, mtime) + p[DEVICE_AT:VERIFY_AT] + (False,) + tail + (note, "", False, "")
                     for p, size, mtime, note in copied)
     return Sent(rows, bulk.encoded(FileUpload, SENT_COLUMNS, rows))
@@ -346,8 +357,10 @@ def add_sent(session: SyncSession, outcomes: Sequence[Outcome] | Sent, catalog_i
     _bump(session.pk, changes if inserted == len(rows) else {}, destination, heartbeat_at=now)
     _tally(session.project_id, now, changes)
     # Where the ids are known (PostgreSQL), the database makes the entries from the rows just inserted.
-    arrived = [] if after is not None else bulk.unsaved(FileUpload, list(SENT_COLUMNS), rows)
-    catalog.record(catalog_id, session.pk, arrived, inserted_after=after)
+    if after is not None:
+        catalog.record(catalog_id, session.pk, [], inserted_after=after)
+    else:
+        catalog.record_arrivals(catalog_id, session.pk, ready.arrivals())
     return inserted
 
 
