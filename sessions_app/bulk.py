@@ -10,6 +10,7 @@ exact even when a re-run scan inserts a row twice or a row moved on before its o
 from __future__ import annotations
 
 import io
+import math
 import operator
 import zlib
 from collections.abc import Sequence
@@ -166,10 +167,27 @@ def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Seque
         if connection.vendor == "postgresql":
             return _copy_ignoring_existing(cursor, meta.db_table, names, text)
         head = connection.ops.insert_statement(on_conflict=OnConflict.IGNORE)
-        marks = ", ".join(["%s"] * (len(columns) + len(rest)))
-        tail = tuple(defaults)
-        cursor.executemany(f"{head} {table} ({names}) VALUES ({marks})", [row + tail for row in rows])
+        # The defaults as literals where they can be: the same for every row, they are neither
+        # added to each row's tuple nor bound once per row (a third of a SQLite part's insert).
+        literals = [_sql_literal(v) for v in defaults]
+        bound = tuple(v for v, literal in zip(defaults, literals) if literal is None)
+        marks = ", ".join(["%s"] * len(columns) + [literal or "%s" for literal in literals])
+        values = rows if not bound else [row + bound for row in rows]
+        cursor.executemany(f"{head} {table} ({names}) VALUES ({marks})", values)
         return cursor.rowcount
+
+
+def _sql_literal(value: Any) -> str | None:
+    """A constant as SQL (None if it has to be bound): a number, a boolean, NULL or plain text."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    if type(value) is str and value.isprintable() and "%" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    return None
 
 
 def _copy_text_of(rows: Sequence[tuple], defaults: list[Any]) -> str:

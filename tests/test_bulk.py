@@ -40,3 +40,18 @@ def test_a_value_holding_nul_stays_in_its_own_row():
     # Joined by NUL to be escaped at once, such a column would shift every value after it.
     text = bulk._copy_text_of([("a\0b", 1), ("c", 2)], ["x"])
     assert text.split("\n") == ["a\0b\t1\tx", "c\t2\tx", ""]
+
+
+def test_constant_defaults_written_as_sql_literals_read_back_as_given():
+    import sqlite3
+
+    values = [None, True, False, 0, -7, 2**62, 1.5, "", "it's", "naïve ünïcode"]
+    db = sqlite3.connect(":memory:")
+    for value in values:
+        literal = bulk._sql_literal(value)
+        assert literal is not None
+        (got,) = db.execute(f"SELECT {literal}").fetchone()
+        assert got == value
+    # What could not be a plain literal is bound instead.
+    for value in ["50%", "two\nlines", "nul\0", float("nan"), b"bytes"]:
+        assert bulk._sql_literal(value) is None
