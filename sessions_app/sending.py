@@ -9,8 +9,8 @@ exclusively (catalog.lock_project), so it waits, then sees the rows and catalog 
 files are copied by a child process (projects/copier.py); while it copies a part, the plan goes
 on and a recorder thread writes the rows of the part before. On SQLite a part is copied inside
 the transaction that writes its rows (IMMEDIATE: no other writer meanwhile); one transaction
-takes the parts of up to HOLD_SECONDS, so that while a part is copying, the one before is
-written (another writer waits that long at most, against the 30 s SQLite timeout). While
+takes the parts of up to HOLD_SECONDS, so that while two parts are copying, the one before
+them is written (another writer waits that long at most, against the 30 s SQLite timeout). While
 another session of the project runs, or ran since this one began, nothing is sent this way (a
 look before each part): the rows go pending and the claims sort it out (files.claim).
 
@@ -92,7 +92,7 @@ class Sender:
         self._others: catalog.OthersSince | None = None  # pipelined: the look for other sessions
         self._held: Atomic | None = None  # SQLite: the transaction the parts go in, while open
         self._held_since = 0.0
-        self._copying: _Part | None = None  # SQLite: the part copying, written with the next one
+        self._copying: deque[_Part] = deque()  # SQLite: the parts copying, each written with a later one
 
     def start(self) -> None:
         """Start the copier process now rather than with the first part (its start-up then runs
@@ -107,9 +107,9 @@ class Sender:
                   write: Callable[[files.Sent, list[tuple]], None]) -> bool:
         """Send what it can of a part, then have `write(sent, rest)` write its rows. Pipelined, the
         part is copying when this returns, and its rows are written (by the recorder thread) once
-        AHEAD more parts are handed over, or at collect() or close(). On SQLite it is written at the
-        next part's call, while that one copies, in a transaction of up to HOLD_SECONDS of parts (or
-        at collect() or close()). True if rows are left for the upload tasks (so far)."""
+        AHEAD more parts are handed over, or at collect() or close(). On SQLite too it is written once
+        AHEAD more parts are copying, in a transaction of up to HOLD_SECONDS of parts (or at
+        collect() or close()). True if rows are left for the upload tasks (so far)."""
         if self.pipelined:
             self._ahead.append(part := self._start(rows, destination, write))
             while len(self._ahead) > AHEAD:
@@ -125,9 +125,9 @@ class Sender:
                 self._finish(part)
             return bool(part.rest)
         with self._rolled_back_on_error():
-            if self._copying is not None:
-                self._finish(self._copying)  # written while this part copies
-            self._copying = part
+            self._copying.append(part)
+            while len(self._copying) > AHEAD:
+                self._finish(self._copying.popleft())  # written while the parts after it copy
         if time.monotonic() - self._held_since >= HOLD_SECONDS:
             self._commit()
         return bool(part.rest)
@@ -141,11 +141,10 @@ class Sender:
             self._commit()
 
     def _commit(self) -> None:
-        """SQLite: write the part copying and commit the parts' transaction."""
+        """SQLite: write the parts copying and commit the parts' transaction."""
         with self._rolled_back_on_error():
-            if self._copying is not None:
-                part, self._copying = self._copying, None
-                self._finish(part)
+            while self._copying:
+                self._finish(self._copying.popleft())
         held, self._held = self._held, None
         held.__exit__(None, None, None)
 
@@ -155,7 +154,8 @@ class Sender:
         try:
             yield
         except BaseException as exc:
-            held, self._held, self._copying = self._held, None, None
+            held, self._held = self._held, None
+            self._copying.clear()
             if held is not None:
                 held.__exit__(type(exc), exc, exc.__traceback__)
             raise
