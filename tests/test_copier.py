@@ -45,6 +45,23 @@ def test_it_copies_each_file_and_says_what_became_of_it(copier, source, tmp_path
     assert os.listdir(dest / ".uploader-tmp") == []  # no temporary file left behind
 
 
+def test_files_in_more_folders_than_it_holds_open_are_all_copied_and_no_descriptor_is_left_open(
+        copier, source, tmp_path):
+    names = [f"f{i:02d}/x.bin" for i in range(40)]  # more target folders than local._Held.KEEP
+    write_files(source, {name: name for name in names})
+    dest = tmp_path / "dest"
+    copier.submit(options(dest), str(source), False, items(source, names[0]))
+    copier.result()
+    open_before = len(os.listdir(f"/proc/{copier.pid}/fd"))
+
+    copier.submit(options(dest), str(source), False, items(source, *names[1:]))
+    answer = copier.result()
+
+    assert [a[0] for a in answer] == [len(name) for name in names[1:]]
+    assert all((dest / name).read_text() == name for name in names)
+    assert len(os.listdir(f"/proc/{copier.pid}/fd")) == open_before
+
+
 def test_files_it_cannot_copy_are_refused_one_by_one_with_the_reason(copier, source, tmp_path):
     write_files(source, {"gone.txt": "x", "swapped.txt": "old", "ok.txt": "fine", "a/b.txt": "b"})
     dest = tmp_path / "dest"

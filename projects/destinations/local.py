@@ -277,7 +277,7 @@ class LocalDestination(Destination):
 class _Held:
     """Within copy_files: the temporary folder and the last target folders held open, so that a
     file is created and renamed by names relative to them (openat, renameat) rather than by paths
-    walked from the root each time: a fifth of a bare copy loop's system time. The way of _write
+    walked from the root each time: a quarter of a bare copy loop's system time. The way of _write
     with its checks and messages left out: None for a file it could not write, which the caller
     then copies the path way (_copy_checked), whose errors say why."""
 
@@ -306,7 +306,9 @@ class _Held:
             folder, _, name = dest._target(key).rpartition(os.sep)
             if self.temp is None:
                 self.temp = _open_folder(dest._root + TEMP_FOLDER)
-            temp, into = self.temp, self.fds.get(folder) or self._folder(folder)
+            if (into := self.fds.get(folder)) is None:
+                into = self._folder(folder)
+            temp = self.temp
         except (OSError, DestinationError):
             return None
         tmp = dest._temp_name(key)
