@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from itertools import islice
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -45,7 +45,6 @@ from projects.names import KeyCollisions, Refused, not_utf8
 from projects.walking import Entry
 from sessions_app import catalog, enqueue, files, sending
 from sessions_app.models import Catalog, CatalogEntry, FileStatus, FileUpload, SessionStatus, SyncSession
-from sessions_app.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +139,8 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
     try:
         scanned, complete = _plan_batches(session, plans, scan, batch_size)
     finally:
-        try:
-            if sender is not None:
-                sender.close()  # the parts' rows are in (or their error raised)
-        finally:
-            for plan in plans:
-                plan.writer.close()  # and the batches' rows
+        if sender is not None:
+            sender.close()  # the parts' rows are in (or their error raised)
     complete = complete and not cancelled(session)
     for plan in plans:
         plan.writer.finish(plan.known, plan.mode, complete)
@@ -287,7 +282,6 @@ class _Writer:
         self.destination, self.saves_skips = destination, saves_skips
         self.stats = ScanStats()
         self.sender: sending.Sender | None = None  # plan_session's, if any
-        self.recorder: Recorder | None = None  # without a sender (see _then)
         self.skips = files.Skips()
         self.written_at = 0.0
         files.restart_skips(session)  # a re-run scan counts its skips again
@@ -303,15 +297,15 @@ class _Writer:
         head = (self.session.pk, self.session.project_id)
         rows = [head + row for row in rows]
         if self.sender is None:
-            self._then(self._insert, [], rows, adopted, skips, skipped_bytes)
+            self._insert([], rows, adopted, skips, skipped_bytes)
             pending = bool(rows)
         else:
             pending = False
             for part in sending.parts(rows):
                 pending = self.sender.send_part(part, self.destination, self._insert) or pending
             self._then(self._adopt_and_count, adopted, skips, skipped_bytes, True)
-        if pending and self.start_uploads:  # rows went in pending: the upload tasks start, once they are in
-            self._then(enqueue.uploads, self.session.pk, self.session.project.upload_tasks)
+        if pending and self.start_uploads:  # rows went in pending: the upload tasks start
+            enqueue.uploads(self.session.pk, self.session.project.upload_tasks)
             self.start_uploads = False
 
     def _insert(self, sent: files.Sent | list[files.Outcome], rows: list[tuple], adopted: list[tuple] = (),
@@ -334,25 +328,8 @@ class _Writer:
                 self._save_skips()
 
     def _then(self, write: Callable[..., None], *args: object) -> None:
-        """A write in the sender's order, if there is one (see sending.Sender.then); else, on
-        PostgreSQL with one destination, in a recorder thread of the writer's own: the scan's thread
-        plans and encodes the next batch while the database takes this one (it waited for each
-        batch's COPY: the scan, plan and insert of 1,000,000 pending rows spent PostgreSQL's 7 s of
-        CPU on the scan's clock). Errors come out of a later write or close()."""
-        if self.sender is not None:
-            self.sender.then(write, *args)
-        elif self.saves_skips and connection.vendor == "postgresql":
-            if self.recorder is None:
-                self.recorder = Recorder(f"plan-{self.session.pk}", depth=QUEUE_DEPTH)
-            self.recorder.submit(write, *args)
-        else:
-            write(*args)
-
-    def close(self) -> None:
-        """Wait for the writes in the recorder thread (the first error raised) and end it."""
-        if self.recorder is not None:
-            recorder, self.recorder = self.recorder, None
-            recorder.close()
+        """A write in the sender's order, if there is one (see sending.Sender.then)."""
+        (self.sender.then if self.sender else _now)(write, *args)
 
     def _save_skips(self) -> None:
         files.count_skips(self.session, self.skips, {self.destination: self.skips})
@@ -367,6 +344,10 @@ class _Writer:
         if notes:
             self.session.append_log("\n".join(notes))
         catalog.note_source(known, self.session.project.source_dir)
+
+
+def _now(write: Callable[..., None], *args: object) -> None:
+    write(*args)
 
 
 def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
