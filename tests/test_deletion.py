@@ -68,29 +68,42 @@ def test_rows_written_for_a_deleted_project_are_refused_and_nothing_is_left(make
     assert not CatalogEntry.objects.filter(catalog_id=known.pk).exists()
 
 
+def _while_held(hold: Callable[[], Any], then: Callable[[], Any], other: Callable[[], Any],
+                what: str) -> tuple[_Thread, _Thread]:
+    """A thread's transaction runs `hold` and waits while `other` starts in a second thread and
+    (PostgreSQL) is seen waiting for a lock; then the first goes on with `then` and commits. Both
+    threads, ended."""
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with transaction.atomic():
+            hold()
+            held.set()
+            assert release.wait(30)
+            then()
+
+    threads = (_Thread(first), _Thread(other))
+    threads[0].start()
+    assert held.wait(30)
+    threads[1].start()
+    wait_for(_a_backend_waits_for_a_lock, what=what)
+    release.set()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    return threads
+
+
 def test_a_session_deleted_while_its_rows_are_written_waits_for_them_and_deletes_them(
         transactional_db, make_project, tmp_path):
     project = make_project({"type": "local", "path": str(tmp_path / "dest"), "create": True})
     session = starting.create_session(project)
-    written, release = threading.Event(), threading.Event()
 
-    def write() -> None:
-        with transaction.atomic():
-            files.add_pending(session, _planned(session, ["a.wav", "b.wav"]))
-            written.set()
-            assert release.wait(30)
+    writer, deleter = _while_held(lambda: files.add_pending(session, _planned(session, ["a.wav", "b.wav"])),
+                                  lambda: None, lambda: SyncSession.objects.filter(pk=session.pk).delete(),
+                                  "the deletion waiting for the rows being written")
 
-    writer = _Thread(write)
-    writer.start()
-    assert written.wait(30)
-    deleter = _Thread(lambda: SyncSession.objects.filter(pk=session.pk).delete())
-    deleter.start()
-    wait_for(_a_backend_waits_for_a_lock, what="the deletion waiting for the rows being written")
-    release.set()
-    for t in (writer, deleter):
-        t.join(30)
-        assert not t.is_alive() and t.error is None
-
+    assert writer.error is None and deleter.error is None
     assert not SyncSession.objects.filter(pk=session.pk).exists()
     assert not FileUpload.objects.filter(session_id=session.pk).exists()
 
@@ -100,31 +113,18 @@ def test_rows_written_while_their_project_is_being_deleted_wait_then_roll_back(
     project = make_project({"type": "local", "path": str(tmp_path / "dest"), "create": True})
     session = starting.create_session(project)
     known = Catalog.objects.create(project=project, destination="file:///x")
-    locked, release = threading.Event(), threading.Event()
 
     def delete() -> None:
-        with transaction.atomic():
-            Project.objects.filter(pk=project.pk).lock_for_delete()
-            locked.set()
-            assert release.wait(30)
-            SyncSession.objects.filter(project=project).delete()  # a project with sessions cannot be deleted
-            Project.objects.filter(pk=project.pk).delete()
+        SyncSession.objects.filter(project=project).delete()  # a project with sessions cannot be deleted
+        Project.objects.filter(pk=project.pk).delete()
 
     def write() -> None:
         with transaction.atomic():
             files.add_pending(session, _planned(session, ["a.wav"]))
             catalog.adopt(known.pk, session.pk, [("b.wav", "b.wav", 3, 1.0)])
 
-    deleter = _Thread(delete)
-    deleter.start()
-    assert locked.wait(30)
-    writer = _Thread(write)
-    writer.start()
-    wait_for(_a_backend_waits_for_a_lock, what="the rows' write waiting for the deletion")
-    release.set()
-    for t in (deleter, writer):
-        t.join(30)
-        assert not t.is_alive()
+    deleter, writer = _while_held(Project.objects.filter(pk=project.pk).lock_for_delete, delete, write,
+                                  "the rows' write waiting for the deletion")
 
     assert deleter.error is None
     assert isinstance(writer.error, ProjectGone)
