@@ -303,8 +303,9 @@ _ARRIVED_SQL = (f"(f.status = '{FileStatus.UPLOADED}' OR (f.status = '{FileStatu
 
 def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload], *, inserted_after: int | None = None) -> None:
     """Entries for rows whose objects arrived. Call inside the transaction writing their status, so
-    the catalog and the rows never disagree. `inserted_after`: the rows were just inserted, with
-    ids above it (files.add_sent), and have no primary key on them."""
+    the catalog and the rows never disagree; that transaction holds their project already
+    (files.hold). `inserted_after`: the rows were just inserted, with ids above it
+    (files.add_sent), and have no primary key on them."""
     if connection.vendor == "postgresql":
         if inserted_after is not None:
             _record_from_rows(catalog_id, session_id, "f.session_id = %s AND f.id > %s AND " + _ARRIVED_SQL,
@@ -316,10 +317,10 @@ def record(catalog_id: int, session_id: int, rows: Iterable[FileUpload], *, inse
 
 
 def record_arrivals(catalog_id: int, session_id: int, arrivals: Sequence[tuple]) -> None:
-    """record() of rows given as their ARRIVAL values (files.Sent.arrivals: no instances)."""
+    """record() of rows given as their ARRIVAL values (files.Sent.arrivals: no instances), under
+    the same conditions."""
     if not arrivals:
         return
-    hold(catalog_id)
     now = timezone.now()
     tuples = [(catalog_id, key, "" if path == key else path, size, mtime, checksum, remote_id, session_id, at or now)
               for key, path, size, mtime, checksum, remote_id, at in arrivals]
@@ -330,7 +331,6 @@ def record_arrivals(catalog_id: int, session_id: int, arrivals: Sequence[tuple])
 def _record_from_rows(catalog_id: int, session_id: int, where: str, params: list) -> None:
     """The entries made by the database from the rows just written (same transaction) that `where`
     picks: no value of a row crosses to the database a second time (a first sync writes 200,000)."""
-    hold(catalog_id)
     qn = connection.ops.quote_name
     entry, row = qn(CatalogEntry._meta.db_table), qn(FileUpload._meta.db_table)
     updates = ", ".join(f"{qn(name)} = EXCLUDED.{qn(name)}" for name in ARRIVAL_FIELDS)
