@@ -31,6 +31,22 @@ def test_rows_go_in_as_given_whatever_their_values(make_project, tmp_path):
     assert stored == rows
 
 
+def test_rows_over_several_copy_chunks_go_in_whole_and_in_order(make_project, tmp_path):
+    # PostgreSQL reads the COPY text a chunk of rows at a time (bulk._Encoding): values at the
+    # chunks' edges (escaped or not) must land in their own rows.
+    project = make_project({"type": "local", "path": str(tmp_path / "out")})
+    session = starting.create_session(project, created_by="test")
+    columns = ("session_id", "project_id", "relative_path", "remote_key", "size", "mtime", "status")
+    edges = {bulk._Encoding.CHUNK - 1, bulk._Encoding.CHUNK, 2 * bulk._Encoding.CHUNK}
+    rows = [(session.pk, project.pk, f"d/tab\there {i}" if i in edges else f"d/f{i:05d}", f"k/{i}", i, i / 3,
+             "pending") for i in range(2 * bulk._Encoding.CHUNK + 250)]
+
+    with transaction.atomic():
+        assert bulk.insert_tuples(FileUpload, columns, rows, new=True) == len(rows)
+
+    assert list(FileUpload.objects.filter(session=session).order_by("id").values_list(*columns)) == rows
+
+
 def test_a_column_mixing_one_and_true_keeps_each_its_own_text():
     # 1 == True: a column is written once for all its rows only when they share one type.
     assert bulk._copy_text_of([(1, True), (True, 1)], []) == "1\tt\nt\t1\n"
