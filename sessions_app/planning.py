@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SKIP_UNCHANGED = "unchanged"
 SKIP_REMOTE = "already at destination"
-QUEUE_DEPTH = 4  # batches between the walker and the writer
+QUEUE_DEPTH = 2  # batches between the walker and the writer
 COUNT_EVERY_SECONDS = 1.0  # how often skip counts alone are written to the session
 
 

@@ -173,7 +173,7 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "uploader_cache"}}
 
 # Pipeline tuning.
-SCAN_BATCH_SIZE = env.int("SCAN_BATCH_SIZE", default=5000)
+SCAN_BATCH_SIZE = env.int("SCAN_BATCH_SIZE", default=40000)
 SCAN_PROGRESS_EVERY = env.int("SCAN_PROGRESS_EVERY", default=10000)
 SCAN_METHOD = env("SCAN_METHOD", default="auto")  # auto | find | scandir
 UPLOAD_CHUNK_SIZE = env.int("UPLOAD_CHUNK_SIZE", default=200)
