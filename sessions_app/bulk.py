@@ -221,6 +221,10 @@ def _column_text(values: tuple) -> list[str]:
     first = values[0]
     if len(set(map(type, values))) == 1:
         kind = type(first)
+        # One value throughout (a batch's session, project, device, destination): encoded once. Not
+        # floats: 0.0 == -0.0. One type only: 1 == True must not merge them.
+        if kind is not float and values.count(first) == len(values):
+            return [_copy_text(first)] * len(values)
         # Joined by NUL, which no value PostgreSQL can store holds (one that does is refused below).
         if kind is str and (joined := "\0".join(values)).count("\0") == len(values) - 1:
             if "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined:
@@ -230,8 +234,6 @@ def _column_text(values: tuple) -> list[str]:
             return list(map(str, values))
         if kind is float:
             return list(map(repr, values))
-        if values.count(first) == len(values):  # one type only: 1 == True must not merge them
-            return [_copy_text(first)] * len(values)
     return list(map(_copy_text, values))
 
 
