@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 
 SKIP_UNCHANGED = "unchanged"
 SKIP_REMOTE = "already at destination"
-QUEUE_DEPTH = 2  # batches between the walker and the writer
+QUEUE_FILES = 20_000  # files walked ahead of the writer, in at least two batches
+# The first batch's files; each next batch twice the last, up to the batch size: the first rows
+# (and the first files sent) come as soon as with small batches, the rest with few transactions.
+FIRST_BATCH = 5000
 COUNT_EVERY_SECONDS = 1.0  # how often skip counts alone are written to the session
 
 
@@ -351,15 +354,18 @@ def _now(write: Callable[..., None], *args: object) -> None:
 
 
 def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
-    """Batches of the scan, walked in a thread of its own, at most QUEUE_DEPTH ahead."""
-    handover: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    """Batches of the scan (FIRST_BATCH files, then doubling up to `batch_size`), walked in a thread
+    of its own, at most QUEUE_FILES (or two batches) ahead."""
+    handover: queue.Queue = queue.Queue(max(2, QUEUE_FILES // batch_size))
     stop = threading.Event()
     end = object()
 
     def walk() -> None:
+        size = min(FIRST_BATCH, batch_size)
         try:
-            while not stop.is_set() and (batch := list(islice(entries, batch_size))):
+            while not stop.is_set() and (batch := list(islice(entries, size))):
                 _put(batch)
+                size = min(2 * size, batch_size)
             _put(end)
         except BaseException as exc:  # handed to the consumer, which raises it
             _put(exc)

@@ -295,6 +295,13 @@ def test_paths_stay_in_the_database_not_memory_between_batches(make_project, sou
     assert sorted(p.name for p in Path(tmp_path / "out").glob("*.wav"))[0] == "000.wav"
 
 
+def test_scan_batches_start_small_then_double_up_to_the_batch_size(monkeypatch):
+    monkeypatch.setattr(planning, "FIRST_BATCH", 4)
+    batches = list(planning._walk((i for i in range(50)), 16))
+    assert [len(b) for b in batches] == [4, 8, 16, 16, 6]
+    assert [i for b in batches for i in b] == list(range(50))
+
+
 def test_a_scan_run_again_counts_the_files_the_session_uploaded_once(make_project, source, tmp_path):
     write_files(source, {f"f{i}.wav": str(i) for i in range(6)})
     write_files(tmp_path / "dest", {"there.wav": "t"})  # adopted from the first sync's listing
