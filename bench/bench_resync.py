@@ -127,20 +127,22 @@ def run_local(tree: Path, args, work: Path) -> tuple[Side, Side]:
         firsts: list[tuple[float, float]] = []
         peer_firsts: list[tuple[float, float]] = []
         for i in range(args.first_repeat):  # each round a new destination folder and a new project
-            if i:  # the round before's copies go: each copy of the tree left in /dev/shm slowed the next
-                # ones of both sides (rsync alone: 6.8 / 6.4 / 11.6 / 19.4 s for the 1st..4th copy kept)
-                for side in ("ours", "rsync"):
-                    shutil.rmtree(work / f"dest-{side}-{i - 1}", ignore_errors=True)
             product = Product(db, tree, {"type": "local", "path": str(work / f"dest-ours-{i}")}, work,
                               f"resync-local-{i}")
             rsync = ["rsync", "-a", "--exclude", ".complete", f"{tree}/", f"{work / f'dest-rsync-{i}'}/"]
             for who in (("peer", "ours") if i % 2 == 0 else ("ours", "peer")):
                 if who == "peer":
                     peer_firsts.append(timed(rsync, os.environ.copy(), work / "rsync.log"))
-                    continue
-                size0 = product.db_bytes()
-                firsts.append(product.sync())
-                ours.first_bytes = ours.first_bytes or product.db_bytes() - size0
+                else:
+                    size0 = product.db_bytes()
+                    firsts.append(product.sync())
+                    ours.first_bytes = ours.first_bytes or product.db_bytes() - size0
+                if i < args.first_repeat - 1:  # the last round's copies stay for the no-op re-syncs
+                    # Each copy goes once timed: every copy of the tree left in /dev/shm slowed the next
+                    # ones of both sides (rsync alone: 6.8 / 6.4 / 11.6 / 19.4 s for the 1st..4th copy kept,
+                    # 6.0–6.6 s each with the one before removed).
+                    side = "rsync" if who == "peer" else "ours"
+                    shutil.rmtree(work / f"dest-{side}-{i}", ignore_errors=True)
         ours.first, ours.first_cpu = min(firsts)
         peer.first, peer.first_cpu = min(peer_firsts)
         ours.firsts, peer.firsts = firsts, peer_firsts
