@@ -1,6 +1,6 @@
 """System checks (`manage.py check`; `check --database default` also reads the projects): timing
-settings that would make a task run twice or be killed mid-upload, and secrets that projects
-name but this process's environment lacks."""
+settings that would make a task run twice or be killed mid-upload, a scan batch size that would
+plan nothing, and secrets that projects name but this process's environment lacks."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ def check_task_timing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
                  "its timeout, mid-upload. Set UPLOAD_TASK_SECONDS well below Q_TIMEOUT.",
             id="projects.E002"))
     return found
+
+
+@register("uploader")
+def check_scan_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    size = getattr(settings, "SCAN_BATCH_SIZE", 1)
+    if isinstance(size, int) and size >= 1:
+        return []
+    return [Error(
+        f"SCAN_BATCH_SIZE ({size!r}) is not a whole number of at least 1.",
+        hint="It is how many files a scan writes per transaction; unset, it is 40000 on PostgreSQL and 5000 on "
+             "SQLite.",
+        id="projects.E003")]
 
 
 @register("uploader")

@@ -7,7 +7,7 @@ import pytest
 from django.core import checks
 from django.test import override_settings
 
-from projects.checks import check_project_secrets, check_task_timing
+from projects.checks import check_project_secrets, check_scan_settings, check_task_timing
 
 CLUSTER = {"name": "uploader", "orm": "default", "timeout": 3600, "retry": 4000}
 
@@ -20,6 +20,20 @@ def ids(messages) -> list[str]:
 @override_settings(Q_CLUSTER=CLUSTER, UPLOAD_TASK_SECONDS=300)
 def test_consistent_timing_settings_pass():
     assert check_task_timing() == []
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_a_scan_batch_size_below_one_is_an_error(size):
+    with override_settings(SCAN_BATCH_SIZE=size):
+        [error] = check_scan_settings()
+
+    assert error.id == "projects.E003"
+    assert isinstance(error, checks.Error)
+    assert f"SCAN_BATCH_SIZE ({size})" in error.msg
+
+
+def test_the_default_scan_batch_size_passes():
+    assert check_scan_settings() == []
 
 
 @pytest.mark.parametrize("retry", [3600, 60])
