@@ -127,10 +127,14 @@ def _copy_text(value: Any) -> str:
     return str(value).translate(_COPY_ESCAPES)
 
 
-def _defaults(model: type[models.Model], given: Sequence[str]) -> tuple[list[models.Field], list[Any]]:
-    """Every other concrete column (the primary key aside) and its default, ready for the driver."""
+def _defaults(model: type[models.Model], given: Sequence[str],
+              same: dict[str, Any] | None = None) -> tuple[list[models.Field], list[Any]]:
+    """Every other concrete column (the primary key aside) and its value for every row, ready for
+    the driver: the one in `same`, else its default."""
+    same = same or {}
     fields = [f for f in model._meta.concrete_fields if not f.primary_key and f.attname not in given]
-    return fields, [f.get_db_prep_save(f.get_default(), connection) for f in fields]
+    return fields, [f.get_db_prep_save(same[f.attname] if f.attname in same else f.get_default(), connection)
+                    for f in fields]
 
 
 def encoded(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple]) -> str | None:
@@ -142,16 +146,17 @@ def encoded(model: type[models.Model], columns: Sequence[str], rows: Sequence[tu
 
 
 def insert_tuples(model: type[models.Model], columns: Sequence[str], rows: Sequence[tuple], *,
-                  new: bool = False, text: str | None = None) -> int:
-    """INSERT rows given as tuples of the `columns` (attnames; every other column gets its
-    default), skipping those that collide with a unique constraint — unless the caller knows
-    they are `new` (none can collide): then PostgreSQL takes them by a plain COPY into the table,
-    without the temporary table. `text`: the rows as encoded() made them. Returns how many were
-    inserted. Call inside the transaction the rows belong to."""
+                  new: bool = False, text: str | None = None, same: dict[str, Any] | None = None) -> int:
+    """INSERT rows given as tuples of the `columns` (attnames; every other column gets the value
+    in `same`, one for every row, or its default), skipping those that collide with a unique
+    constraint — unless the caller knows they are `new` (none can collide): then PostgreSQL takes
+    them by a plain COPY into the table, without the temporary table. `text`: the rows as
+    encoded() made them. Returns how many were inserted. Call inside the transaction the rows
+    belong to."""
     if not rows:
         return 0
     meta, qn = model._meta, connection.ops.quote_name
-    rest, defaults = _defaults(model, columns)
+    rest, defaults = _defaults(model, columns, same)
     names = ", ".join(qn(meta.get_field(c).column) for c in columns) + "".join(f", {qn(f.column)}" for f in rest)
     table = qn(meta.db_table)
     with connection.cursor() as cursor:

@@ -378,8 +378,9 @@ def lock_project(session: SyncSession) -> list[SyncSession]:
     """Inside a claim's transaction: the project's row lock, so the claims of all its sessions
     take turns (a claim sees every row another one moved to uploading), then `others_since`; on
     PostgreSQL, waits for the running ones that are sending files without rows yet (sending.py)."""
-    # NO KEY UPDATE: a mutex among claimers that lets the deferred foreign-key checks (KEY SHARE)
-    # of other transactions through; FOR UPDATE deadlocked with a scan committing its rows.
+    # NO KEY UPDATE: a mutex among claimers that lets the holds (KEY SHARE) of transactions writing
+    # the project's rows through (ProjectQuerySet.hold); FOR UPDATE deadlocked with a scan
+    # committing its rows.
     list(Project.objects.select_for_update(no_key=True).filter(pk=session.project_id).values_list("pk", flat=True))
     others = others_since(session)
     if connection.vendor == "postgresql":

@@ -268,13 +268,12 @@ def add_pending(session: SyncSession, rows: Sequence[tuple], *, first_run: bool 
     COPY on PostgreSQL) and count them. Rows a crashed run of the same scan inserted are left
     alone (the scan's end recounts); on the `first_run` of a session's scan there are none, and
     the rows go in without that check. Call inside the batch's transaction. Returns how many went in."""
-    columns = PLANNED_COLUMNS
-    if destination is not None:  # the rows of that destination (else of the one, "default")
-        columns, rows = columns + ("destination",), [row + (destination,) for row in rows]
+    # The rows of that destination (else of the one, "default"): given once, not added to each row.
+    same = {"destination": destination} if destination is not None else None
     hold(session)
-    inserted = bulk.insert_tuples(FileUpload, columns, rows, new=first_run)
-    _bump(session.pk, {"found_count": inserted, "pending_count": inserted, "bytes_total": sum(r[4] for r in rows)},
-          destination)
+    inserted = bulk.insert_tuples(FileUpload, PLANNED_COLUMNS, rows, new=first_run, same=same)
+    _bump(session.pk, {"found_count": inserted, "pending_count": inserted,
+                       "bytes_total": sum(r[SIZE_AT] for r in rows)}, destination)
     return inserted
 
 
