@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SKIP_UNCHANGED = "unchanged"
 SKIP_REMOTE = "already at destination"
-QUEUE_FILES = 20_000  # files walked ahead of the writer, in at least two batches
+QUEUE_FILES = 40_000  # files walked ahead of the batch being written
 # The first batch's files; each next batch twice the last, up to the batch size: the first rows
 # (and the first files sent) come as soon as with small batches, the rest with few transactions.
 FIRST_BATCH = 5000
@@ -354,18 +354,18 @@ def _now(write: Callable[..., None], *args: object) -> None:
 
 
 def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
-    """Batches of the scan (FIRST_BATCH files, then doubling up to `batch_size`), walked in a thread
-    of its own, at most QUEUE_FILES (or two batches) ahead."""
-    handover: queue.Queue = queue.Queue(max(2, QUEUE_FILES // batch_size))
+    """Batches of the scan (FIRST_BATCH files, then doubling up to `batch_size`). The scan walks in a
+    thread of its own and hands its files over in chunks, at most QUEUE_FILES ahead of the batch
+    being written: what is held is that batch and those files, however large the tree."""
+    chunk = min(FIRST_BATCH, batch_size)
+    handover: queue.Queue = queue.Queue(max(1, QUEUE_FILES // chunk))
     stop = threading.Event()
     end = object()
 
     def walk() -> None:
-        size = min(FIRST_BATCH, batch_size)
         try:
-            while not stop.is_set() and (batch := list(islice(entries, size))):
-                _put(batch)
-                size = min(2 * size, batch_size)
+            while not stop.is_set() and (part := list(islice(entries, chunk))):
+                _put(part)
             _put(end)
         except BaseException as exc:  # handed to the consumer, which raises it
             _put(exc)
@@ -380,17 +380,33 @@ def _walk(entries: Iterator[Entry], batch_size: int) -> Iterator[list[Entry]]:
             except queue.Full:
                 continue
 
-    # With the caller's context: its log lines name the session (logcontext).
-    walker = threading.Thread(target=contextvars.copy_context().run, args=(walk,), name="scan-walker", daemon=True)
-    walker.start()
-    try:
+    def parts() -> Iterator[list[Entry]]:
         while (item := handover.get()) is not end:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    # With the caller's context: its log lines name the session (logcontext).
+    walker = threading.Thread(target=contextvars.copy_context().run, args=(walk,), name="scan-walker", daemon=True)
+    walker.start()
+    try:
+        yield from _doubling(parts(), chunk, batch_size)
     finally:
         stop.set()
         walker.join()
+
+
+def _doubling(parts: Iterator[list[Entry]], first: int, most: int) -> Iterator[list[Entry]]:
+    """The parts' items again, in batches of `first` items, each next one twice the last, up to `most`."""
+    size, batch = first, []
+    for part in parts:
+        batch += part
+        while len(batch) >= size:
+            done, batch = (batch, []) if len(batch) == size else (batch[:size], batch[size:])
+            yield done
+            size = min(2 * size, most)
+    if batch:
+        yield batch
 
 
 def cancelled(session: SyncSession) -> bool:

@@ -302,6 +302,29 @@ def test_scan_batches_start_small_then_double_up_to_the_batch_size(monkeypatch):
     assert [i for b in batches for i in b] == list(range(50))
 
 
+def test_the_walker_stays_at_most_a_batch_and_the_queue_ahead_of_the_writer(monkeypatch):
+    # What the scan holds must not grow with the tree: the walker, however much quicker than the
+    # writer, has pulled at most the batch being assembled, QUEUE_FILES and its own chunk ahead.
+    monkeypatch.setattr(planning, "FIRST_BATCH", 4)
+    monkeypatch.setattr(planning, "QUEUE_FILES", 8)
+    total, taken, pulled, ahead = 200, [0], [0], []
+
+    def entries():
+        for i in range(total):
+            pulled[0] += 1
+            ahead.append(pulled[0] - taken[0])
+            yield i
+
+    got = []
+    for batch in planning._walk(entries(), 16):
+        got += batch
+        taken[0] += len(batch)
+        # The walker fills what it may before the writer takes the next batch.
+        wait_for(lambda: pulled[0] >= min(total, taken[0] + 8 + 4), timeout=10, what="the walker to fill its queue")
+    assert got == list(range(total))
+    assert max(ahead) <= 16 + 8 + 4
+
+
 def test_a_scan_run_again_counts_the_files_the_session_uploaded_once(make_project, source, tmp_path):
     write_files(source, {f"f{i}.wav": str(i) for i in range(6)})
     write_files(tmp_path / "dest", {"there.wav": "t"})  # adopted from the first sync's listing
