@@ -24,12 +24,15 @@ class RemoteError(UploaderError):
     """The other end of a transfer refused or failed; transient unless said otherwise.
     `throttled`: the remote said "too many requests" (S3 SlowDown, HTTP 429, an SFTP server
     refusing channels): the session slows down (sessions_app/pacing.py) and the attempt does not
-    count against the file's retries."""
+    count against the file's retries. `full`: the destination has no space left (ENOSPC, EDQUOT):
+    no other file can go either until space is freed there, so the session pauses rather than
+    retry each file with backoff."""
 
     def __init__(self, message: str, permanent: bool = False, retry_after: float | None = None,
-                 throttled: bool = False):
-        super().__init__(message, permanent and not throttled, retry_after)
+                 throttled: bool = False, full: bool = False):
+        super().__init__(message, permanent and not throttled and not full, retry_after)
         self.throttled = throttled
+        self.full = full
 
 
 class DestinationError(RemoteError):

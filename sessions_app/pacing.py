@@ -6,7 +6,8 @@ channels, Roboflow 429: `RemoteError.throttled`) cuts the session's send rate by
 the transfers each task keeps in flight; every RAISE_SECONDS without one adds 10 % (at least two files/s) and one
 transfer back; after CLEAR_SECONDS without one, the limit is gone. A throttled attempt waits here
 and does not count against the file's max_retries; a file throttled for `throttle_patience`
-seconds pauses the session (its rows go back to pending) instead of failing.
+seconds pauses the session (its rows go back to pending) instead of failing. So does, at once, a
+destination with no space left (`RemoteError.full`): every other file would meet it too.
 
 The state is one SessionPace row per session, shared by every task of the session on every
 machine. Only a drainer's own thread reads and writes it, every TICK_SECONDS (workers never touch
@@ -287,7 +288,7 @@ def describe_pace(pace: SessionPace | None) -> str:
     if pace is None:
         return ""
     if pace.paused_at is not None:
-        return "paused: throttled too long (see the log; resume it)"
+        return "paused: the session log says why; resume it"
     if pace.rate is None:
         return ""
     return f"throttled: sending at {pace.rate:.1f}/s"

@@ -38,7 +38,8 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
     """Run once() until it returns, retrying transient errors with backoff; never raises. Every
     attempt waits its turn in the session's pacer; a throttled one does not count as a try (the
     pacer slows the session instead), until the file has been throttled for the project's
-    throttle_patience: then the session pauses and the row goes back to pending."""
+    throttle_patience: then the session pauses and the row goes back to pending. A destination
+    out of space pauses the session at once (no file could go until space is freed)."""
     pacer = pacing.current()
     tries, throttled_since = 0, None
     while True:
@@ -48,6 +49,9 @@ def with_retries(row: FileUpload, max_tries: int, once: Callable[[], Outcome], w
         try:
             outcome = once()
         except RemoteError as exc:  # the destination's or the source's end
+            if exc.full and pacer is not pacing.UNPACED:
+                pacer.pause(f"{exc.message[:300]}: free space there, then resume")
+                return Outcome(row, FileStatus.PENDING)
             if exc.throttled and pacer is not pacing.UNPACED:
                 pacer.throttled(exc)
                 throttled_since = throttled_since or time.monotonic()

@@ -36,6 +36,23 @@ def source(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real file system of 64 KiB (a tmpfs mounted for the test; the tests run as root): writes
+    beyond it fail with ENOSPC, as on a full disk. `grow(tiny_disk)` frees room."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def grow(disk: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+
+
+@pytest.fixture
 def make_project(db, source: Path) -> Callable[..., Any]:
     from projects import config
 

@@ -121,6 +121,18 @@ def test_failed_write_leaves_no_temporary_file_and_is_permanent(tmp_path, make_s
     assert (tmp_path / "out/taken/inside.txt").read_text() == "keep me"
 
 
+def test_a_full_destination_is_a_full_error_that_leaves_nothing_behind(tiny_disk, make_source):
+    dest = LocalDestination({"path": str(tiny_disk)})
+    dest.upload(make_source(b"small"), "fits.txt")
+
+    with pytest.raises(DestinationError) as info:
+        dest.upload(make_source(b"x" * 200_000, "big.bin"), "big.bin")
+
+    assert info.value.full and not info.value.permanent
+    assert "destination is full" in info.value.message and "No space left on device" in info.value.message
+    assert all_files(tiny_disk) == ["fits.txt"]  # no half-written temporary file
+
+
 def test_a_file_where_a_folder_of_the_key_should_be_is_permanent(tmp_path, make_source):
     dest = LocalDestination({"path": str(tmp_path / "out")})
     dest.upload(make_source(b"i am a file"), "photos")

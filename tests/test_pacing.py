@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from sessions_app.models import FileStatus, FileUpload, SessionPace, SyncSession
-from tests.conftest import manage, write_files
+from tests.conftest import grow, manage, write_files
 
 RATE_LINE = re.compile(r"(throttled|throttle easing): sending at ([0-9.]+)/s")
 
@@ -115,3 +115,46 @@ def test_a_file_throttled_beyond_patience_pauses_the_session(transactional_db, t
     assert uploading.drain(session.pk) == "done"
     session.refresh_from_db()
     assert (session.status, session.uploaded_count) == ("completed", 5)
+
+
+def _into_a_full_disk(tmp_path, source, tiny_disk) -> str:
+    """Three files of 40 KB into a 64 KiB file system: the first fits, the second does not."""
+    write_files(source, {f"f{i}.bin": b"x" * 40_000 for i in range(3)})
+    return _config(tmp_path, source, {"type": "local", "path": str(tiny_disk)}, max_retries=5)
+
+
+def test_a_full_destination_pauses_the_session_at_once_and_resume_finishes_it(transactional_db, tmp_path, source,
+                                                                             tiny_disk):
+    cfg = _into_a_full_disk(tmp_path, source, tiny_disk)
+    result = manage("upload", "--no-progress", "--no-wait", "--config", cfg)
+    assert result.returncode == 0, result.stderr
+    session = SyncSession.objects.get()
+    session.mark_scanning()
+    from sessions_app import pipeline, uploading
+
+    pipeline.scan_session(session.pk, start_uploads=False)
+    assert uploading.drain(session.pk) == "paused"
+    session.refresh_from_db()
+    # Not retried file by file with backoff (max_retries 5), not failed: back to pending, the log says why.
+    assert (session.uploaded_count, session.pending_count, session.failed_count) == (1, 2, 0)
+    assert max(FileUpload.objects.values_list("attempts", flat=True)) == 1
+    assert "destination is full" in session.log and "No space left on device" in session.log
+    assert f"python manage.py resume {session.pk}" in session.log
+    grow(tiny_disk)
+    pipeline.resume(session)
+    assert uploading.drain(session.pk) == "done"
+    session.refresh_from_db()
+    assert (session.status, session.uploaded_count) == ("completed", 3)
+    assert sorted(p.name for p in tiny_disk.iterdir() if p.is_file()) == ["f0.bin", "f1.bin", "f2.bin"]
+
+
+def test_a_sync_command_into_a_full_destination_exits_1_naming_resume(transactional_db, tmp_path, source,
+                                                                      tiny_disk):
+    cfg = _into_a_full_disk(tmp_path, source, tiny_disk)
+    result = manage("upload", "--no-progress", "--sync", "--config", cfg, timeout=120)
+    session = SyncSession.objects.get()
+    assert result.returncode == 1, result.stderr
+    assert f"session {session.pk} stopped before its end (paused" in result.stderr
+    assert f"python manage.py resume {session.pk}" in result.stderr
+    assert (session.uploaded_count, session.pending_count, session.failed_count) == (1, 2, 0)
+    assert "destination is full" in session.log

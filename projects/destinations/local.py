@@ -236,6 +236,9 @@ class LocalDestination(Destination):
             _remove_quietly(tmp)
             if exc.errno == errno.ENAMETOOLONG:
                 raise name_too_long(target) from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DestinationError(f"destination is full: cannot write {target}: {exc.strerror or exc}",
+                                       full=True) from exc
             if exc.errno == errno.EXDEV:
                 raise DestinationError(f"cannot write {target}: its folder is on another file system than "
                                        f"{self.root}", permanent=True) from exc
