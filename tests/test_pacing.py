@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from sessions_app import pipeline, uploading
 from sessions_app.models import FileStatus, FileUpload, SessionPace, SyncSession
 from tests.conftest import grow, manage, write_files
 
@@ -82,6 +83,18 @@ def _throttled_forever(tmp_path, source, s3_server, fault_proxy, files: int, pat
                    throttle_patience=patience)
 
 
+def _planned_and_paused(cfg: str) -> SyncSession:
+    """A session of the config queued, planned here, and drained here until it pauses."""
+    result = manage("upload", "--no-progress", "--no-wait", "--config", cfg)
+    assert result.returncode == 0, result.stderr
+    session = SyncSession.objects.get()
+    session.mark_scanning()
+    pipeline.scan_session(session.pk, start_uploads=False)
+    assert uploading.drain(session.pk) == "paused"
+    session.refresh_from_db()
+    return session
+
+
 def test_a_sync_command_whose_session_pauses_exits_1_naming_resume(transactional_db, tmp_path, source, s3_server,
                                                                     fault_proxy):
     cfg = _throttled_forever(tmp_path, source, s3_server, fault_proxy, files=3, patience=1)
@@ -96,15 +109,7 @@ def test_a_sync_command_whose_session_pauses_exits_1_naming_resume(transactional
 def test_a_file_throttled_beyond_patience_pauses_the_session(transactional_db, tmp_path, source, s3_server,
                                                               fault_proxy):
     cfg = _throttled_forever(tmp_path, source, s3_server, fault_proxy, files=5, patience=2)
-    result = manage("upload", "--no-progress", "--no-wait", "--config", cfg)
-    assert result.returncode == 0, result.stderr
-    session = SyncSession.objects.get()
-    session.mark_scanning()
-    from sessions_app import pipeline, uploading
-
-    pipeline.scan_session(session.pk, start_uploads=False)
-    assert uploading.drain(session.pk) == "paused"
-    session.refresh_from_db()
+    session = _planned_and_paused(cfg)
     assert session.status == "uploading"
     assert (session.pending_count, session.failed_count, session.uploaded_count) == (5, 0, 0)
     assert f"paused: " in session.log and f"python manage.py resume {session.pk}" in session.log
@@ -125,16 +130,7 @@ def _into_a_full_disk(tmp_path, source, tiny_disk) -> str:
 
 def test_a_full_destination_pauses_the_session_at_once_and_resume_finishes_it(transactional_db, tmp_path, source,
                                                                              tiny_disk):
-    cfg = _into_a_full_disk(tmp_path, source, tiny_disk)
-    result = manage("upload", "--no-progress", "--no-wait", "--config", cfg)
-    assert result.returncode == 0, result.stderr
-    session = SyncSession.objects.get()
-    session.mark_scanning()
-    from sessions_app import pipeline, uploading
-
-    pipeline.scan_session(session.pk, start_uploads=False)
-    assert uploading.drain(session.pk) == "paused"
-    session.refresh_from_db()
+    session = _planned_and_paused(_into_a_full_disk(tmp_path, source, tiny_disk))
     # Not retried file by file with backoff (max_retries 5), not failed: back to pending, the log says why.
     assert (session.uploaded_count, session.pending_count, session.failed_count) == (1, 2, 0)
     assert max(FileUpload.objects.values_list("attempts", flat=True)) == 1
