@@ -3,6 +3,11 @@ again could help. Callers catch `UploaderError` and show `message`; retry loops 
 
 from __future__ import annotations
 
+import errno
+
+# What a write answers when its disk (or the writer's quota on it) is full.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class UploaderError(Exception):
     def __init__(self, message: str, permanent: bool = True, retry_after: float | None = None):

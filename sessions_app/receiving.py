@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
-from projects.errors import UploaderError
+from projects.errors import NO_SPACE, UploaderError
 from projects.models import Project
 from projects.sources.local import LocalSource
 from sessions_app import files, lifecycle, staging, starting, waking
@@ -247,7 +247,7 @@ def _copy(body: BinaryIO, staged: BinaryIO, length: int, path: str, start: int) 
                 written += n
                 block = block[n:]
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            if exc.errno in NO_SPACE or exc.errno == errno.EFBIG:
                 log.error("staging %s: %s", path, exc)
                 raise TusError(507, "the staging disk is full; try again later") from None
             raise

@@ -23,7 +23,7 @@ from projects.destinations.base import (
     normalize_key,
     temp_prefix,
 )
-from projects.errors import RemoteError
+from projects.errors import NO_SPACE, RemoteError
 from projects.localfile import FILE_FLAGS, LocalFile, folder_under, folders_kept, open_under
 from projects.walking import identity_of, mtime_of, walk_sorted
 
@@ -236,7 +236,7 @@ class LocalDestination(Destination):
             _remove_quietly(tmp)
             if exc.errno == errno.ENAMETOOLONG:
                 raise name_too_long(target) from exc
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in NO_SPACE:
                 raise DestinationError(f"destination is full: cannot write {target}: {exc.strerror or exc}",
                                        full=True) from exc
             if exc.errno == errno.EXDEV:
