@@ -51,17 +51,19 @@ def follow(session: SyncSession, out: TextIO, *, progress: bool = True, poll: fl
 def _wait_for_change(session_id: int, poll: float, stop: threading.Event | None,
                      workers: Sequence[threading.Thread] = ()) -> None:
     """Until the next redraw, `poll` seconds away, or until the session ends: its status alone is
-    asked every END_CHECK_SECONDS (or its workers looked at), so a command returns within that of
-    its session's end (with only the redraws it took up to half a second)."""
+    asked every END_CHECK_SECONDS, so a command returns within that of its session's end (with only
+    the redraws it took up to half a second). With its workers, their end is the session's: waited
+    for, not looked at in steps (a `stop` is then seen at the redraw)."""
     deadline = time.monotonic() + poll
+    if workers:
+        for t in workers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(END_CHECK_SECONDS, left))
         if stop is not None and stop.is_set():
             return
-        if workers:
-            if not any(t.is_alive() for t in workers):
-                return
-        elif SyncSession.objects.filter(pk=session_id).values_list("status", flat=True).first() in ENDED_STATUSES:
+        if SyncSession.objects.filter(pk=session_id).values_list("status", flat=True).first() in ENDED_STATUSES:
             return
 
 

@@ -146,7 +146,7 @@ def plan_session(session: SyncSession, targets: Destination | list[Target], scan
             sender.close()  # the parts' rows are in (or their error raised)
     complete = complete and not cancelled(session)
     for plan in plans:
-        plan.writer.finish(plan.known, plan.mode, complete)
+        plan.writer.finish(plan.known, plan.listed, complete)
     stats = ScanStats(counted=True)
     for plan in plans:
         stats.files += plan.writer.stats.files
@@ -207,8 +207,11 @@ class _Plan:
         self.known = catalog.open_for(project, dest)
         self.mode = mode_for(project, self.known, dest, check=bool(session.params.get("check_destination")))
         notes = [self.mode.why] if self.mode.why else []
+        self.listed = 0  # objects the listing found, if one was taken: only they can be extras
         if self.mode.listing:
-            notes += catalog.reconcile(self.known, dest.list_existing()).lines()
+            found = catalog.reconcile(self.known, dest.list_existing())
+            self.listed = found.listed
+            notes += found.lines()
         if notes:
             head = f"destination {target.name}: " if several else ""
             session.append_log("\n".join(head + line for line in notes))
@@ -338,12 +341,15 @@ class _Writer:
         files.count_skips(self.session, self.skips, {self.destination: self.skips})
         self.written_at = time.monotonic()
 
-    def finish(self, known: Catalog, mode: Mode, complete: bool) -> None:
+    def finish(self, known: Catalog, listed: int, complete: bool) -> None:
+        """`listed`: the objects the session's listing found. An empty destination (a first sync's)
+        left no entry that only a listing vouches for, so there is no need to look for extras: on a
+        first sync that look read the whole new catalog (0.2 s of 200,000 files on SQLite)."""
         if self.saves_skips:
             self._save_skips()
         if not complete:
             return
-        notes = catalog.extras(known, self.session) if mode.listing else []
+        notes = catalog.extras(known, self.session) if listed else []
         if notes:
             self.session.append_log("\n".join(notes))
         catalog.note_source(known, self.session.project.source_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 import django.apps
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from sessions_app import cancelling, catalog, pipeline, planning, starting, transferring, uploading
@@ -119,6 +120,19 @@ def test_a_check_adopts_objects_already_there_and_reports_extras(make_project, s
     fault_proxy.reset()
     again = run_session_inline(project)
     assert again.skips == {planning.SKIP_UNCHANGED: 2} and fault_proxy.count("GET", LIST) == 0
+
+
+def test_a_first_sync_to_an_empty_destination_does_not_look_for_extras(make_project, source, tmp_path):
+    write_files(source, {f"{i}.wav": "x" for i in range(3)})
+    project = make_project({"type": "local", "path": str(tmp_path / "dest")})
+
+    with CaptureQueriesContext(connection) as queries:
+        first = run_session_inline(project)
+
+    assert first.uploaded_count == 3 and "first sync to this destination: listing it" in first.log
+    assert "destination listed: 0 objects" in first.log and "match no source file" not in first.log
+    # The look for extras reads every entry of the catalog the sync has just written.
+    assert not [q["sql"] for q in queries if '"mtime" IS NULL' in q["sql"]]
 
 
 def test_the_destination_is_listed_again_when_check_destination_every_has_passed(make_project, source, tmp_path,
