@@ -81,6 +81,19 @@ def test_files_it_cannot_copy_are_refused_one_by_one_with_the_reason(copier, sou
     assert not (dest / "swapped.txt").exists()
 
 
+def test_once_the_destination_is_full_the_files_left_are_not_tried(copier, source, tiny_disk):
+    write_files(source, {"a.bin": "x" * 200_000, "b.txt": "", "c.txt": "c"})  # b and c would fit
+
+    copier.submit(options(tiny_disk), str(source), False, items(source, "a.bin", "b.txt", "c.txt"))
+    answer = copier.result()
+
+    assert [a[0] for a in answer] == [None, None, None]
+    assert answer[1] == answer[2] == answer[0]  # not permanent: the upload that meets it pauses the session
+    written, _, _, error, permanent = answer[0]
+    assert "destination is full" in error and "No space left on device" in error and permanent is False
+    assert sorted(os.listdir(tiny_disk)) == [".uploader-tmp"] and os.listdir(tiny_disk / ".uploader-tmp") == []
+
+
 def test_a_symlink_swapped_in_for_a_folder_is_not_followed(copier, source, tmp_path):
     write_files(source, {"sub/a.txt": "a"})
     asked = items(source, "sub/a.txt")

@@ -139,12 +139,17 @@ class LocalDestination(Destination):
         the checks of an upload (transferring._upload_once): the file opened is the one scanned, and
         unchanged until copied. What became of each, in order; never raises for one file. A file
         the quick way (_copy_quick) does not copy is copied the upload's way, whose checks and
-        errors say why."""
-        out = []
+        errors say why. Once the destination is full, the files left are not tried: each is
+        answered with that error (not permanent), and the upload that meets it pauses the session."""
+        out: list[Copied] = []
         with folders_kept(), _Held(self) as held:
-            for item in items:
-                out.append((not follow_symlinks and self._copy_quick(held, source_dir, *item))
-                           or self._copy_checked(source_dir, item, follow_symlinks))
+            for i, item in enumerate(items):
+                try:
+                    out.append((not follow_symlinks and self._copy_quick(held, source_dir, *item))
+                               or self._copy_checked(source_dir, item, follow_symlinks))
+                except RemoteError as full:
+                    out.extend([(None, None, None, full.message, False)] * (len(items) - i))
+                    break
         return out
 
     def _copy_quick(self, held: _Held, source_dir: str, path: str, key: str, device: int | None,
@@ -189,6 +194,8 @@ class LocalDestination(Destination):
                 local.check_unchanged()
             return written, local.size, local.mtime, "", False
         except RemoteError as exc:
+            if exc.full:
+                raise  # copy_files answers the files left with it
             return None, None, None, exc.message, exc.permanent
 
     def upload_stream(self, fileobj: BinaryIO, key: str, size: int | None = None) -> UploadResult:
