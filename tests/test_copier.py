@@ -89,7 +89,7 @@ def test_once_the_destination_is_full_the_files_left_are_not_tried(copier, sourc
 
     assert [a[0] for a in answer] == [None, None, None]
     assert answer[1] == answer[2] == answer[0]  # not permanent: the upload that meets it pauses the session
-    written, _, _, error, permanent = answer[0]
+    _, _, _, error, permanent = answer[0]
     assert "destination is full" in error and "No space left on device" in error and permanent is False
     assert sorted(os.listdir(tiny_disk)) == [".uploader-tmp"] and os.listdir(tiny_disk / ".uploader-tmp") == []
 
