@@ -408,9 +408,8 @@ def _doubling(parts: Iterator[list[Entry]], first: int, most: int) -> Iterator[l
     for part in parts:
         batch += part
         while len(batch) >= size:
-            done, batch = (batch, []) if len(batch) == size else (batch[:size], batch[size:])
-            yield done
-            size = min(2 * size, most)
+            yield batch[:size]
+            batch, size = batch[size:], min(2 * size, most)
     if batch:
         yield batch
 
